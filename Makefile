@@ -1,0 +1,34 @@
+# jobd: `make run` serves with the defaults, `make test` installs and runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install run test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install jobd with its dev extras
+
+run: install  ## serve with the defaults (jobd.db in this directory, port 8080)
+	$(BIN)/jobd serve
+
+test: install  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff and mypy
+	$(BIN)/ruff check jobd tests bench
+	$(BIN)/mypy jobd
+
+bench: install  ## print throughput and latency figures (see bench/README.md)
+	$(BIN)/python bench/run.py
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

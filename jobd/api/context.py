@@ -1,0 +1,34 @@
+"""What the HTTP handlers need, wired once by the daemon (or a test)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from jobd.clock import Clock
+from jobd.config import Config
+from jobd.handlers.registry import Registry
+from jobd.ratelimit import RateLimiter
+from jobd.store.store import Store
+
+
+def _nothing(*_args: object) -> None:
+    return None
+
+
+@dataclass
+class ApiContext:
+    config: Config
+    store: Store
+    registry: Registry
+    clock: Clock
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    on_job_created: Callable[[float], None] = _nothing     # wakes the scheduler (due time)
+    on_cancel_requested: Callable[[str], None] = _nothing  # cancels a running job now
+    on_rate_limited: Callable[[str], None] = _nothing      # metrics
+    ready: bool = False
+
+
+API: web.AppKey[ApiContext] = web.AppKey("jobd_api", ApiContext)

@@ -1,0 +1,58 @@
+"""Every error the API answers is rendered here, as application/problem+json."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from jobd.errors import JobdError, RateLimited
+
+log = logging.getLogger("jobd.api")
+
+PROBLEM_TYPE_BASE = "https://jobd.dev/problems/"
+RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers", dict)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def problem_response(status: int, code: str, title: str, detail: str,
+                     errors: list[dict[str, object]] | None = None,
+                     headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, object] = {"type": PROBLEM_TYPE_BASE + code, "title": title,
+                               "status": status, "detail": detail, "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                        content_type="application/problem+json")
+
+
+def from_error(exc: JobdError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    return problem_response(exc.status, exc.code, exc.title, exc.detail, exc.errors, headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except JobdError as exc:
+        response = from_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = problem_response(exc.status, code, exc.reason, exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = problem_response(500, "internal_error", "Internal error",
+                                    "the server failed to handle this request; see its log")
+    rate_headers = request.get(RATE_HEADERS)
+    if rate_headers:
+        response.headers.update(rate_headers)
+    return response

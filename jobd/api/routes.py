@@ -1,0 +1,164 @@
+"""Job endpoints: parse, call one store method, serialise."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from jobd.api.auth import authenticate
+from jobd.api.context import API, ApiContext
+from jobd.api.problems import RATE_HEADERS
+from jobd.api.schemas import JobCreateRequest
+from jobd.api.views import created_body, job_view
+from jobd.errors import (
+    MissingIdempotencyKey,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
+from jobd.models import Job, NewJob
+from jobd.netguard import check_url
+
+JSON = "application/json"
+
+
+def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+
+
+async def create_job(request: web.Request) -> web.Response:
+    ctx = request.app[API]
+    tenant = authenticate(request, ctx.store)
+    now = ctx.clock.now()
+    decision = ctx.limiter.take(tenant.id, tenant.rate, tenant.burst, now)
+    request[RATE_HEADERS] = decision.headers()
+    if not decision.allowed:
+        ctx.on_rate_limited(tenant.id)
+        raise RateLimited(f"rate limit of {tenant.rate:g}/s (burst {tenant.burst}) exceeded",
+                          retry_after_s=decision.retry_after_s)
+    key = _idempotency_key(request)
+    data = await _read_json_object(request, ctx.config.server.max_body_bytes)
+    claimed_tenant = data.get("tenantId")
+    if isinstance(claimed_tenant, str) and claimed_tenant != tenant.id:
+        raise Unauthorized("tenantId does not match the API key's tenant")
+    job = _parse_new_job(ctx, data, key, now)
+    body_hash = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
+    result = ctx.store.lookup_idempotent(tenant.id, key, body_hash, now)
+    if result is None:
+        result = await ctx.store.insert_job(
+            job, body_hash=body_hash, now=now,
+            idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600, render=created_body)
+        if not result.replayed:
+            ctx.on_job_created(job.run_at)
+    headers = {"Location": f"/jobs/{result.job_id}"}
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(result.status, result.body, headers)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    ctx = request.app[API]
+    tenant = authenticate(request, ctx.store)
+    return _json(200, orjson.dumps(job_view(_tenant_job(ctx, request, tenant.id))))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    ctx = request.app[API]
+    tenant = authenticate(request, ctx.store)
+    job = _tenant_job(ctx, request, tenant.id)
+    job = await ctx.store.cancel_job(job.id, tenant_id=tenant.id, now=ctx.clock.now())
+    if job.cancel_requested:
+        ctx.on_cancel_requested(job.id)
+    return _json(200, orjson.dumps(job_view(job)))
+
+
+def _tenant_job(ctx: ApiContext, request: web.Request, tenant_id: str) -> Job:
+    job_id = request.match_info["job_id"]
+    job = ctx.store.find_job(job_id, tenant_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r} for this tenant")
+    return job
+
+
+def _idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None or key == "":
+        raise MissingIdempotencyKey("send an Idempotency-Key header (1-255 printable ASCII)")
+    if len(key) > 255 or not all(" " <= ch <= "~" for ch in key):
+        raise MissingIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII characters")
+    return key
+
+
+async def _read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes") from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationFailed(f"the body is not valid JSON: {exc}",
+                               errors=[{"field": "body", "message": "malformed JSON"}]) from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("the body must be a JSON object",
+                               errors=[{"field": "body", "message": "must be a JSON object"}])
+    return data
+
+
+def _parse_new_job(ctx: ApiContext, data: dict[str, Any], key: str, now: float) -> NewJob:
+    try:
+        req = JobCreateRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_failed(exc) from None
+    job_type = ctx.registry.get(req.type)
+    if job_type is None:
+        raise ValidationFailed(f"unknown job type {req.type!r}", errors=[{
+            "field": "type", "message": f"must be one of: {', '.join(ctx.registry.names())}"}])
+    try:
+        payload = job_type.payload_model.model_validate(req.payload)
+    except ValidationError as exc:
+        raise _validation_failed(exc, prefix="payload") from None
+    if req.webhookUrl is not None:
+        allow_private = ctx.config.webhooks.allow_private_networks
+        _guard("webhookUrl", check_url, req.webhookUrl, allow_private=allow_private)
+    if job_type.submit_check is not None:
+        _guard("payload", job_type.submit_check, payload, ctx.config)
+    jobs_cfg = ctx.config.jobs
+    return NewJob(
+        tenant_id=req.tenantId, type=req.type,
+        payload=orjson.dumps(req.payload).decode(), priority=req.priority,
+        max_attempts=req.maxAttempts or jobs_cfg.max_attempts,
+        timeout_seconds=req.timeoutSeconds,
+        run_at=req.runAt.timestamp() if req.runAt else now,
+        webhook_url=req.webhookUrl, idempotency_key=key,
+    )
+
+
+def _guard(field: str, check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run a submit-time check; a ValueError (e.g. a refused address) becomes a 400."""
+    try:
+        check(*args, **kwargs)
+    except ValueError as exc:
+        raise ValidationFailed(f"{field}: {exc}",
+                               errors=[{"field": field, "message": str(exc)}]) from None
+
+
+def _validation_failed(exc: ValidationError, prefix: str | None = None) -> ValidationFailed:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        errors.append({"field": loc, "message": message})
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return ValidationFailed(f"invalid request: {summary}", errors=errors)

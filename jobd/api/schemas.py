@@ -1,0 +1,91 @@
+"""Request and response models of the HTTP API; the OpenAPI document is built from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+JobStatusName = Literal["queued", "running", "retry", "succeeded", "fatal", "cancelled"]
+
+
+class JobCreateRequest(BaseModel):
+    """Body of ``POST /jobs``. Unknown fields are rejected so that a typo is not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenantId: StrictStr = Field(min_length=1, max_length=64)
+    type: StrictStr = Field(min_length=1, max_length=64)
+    payload: dict[str, Any]
+    webhookUrl: StrictStr | None = Field(None, max_length=2048)
+    runAt: AwareDatetime | None = Field(None, description="Run no earlier than this (RFC 3339).")
+    maxAttempts: StrictInt | None = Field(None, ge=1, le=100)
+    priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000,
+                                description="Higher runs first.")
+    timeoutSeconds: float | None = Field(None, gt=0, le=86_400, strict=True,
+                                         description="Per-attempt timeout.")
+
+    @field_validator("webhookUrl")
+    @classmethod
+    def _absolute_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http or https URL")
+        return value
+
+
+class JobCreatedResponse(BaseModel):
+    jobId: str
+    status: JobStatusName
+    createdAt: datetime
+
+
+class JobResponse(BaseModel):
+    jobId: str
+    status: JobStatusName
+    attempts: int
+    nextRunAt: datetime | None
+    createdAt: datetime
+    updatedAt: datetime
+    type: str
+    maxAttempts: int
+    priority: int
+    runAt: datetime
+    startedAt: datetime | None
+    completedAt: datetime | None
+    lastError: str | None
+    result: Any = None
+    cancelRequested: bool
+    webhookUrl: str | None
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

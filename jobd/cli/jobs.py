@@ -1,0 +1,108 @@
+"""``jobd jobs``: look at jobs, cancel them, run failed ones again."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from jobd.api.views import job_view
+from jobd.cli.common import ConfigOpt, JsonOpt, open_db, out, print_json
+from jobd.clock import SystemClock, to_rfc3339
+from jobd.models import Delivery, Job, JobStatus
+from jobd.store import deliveries as store_deliveries
+from jobd.store import jobs as store_jobs
+
+app = typer.Typer(help="List, inspect, cancel and retry jobs.", no_args_is_help=True)
+JobArg = Annotated[str, typer.Argument(help="Job id (job_...).")]
+_clock = SystemClock()
+
+
+def job_doc(job: Job) -> dict[str, Any]:
+    doc = orjson.loads(orjson.dumps(job_view(job)))
+    doc["tenantId"] = job.tenant_id
+    doc["payload"] = orjson.loads(job.payload)
+    return doc
+
+
+def delivery_doc(delivery: Delivery, attempts: list[Any]) -> dict[str, Any]:
+    return {
+        "deliveryId": delivery.id, "status": delivery.status.value, "url": delivery.url,
+        "attempts": delivery.attempts, "nextAttemptAt": to_rfc3339(delivery.next_attempt_at),
+        "lastError": delivery.last_error, "lastStatusCode": delivery.last_status_code,
+        "deliveredAt": to_rfc3339(delivery.delivered_at),
+        "history": [{"at": to_rfc3339(a.attempted_at), "statusCode": a.status_code,
+                     "error": a.error, "durationMs": round(a.duration_ms, 1)} for a in attempts],
+    }
+
+
+@app.command("list")
+def list_(tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")] = None,
+          status: Annotated[JobStatus | None, typer.Option("--status", help="Only this status.")] = None,
+          job_type: Annotated[str | None, typer.Option("--type", help="Only this job type.")] = None,
+          limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
+          json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """List jobs, newest first. Example: jobd jobs list --status fatal --limit 20"""
+    with open_db(config) as db:
+        jobs = db.read(store_jobs.list_jobs, tenant_id=tenant,
+                       status=status.value if status else None, job_type=job_type, limit=limit)
+    if json:
+        print_json([job_doc(j) for j in jobs])
+        return
+    table = Table("id", "tenant", "type", "status", "attempts", "next run", "updated")
+    for j in jobs:
+        table.add_row(j.id, j.tenant_id, j.type, j.status.value, f"{j.attempts}/{j.max_attempts}",
+                      to_rfc3339(j.next_run_at) or "-", to_rfc3339(j.updated_at))
+    out.print(table)
+
+
+@app.command("show")
+def show(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Show a job, its result or last error, and its webhook deliveries.
+
+    Example: jobd jobs show job_abc123 --json
+    """
+    with open_db(config) as db:
+        job = db.read(store_jobs.get_job, job_id)
+        deliveries = [delivery_doc(d, db.read(store_deliveries.attempts_of_delivery, d.id))
+                      for d in db.read(store_deliveries.deliveries_of_job, job_id)]
+    doc = job_doc(job)
+    doc["deliveries"] = deliveries
+    if json:
+        print_json(doc)
+        return
+    table = Table(show_header=False, title=f"job {job.id}")
+    for key, value in doc.items():
+        if key != "deliveries":
+            table.add_row(key, "-" if value is None else orjson.dumps(value).decode()
+                          if isinstance(value, dict | list) else str(value))
+    out.print(table)
+    for d in deliveries:
+        out.print(f"delivery {d['deliveryId']}: {d['status']} -> {d['url']} "
+                  f"({len(d['history'])} attempt(s), last error: {d['lastError'] or '-'})")
+
+
+def _transition(config: Any, fn: Any, job_id: str, json: bool, verb: str) -> None:
+    with open_db(config) as db:
+        job = db.write(fn, job_id, tenant_id=None, now=_clock.now())
+    if json:
+        print_json(job_doc(job))
+    else:
+        extra = " (the daemon will stop it)" if job.cancel_requested else ""
+        out.print(f"job {job.id} {verb}: now {job.status.value}{extra}")
+
+
+@app.command("cancel")
+def cancel(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Cancel a job: at once if waiting, cooperatively if running. Example: jobd jobs cancel job_abc"""
+    _transition(config, store_jobs.cancel_job, job_id, json, "cancelled")
+
+
+@app.command("retry")
+def retry(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Run a fatal or cancelled job again. Example: jobd jobs retry job_abc123"""
+    _transition(config, store_jobs.retry_job, job_id, json, "queued again")
+
+

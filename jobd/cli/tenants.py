@@ -1,0 +1,145 @@
+"""``jobd tenants``: create tenants and manage their keys and limits."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from jobd.cli.common import ConfigOpt, JsonOpt, config_from, err, fail, open_db, out, print_json
+from jobd.clock import SystemClock, to_rfc3339
+from jobd.models import NewTenant, Tenant
+from jobd.store import tenants as store_tenants
+from jobd.store.database import Database
+
+app = typer.Typer(help="Create tenants and manage their API keys, rate limits and concurrency.",
+                  no_args_is_help=True)
+
+TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TenantArg = Annotated[str, typer.Argument(help="Tenant id, e.g. tenant_123.")]
+RateOpt = Annotated[float | None, typer.Option("--rate", min=0.001,
+                                               help="POST /jobs requests per second.")]
+BurstOpt = Annotated[int | None, typer.Option("--burst", min=1, help="Token bucket capacity.")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(
+    "--max-concurrency", min=0, help="Most jobs of this tenant running at once (0: no cap).")]
+_clock = SystemClock()
+
+
+def tenant_doc(tenant: Tenant, *, with_secret: bool = False) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "tenantId": tenant.id, "apiKeyPrefix": tenant.api_key_prefix, "rate": tenant.rate,
+        "burst": tenant.burst, "maxConcurrency": tenant.max_concurrency,
+        "disabled": tenant.disabled, "createdAt": to_rfc3339(tenant.created_at),
+        "updatedAt": to_rfc3339(tenant.updated_at),
+    }
+    if with_secret:
+        doc["webhookSecret"] = tenant.webhook_secret
+    return doc
+
+
+def _print_credentials(new: NewTenant, as_json: bool, what: str) -> None:
+    if as_json:
+        print_json({"tenantId": new.tenant.id, "apiKey": new.api_key,
+                    "webhookSecret": new.tenant.webhook_secret})
+        return
+    table = Table(title=what, show_header=False)
+    table.add_row("tenantId", new.tenant.id)
+    table.add_row("apiKey", new.api_key)
+    table.add_row("webhookSecret", new.tenant.webhook_secret)
+    out.print(table)
+    err.print("[yellow]The API key is shown only now; jobd keeps only its hash.[/]")
+
+
+def _print_tenant(tenant: Tenant, as_json: bool) -> None:
+    doc = tenant_doc(tenant, with_secret=True)
+    if as_json:
+        print_json(doc)
+        return
+    table = Table(show_header=False)
+    for key, value in doc.items():
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+
+
+def _write(config: ConfigOpt, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    with Database(config_from(config).database) as db:
+        return db.write(fn, *args, now=_clock.now(), **kwargs)
+
+
+@app.command("create")
+def create(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
+           max_concurrency: ConcurrencyOpt = None, json: JsonOpt = False,
+           config: ConfigOpt = None) -> None:
+    """Create a tenant and print its API key (once) and webhook secret.
+
+    Example: jobd tenants create acme --rate 50 --burst 100 --json
+    """
+    if not TENANT_ID.match(tenant_id):
+        fail("tenant id must be 1-64 characters: letters, digits, '_', '.', '-'", 2)
+    defaults = config_from(config).rate_limit
+    new = _write(config, store_tenants.create_tenant, tenant_id,
+                 rate=defaults.rate if rate is None else rate,
+                 burst=defaults.burst if burst is None else burst,
+                 max_concurrency=max_concurrency or None)
+    _print_credentials(new, json, f"tenant {tenant_id} created")
+
+
+@app.command("list")
+def list_(json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """List tenants. Example: jobd tenants list --json"""
+    with open_db(config) as db:
+        tenants = db.read(store_tenants.list_tenants)
+    if json:
+        print_json([tenant_doc(t) for t in tenants])
+        return
+    table = Table("tenant", "key", "rate/s", "burst", "max conc.", "state", "created")
+    for t in tenants:
+        table.add_row(t.id, t.api_key_prefix, f"{t.rate:g}", str(t.burst),
+                      str(t.max_concurrency or "-"), "disabled" if t.disabled else "enabled",
+                      to_rfc3339(t.created_at))
+    out.print(table)
+
+
+@app.command("show")
+def show(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Show a tenant, its limits and its webhook secret. Example: jobd tenants show acme"""
+    with open_db(config) as db:
+        tenant = db.read(store_tenants.get_tenant, tenant_id)
+    _print_tenant(tenant, json)
+
+
+@app.command("update")
+def update(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
+           max_concurrency: ConcurrencyOpt = None, json: JsonOpt = False,
+           config: ConfigOpt = None) -> None:
+    """Change a tenant's rate limit or concurrency cap.
+
+    Example: jobd tenants update acme --rate 100 --max-concurrency 4
+    """
+    if rate is None and burst is None and max_concurrency is None:
+        fail("nothing to change: give --rate, --burst or --max-concurrency", 2)
+    tenant = _write(config, store_tenants.update_tenant_limits, tenant_id, rate=rate, burst=burst,
+                    max_concurrency=max_concurrency or None,
+                    clear_max_concurrency=max_concurrency == 0)
+    _print_tenant(tenant, json)
+
+
+@app.command("disable")
+def disable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Refuse the tenant's API key (401) until enabled again. Example: jobd tenants disable acme"""
+    _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=True), json)
+
+
+@app.command("enable")
+def enable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Accept the tenant's API key again. Example: jobd tenants enable acme"""
+    _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=False), json)
+
+
+@app.command("rotate-key")
+def rotate_key(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Issue a new API key; the old one stops working. Example: jobd tenants rotate-key acme"""
+    _print_credentials(_write(config, store_tenants.rotate_api_key, tenant_id), json,
+                       f"new API key for {tenant_id}")

@@ -1,0 +1,42 @@
+"""Secrets and identifiers: API keys, webhook secrets, job and delivery ids."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+
+API_KEY_PREFIX = "jobd_sk_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def _token(nbytes: int) -> str:
+    return base64.b32encode(secrets.token_bytes(nbytes)).decode("ascii").lower().rstrip("=")
+
+
+def new_api_key() -> str:
+    """256 random bits behind a recognisable prefix."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(api_key: str) -> str:
+    """Keys are high-entropy random strings, so one SHA-256 is enough to store them."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def display_prefix(api_key: str) -> str:
+    """Enough of a key to recognise it in a listing, never enough to use it."""
+    return api_key[: len(API_KEY_PREFIX) + 4] + "…"
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks style secret: ``whsec_`` + base64 of 32 random bytes."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def new_job_id() -> str:
+    return "job_" + _token(15)
+
+
+def new_delivery_id() -> str:
+    return "msg_" + _token(15)

@@ -1,0 +1,171 @@
+"""Records and state machines shared by the store, the runtime, the API and the CLI.
+
+Job states::
+
+    queued ──claim──▶ running ──ok──────────────▶ succeeded
+      ▲                 │  ├──fail, attempts left─▶ retry ──due──▶ running
+      │                 │  └──fail, no attempts───▶ fatal
+      └──shutdown/crash─┘
+    queued/retry/running ──cancel──▶ cancelled
+    fatal/cancelled ──jobs retry──▶ queued
+
+Delivery states: pending ──claim──▶ sending ──2xx──▶ succeeded
+                                     └──fail──▶ pending (next delay) | dead
+                 dead ──dlq retry──▶ pending
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRY = "retry"
+    SUCCEEDED = "succeeded"
+    FATAL = "fatal"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FATAL, JobStatus.CANCELLED})
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RETRY: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.RETRY, JobStatus.FATAL,
+                                  JobStatus.CANCELLED, JobStatus.QUEUED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FATAL: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+}
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    api_key_prefix: str
+    webhook_secret: str
+    rate: float
+    burst: int
+    max_concurrency: int | None
+    disabled: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewTenant:
+    """What ``tenants create`` and ``rotate-key`` hand back: shown once."""
+
+    tenant: Tenant
+    api_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    tenant_id: str
+    type: str
+    payload: str  # JSON text
+    status: JobStatus
+    priority: int
+    attempts: int
+    max_attempts: int
+    timeout_seconds: float | None
+    run_at: float
+    next_run_at: float | None
+    cancel_requested: bool
+    result: str | None  # JSON text
+    last_error: str | None
+    webhook_url: str | None
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    updated_at: float
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a worker now holds: enough to run it and to fence its outcome."""
+
+    id: str
+    tenant_id: str
+    type: str
+    payload: str
+    attempt: int
+    max_attempts: int
+    timeout_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    tenant_id: str
+    type: str
+    payload: str
+    priority: int
+    max_attempts: int
+    timeout_seconds: float | None
+    run_at: float
+    webhook_url: str | None
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentResult:
+    """The stored answer to a ``POST /jobs``; ``replayed`` when it was not created now."""
+
+    status: int
+    body: bytes
+    job_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    job_id: str
+    tenant_id: str
+    url: str
+    body: bytes
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    last_status_code: int | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+    dead_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    delivery_id: str
+    attempted_at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+def row_to_job(row: Any) -> Job:
+    return Job(
+        id=row["id"], tenant_id=row["tenant_id"], type=row["type"], payload=row["payload"],
+        status=JobStatus(row["status"]), priority=row["priority"], attempts=row["attempts"],
+        max_attempts=row["max_attempts"], timeout_seconds=row["timeout_seconds"],
+        run_at=row["run_at"], next_run_at=row["next_run_at"],
+        cancel_requested=bool(row["cancel_requested"]), result=row["result"],
+        last_error=row["last_error"], webhook_url=row["webhook_url"],
+        created_at=row["created_at"], started_at=row["started_at"],
+        completed_at=row["completed_at"], updated_at=row["updated_at"], seq=row["seq"],
+    )

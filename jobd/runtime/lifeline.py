@@ -1,0 +1,67 @@
+"""Leases: a heartbeat for the jobs this process runs, and rescue for the ones nobody holds.
+
+At startup every job still ``running`` belonged to a dead process and is put
+back at once. While running, the heartbeat extends the leases of live jobs
+(and notices cancellations asked for by the CLI), and jobs whose lease ran out
+are rescued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from jobd.clock import Clock
+from jobd.config import WorkersConfig
+from jobd.runtime.workers import WorkerPool
+from jobd.store.store import Store
+
+log = logging.getLogger("jobd.lifeline")
+
+
+class Lifeline:
+    def __init__(self, *, store: Store, pool: WorkerPool, clock: Clock,
+                 config: WorkersConfig) -> None:
+        self._store = store
+        self._pool = pool
+        self._clock = clock
+        self._config = config
+        self._stop = asyncio.Event()
+
+    @property
+    def interval_s(self) -> float:
+        return min(self._config.poll_interval, self._config.lease_seconds / 3)
+
+    async def recover_at_startup(self) -> dict[str, int]:
+        counts = await self._store.rescue_orphans(now=self._clock.now(), all_running=True)
+        if any(counts.values()):
+            log.warning("recovered jobs left running by a dead process: %d to retry, %d fatal",
+                        counts["retry"], counts["fatal"])
+            self._pool.wake()
+        return counts
+
+    async def run_once(self) -> None:
+        now = self._clock.now()
+        cancel_ids = await self._store.extend_leases(
+            self._pool.running_ids(), owner=self._pool.owner,
+            expires=now + self._config.lease_seconds)
+        for job_id in cancel_ids:
+            self._pool.cancel(job_id)
+        counts = await self._store.rescue_orphans(now=now, all_running=False)
+        if any(counts.values()):
+            log.warning("rescued jobs whose lease expired: %d to retry, %d fatal",
+                        counts["retry"], counts["fatal"])
+            self._pool.wake()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("lease heartbeat failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,204 @@
+"""The scheduler loop and the worker pool.
+
+``run_once`` claims one round of due jobs for the free slots and starts a task
+for each; ``run`` repeats it whenever it is woken (a job was created, a slot
+freed, a retry became due) and every ``poll_interval`` as a fallback, which is
+also how changes made by the CLI are noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from jobd.clock import Clock
+from jobd.config import Config
+from jobd.handlers.base import Services
+from jobd.handlers.registry import Registry
+from jobd.models import ClaimedJob, JobStatus
+from jobd.retry import RetryAt, decide
+from jobd.runtime.execution import (
+    Cancelled,
+    Failed,
+    Interrupted,
+    Outcome,
+    Succeeded,
+    TimedOut,
+    run_attempt,
+)
+from jobd.store.store import Store
+
+log = logging.getLogger("jobd.workers")
+
+
+@dataclass
+class _Running:
+    job: ClaimedJob
+    task: asyncio.Task[None]
+    stop_reason: str | None = None  # "cancel" or "shutdown" once we asked it to stop
+
+
+class WorkerPool:
+    def __init__(self, *, store: Store, registry: Registry, services: Services, clock: Clock,
+                 config: Config, owner: str, rng: random.Random | None = None) -> None:
+        self._store = store
+        self._registry = registry
+        self._services = services
+        self._clock = clock
+        self._config = config
+        self.owner = owner
+        self._rng = rng or random.Random()
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._next_due: float | None = None
+        self._after_tenant: str | None = None
+        self._claiming = True
+        self.listeners: list[JobListener] = []
+
+    # signals from outside ----------------------------------------------------------
+    def wake(self, due_at: float | None = None) -> None:
+        """Something may be runnable now (or at ``due_at``)."""
+        if due_at is not None and due_at > self._clock.now():
+            if self._next_due is None or due_at < self._next_due:
+                self._next_due = due_at
+                self._wake.set()
+            return
+        self._wake.set()
+
+    def running_ids(self) -> list[str]:
+        return list(self._running)
+
+    def cancel(self, job_id: str, reason: str = "cancel") -> bool:
+        entry = self._running.get(job_id)
+        if entry is None or entry.stop_reason is not None:
+            return False
+        entry.stop_reason = reason
+        entry.task.cancel()
+        return True
+
+    # the loop ----------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        return self._config.workers.concurrency - len(self._running)
+
+    async def run_once(self) -> int:
+        """Claim one round for the free slots and start them; return how many."""
+        free = self.free_slots
+        if free <= 0 or not self._claiming:
+            return 0
+        now = self._clock.now()
+        claim = await self._store.claim_due_jobs(
+            now=now, limit=free, owner=self.owner,
+            lease_s=self._config.workers.lease_seconds, after_tenant=self._after_tenant)
+        self._after_tenant = claim.last_tenant
+        for job in claim.jobs:
+            task = asyncio.create_task(self._run_job(job), name=f"job:{job.id}")
+            self._running[job.id] = _Running(job, task)
+        return len(claim.jobs)
+
+    async def run(self) -> None:
+        while self._claiming:
+            self._wake.clear()
+            free = self.free_slots
+            started = await self.run_once()
+            if free > 0 and started == free:
+                continue  # there may be more due right now
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        timeout = self._config.workers.poll_interval
+        if self._next_due is not None:
+            until_due = self._next_due - self._clock.now()
+            if until_due <= timeout:
+                self._next_due = None
+                timeout = max(0.0, until_due)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # one job -----------------------------------------------------------------------
+    async def _run_job(self, job: ClaimedJob) -> None:
+        started = time.perf_counter()
+        outcome: Outcome
+        try:
+            outcome = await run_attempt(job, registry=self._registry, services=self._services,
+                                        default_timeout_s=self._config.jobs.timeout)
+        except asyncio.CancelledError:
+            entry = self._running.get(job.id)
+            if entry is None or entry.stop_reason is None:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            outcome = (Cancelled("cancelled while running") if entry.stop_reason == "cancel"
+                       else Interrupted("interrupted by shutdown; put back in the queue"))
+        try:
+            status = await self._record(job, outcome)
+            for listener in self.listeners:
+                listener(job, outcome, status, time.perf_counter() - started)
+        except Exception:
+            log.exception("could not record the outcome of job %s; its lease will expire", job.id)
+        finally:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+    async def _record(self, job: ClaimedJob, outcome: Outcome) -> JobStatus | None:
+        now = self._clock.now()
+        store, owner = self._store, self.owner
+        if isinstance(outcome, Succeeded):
+            await store.finish_job(job, owner=owner, status=JobStatus.SUCCEEDED, now=now,
+                                   result_json=outcome.result_json)
+            return JobStatus.SUCCEEDED
+        if isinstance(outcome, Cancelled):
+            await store.finish_job(job, owner=owner, status=JobStatus.CANCELLED, now=now,
+                                   error=outcome.error)
+            return JobStatus.CANCELLED
+        if isinstance(outcome, Interrupted):
+            await store.requeue_job(job, owner=owner, now=now, reason=outcome.error)
+            return JobStatus.QUEUED
+        return await self._record_failure(job, outcome, now)
+
+    async def _record_failure(self, job: ClaimedJob, outcome: Failed | TimedOut,
+                              now: float) -> JobStatus:
+        permanent = isinstance(outcome, Failed) and outcome.permanent
+        cfg = self._config.jobs
+        decision = decide(attempt=job.attempt, max_attempts=job.max_attempts, permanent=permanent,
+                          now=now, base_s=cfg.backoff_base, max_s=cfg.backoff_max, rng=self._rng)
+        if isinstance(decision, RetryAt):
+            await self._store.schedule_retry(job, owner=self.owner, now=now,
+                                             next_run_at=decision.next_run_at, error=outcome.error)
+            self.wake(decision.next_run_at)
+            return JobStatus.RETRY
+        log.warning("job %s (%s) failed for good after %d attempt(s): %s",
+                    job.id, job.type, job.attempt, outcome.error)
+        await self._store.finish_job(job, owner=self.owner, status=JobStatus.FATAL, now=now,
+                                     error=outcome.error)
+        return JobStatus.FATAL
+
+    # shutdown ----------------------------------------------------------------------
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop claiming; let running jobs finish for ``grace_s``, then put the rest back."""
+        self._claiming = False
+        self._wake.set()
+        tasks = [entry.task for entry in self._running.values()]
+        if tasks:
+            log.info("waiting up to %gs for %d running job(s)", grace_s, len(tasks))
+            await asyncio.wait(tasks, timeout=grace_s)
+        leftover = list(self._running)
+        for job_id in leftover:
+            self.cancel(job_id, reason="shutdown")
+        remaining = [entry.task for entry in self._running.values()]
+        if remaining:
+            await asyncio.wait(remaining)
+        if leftover:
+            log.info("put %d unfinished job(s) back in the queue", len(leftover))
+
+
+class JobListener:
+    """Called after each attempt is recorded (metrics, logs)."""
+
+    def __call__(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
+                 duration_s: float) -> None: ...

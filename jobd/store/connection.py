@@ -1,0 +1,77 @@
+"""Opening the database file and migrating its schema.
+
+Used by the daemon's writer thread and readers and by the CLI alike, so every
+process applies the same pragmas and the same migrations.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from importlib import resources
+from pathlib import Path
+
+from jobd.errors import StoreUnavailable
+
+MIGRATIONS_PACKAGE = "jobd.store.migrations"
+
+
+def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0,
+            must_exist: bool = False) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with autocommit (explicit ``BEGIN`` only)."""
+    if must_exist and path != ":memory:" and not Path(path).exists():
+        raise StoreUnavailable(
+            f"database {path} does not exist; start the daemon (jobd serve) or set "
+            "database.path / JOBD_DATABASE_PATH to the daemon's database"
+        )
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                               cached_statements=256)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open database {path}: {exc}") from None
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of every migration, in order."""
+    found = []
+    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations in one transaction each; return the schema version."""
+    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    for number, _name, sql in migrations():
+        if number <= version:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            if number > current:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version
+
+
+def _statements(sql: str) -> list[str]:
+    parts, buf = [], []
+    for line in sql.splitlines():
+        buf.append(line)
+        if sqlite3.complete_statement("\n".join(buf)):
+            parts.append("\n".join(buf))
+            buf = []
+    return parts

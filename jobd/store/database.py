@@ -1,0 +1,61 @@
+"""Synchronous access for the CLI: one connection, every write in ``BEGIN IMMEDIATE``."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jobd.config import DatabaseConfig
+from jobd.errors import StoreUnavailable
+from jobd.store.connection import connect, migrate
+
+T = TypeVar("T")
+
+
+class Database:
+    def __init__(self, config: DatabaseConfig, *, must_exist: bool = False) -> None:
+        self._conn = connect(config.path, synchronous=config.synchronous,
+                             busy_timeout_s=config.busy_timeout, must_exist=must_exist)
+        self.path = config.path
+        try:
+            migrate(self._conn)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise _unavailable(exc, config.path) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc, self.path) from None
+        try:
+            result = fn(self._conn, *args, **kwargs)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(self._conn, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc, self.path) from None
+
+
+def _unavailable(exc: sqlite3.Error, path: str) -> StoreUnavailable:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return StoreUnavailable(
+            f"database {path} stayed locked past the busy timeout; another process holds a "
+            "long write. Try again, or raise database.busy_timeout")
+    return StoreUnavailable(f"database {path}: {exc}")

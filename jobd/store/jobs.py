@@ -1,0 +1,100 @@
+"""Job transactions for the API and the CLI: create (idempotently), read, cancel, retry."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from jobd.credentials import new_job_id
+from jobd.errors import IdempotencyConflict, InvalidState, NotFound
+from jobd.models import IdempotentResult, Job, JobStatus, NewJob, row_to_job
+from jobd.store.outbox import enqueue_delivery
+from jobd.store.queries import Q
+
+RenderCreated = Callable[[str, float], bytes]
+
+
+def lookup_idempotent(conn: sqlite3.Connection, tenant_id: str, key: str, body_hash: bytes,
+                      now: float) -> IdempotentResult | None:
+    """The stored answer for ``key`` if it is still live; 409 if the body differs."""
+    rows = conn.execute(Q["idempotency_get"], (tenant_id, key)).fetchall()
+    if not rows or rows[0]["expires_at"] <= now:
+        return None
+    row = rows[0]
+    if row["body_hash"] != body_hash:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was already used with a different request body")
+    return IdempotentResult(status=row["response_status"], body=row["response_body"],
+                            job_id=row["job_id"], replayed=True)
+
+
+def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: float,
+               idempotency_ttl_s: float, render: RenderCreated) -> IdempotentResult:
+    """Create the job unless its Idempotency-Key already answered; one transaction."""
+    existing = lookup_idempotent(conn, job.tenant_id, job.idempotency_key, body_hash, now)
+    if existing is not None:
+        return existing
+    conn.execute(Q["idempotency_delete"], (job.tenant_id, job.idempotency_key))
+    job_id = new_job_id()
+    conn.execute(Q["job_insert"], (
+        job_id, job.tenant_id, job.type, job.payload, job.priority, job.max_attempts,
+        job.timeout_seconds, job.run_at, job.run_at, job.webhook_url, job.idempotency_key,
+        now, now,
+    ))
+    body = render(job_id, now)
+    conn.execute(Q["idempotency_insert"], (
+        job.tenant_id, job.idempotency_key, body_hash, job_id, 201, body,
+        now + idempotency_ttl_s,
+    ))
+    return IdempotentResult(status=201, body=body, job_id=job_id, replayed=False)
+
+
+def find_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job | None:
+    if tenant_id is None:
+        rows = conn.execute(Q["job_get"], (job_id,)).fetchall()
+    else:
+        rows = conn.execute(Q["job_get_for_tenant"], (job_id, tenant_id)).fetchall()
+    return row_to_job(rows[0]) if rows else None
+
+
+def get_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job:
+    job = find_job(conn, job_id, tenant_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return job
+
+
+def cancel_job(conn: sqlite3.Connection, job_id: str, *, tenant_id: str | None,
+               now: float) -> Job:
+    """Waiting jobs are cancelled at once; a running one is asked to stop."""
+    job = get_job(conn, job_id, tenant_id)
+    if job.status in (JobStatus.QUEUED, JobStatus.RETRY):
+        for row in conn.execute(Q["job_cancel_waiting"], {"id": job_id, "now": now}).fetchall():
+            enqueue_delivery(conn, row, now)
+    elif job.status is JobStatus.RUNNING:
+        conn.execute(Q["job_request_cancel"], {"id": job_id, "now": now})
+    else:
+        raise InvalidState(f"job {job_id} is already {job.status.value}; it cannot be cancelled")
+    return get_job(conn, job_id)
+
+
+def retry_job(conn: sqlite3.Connection, job_id: str, *, tenant_id: str | None,
+              now: float) -> Job:
+    """Run a fatal or cancelled job again (with at least one more attempt)."""
+    job = get_job(conn, job_id, tenant_id)
+    if job.status not in (JobStatus.FATAL, JobStatus.CANCELLED):
+        raise InvalidState(
+            f"job {job_id} is {job.status.value}; only fatal or cancelled jobs can be retried")
+    conn.execute(Q["job_retry_final"], {"id": job_id, "now": now})
+    return get_job(conn, job_id)
+
+
+def list_jobs(conn: sqlite3.Connection, *, tenant_id: str | None = None,
+              status: str | None = None, job_type: str | None = None, limit: int = 50,
+              before_seq: int | None = None) -> list[Job]:
+    """Newest first; page with ``before_seq`` (the last row's ``seq``), never OFFSET."""
+    rows = conn.execute(Q["job_list"], {
+        "tenant_id": tenant_id, "status": status, "type": job_type, "limit": limit,
+        "before": before_seq if before_seq is not None else 2**63 - 1,
+    }).fetchall()
+    return [row_to_job(r) for r in rows]

@@ -1,0 +1,28 @@
+"""The webhook outbox: a delivery row written in the transaction that finishes a job."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from jobd.credentials import new_delivery_id
+from jobd.store.queries import Q
+from jobd.webhook_body import build_body
+
+
+def enqueue_delivery(conn: sqlite3.Connection, finished: Any, now: float) -> str | None:
+    """Queue the webhook for a just-finished job row (from a ``RETURNING`` clause)."""
+    url = finished["webhook_url"]
+    if not url:
+        return None
+    body = build_body(
+        job_id=finished["id"], job_type=finished["type"], status=finished["status"],
+        attempts=finished["attempts"], payload_json=finished["payload"],
+        completed_at=finished["completed_at"], result_json=finished["result"],
+        error=finished["last_error"] if finished["status"] != "succeeded" else None,
+    )
+    delivery_id = new_delivery_id()
+    conn.execute(Q["delivery_insert"], (
+        delivery_id, finished["id"], finished["tenant_id"], url, body, now, now, now,
+    ))
+    return delivery_id

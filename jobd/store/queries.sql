@@ -1,0 +1,169 @@
+-- Every SQL statement jobd runs after migrations, by name.
+-- Time is always bound as :now; SQLite's own clock is never used.
+
+-- name: tenant_insert
+INSERT INTO tenants (id, api_key_hash, api_key_prefix, webhook_secret, rate, burst,
+                     max_concurrency, disabled, created_at, updated_at)
+VALUES (:id, :api_key_hash, :api_key_prefix, :webhook_secret, :rate, :burst,
+        :max_concurrency, 0, :now, :now);
+
+-- name: tenant_get
+SELECT * FROM tenants WHERE id = ?;
+
+-- name: tenant_list
+SELECT * FROM tenants ORDER BY id;
+
+-- name: tenant_by_key_hash
+SELECT * FROM tenants WHERE api_key_hash = ?;
+
+-- name: tenant_update_limits
+UPDATE tenants SET rate = :rate, burst = :burst, max_concurrency = :max_concurrency,
+                   updated_at = :now
+WHERE id = :id;
+
+-- name: tenant_set_disabled
+UPDATE tenants SET disabled = :disabled, updated_at = :now WHERE id = :id;
+
+-- name: tenant_set_key
+UPDATE tenants SET api_key_hash = :api_key_hash, api_key_prefix = :api_key_prefix,
+                   updated_at = :now
+WHERE id = :id;
+
+-- name: idempotency_get
+SELECT body_hash, job_id, response_status, response_body, expires_at
+FROM idempotency_keys WHERE tenant_id = ? AND key = ?;
+
+-- name: idempotency_delete
+DELETE FROM idempotency_keys WHERE tenant_id = ? AND key = ?;
+
+-- name: idempotency_insert
+INSERT INTO idempotency_keys (tenant_id, key, body_hash, job_id, response_status,
+                              response_body, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- name: job_insert
+INSERT INTO jobs (id, tenant_id, type, payload, status, priority, attempts, max_attempts,
+                  timeout_seconds, run_at, next_run_at, webhook_url, idempotency_key,
+                  created_at, updated_at)
+VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: job_get
+SELECT * FROM jobs WHERE id = ?;
+
+-- name: job_get_for_tenant
+SELECT * FROM jobs WHERE id = ? AND tenant_id = ?;
+
+-- Tenants with waiting jobs, one index seek each (a loose index scan).
+-- name: tenants_with_waiting_jobs
+WITH RECURSIVE waiting (tenant_id) AS (
+    SELECT min(tenant_id) FROM jobs WHERE status IN ('queued', 'retry')
+    UNION ALL
+    SELECT (SELECT min(tenant_id) FROM jobs
+            WHERE status IN ('queued', 'retry') AND tenant_id > waiting.tenant_id)
+    FROM waiting WHERE waiting.tenant_id IS NOT NULL
+)
+SELECT tenant_id FROM waiting WHERE tenant_id IS NOT NULL;
+
+-- name: tenant_concurrency_caps
+SELECT t.id, t.max_concurrency,
+       (SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.tenant_id = t.id) AS running
+FROM tenants t WHERE t.max_concurrency IS NOT NULL;
+
+-- name: due_jobs_of_tenant
+SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds
+FROM jobs
+WHERE tenant_id = ? AND status IN ('queued', 'retry') AND next_run_at <= ?
+ORDER BY priority DESC, next_run_at
+LIMIT ?;
+
+-- name: job_mark_running
+UPDATE jobs SET status = 'running', attempts = attempts + 1, next_run_at = NULL,
+                lease_owner = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
+WHERE seq = ?;
+
+-- name: next_due_time
+SELECT min(next_run_at) FROM jobs WHERE status IN ('queued', 'retry');
+
+-- Fenced: only the current attempt of a running job held by this owner.
+-- name: job_finish_running
+UPDATE jobs SET status = :status, result = :result, last_error = :error,
+                completed_at = :now, next_run_at = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner
+RETURNING id, tenant_id, type, payload, status, attempts, webhook_url, result, last_error,
+          completed_at;
+
+-- name: job_retry_running
+UPDATE jobs SET status = 'retry', next_run_at = :next_run_at, last_error = :error,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner;
+
+-- name: job_requeue_running
+UPDATE jobs SET status = 'queued', next_run_at = :now, last_error = :error,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner;
+
+-- name: job_extend_leases
+UPDATE jobs SET lease_expires_at = :expires
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running'
+  AND lease_owner = :owner
+RETURNING id, cancel_requested;
+
+-- Orphans: running jobs whose lease ran out ...
+-- name: jobs_lease_expired
+SELECT id, attempts, max_attempts FROM jobs
+WHERE status = 'running' AND lease_expires_at < :now;
+
+-- ... or, at startup, every running job (no other process can hold one).
+-- name: jobs_running_all
+SELECT id, attempts, max_attempts FROM jobs WHERE status = 'running';
+
+-- name: job_orphan_to_retry
+UPDATE jobs SET status = 'retry', next_run_at = :now, last_error = :error,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'running';
+
+-- name: job_orphan_to_fatal
+UPDATE jobs SET status = 'fatal', last_error = :error, completed_at = :now,
+                next_run_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                updated_at = :now
+WHERE id = :id AND status = 'running'
+RETURNING id, tenant_id, type, payload, status, attempts, webhook_url, result, last_error,
+          completed_at;
+
+-- name: job_cancel_waiting
+UPDATE jobs SET status = 'cancelled', completed_at = :now, next_run_at = NULL,
+                updated_at = :now
+WHERE id = :id AND status IN ('queued', 'retry')
+RETURNING id, tenant_id, type, payload, status, attempts, webhook_url, result, last_error,
+          completed_at;
+
+-- name: job_request_cancel
+UPDATE jobs SET cancel_requested = 1, updated_at = :now
+WHERE id = :id AND status = 'running';
+
+-- name: job_retry_final
+UPDATE jobs SET status = 'queued', next_run_at = :now, cancel_requested = 0,
+                max_attempts = max(max_attempts, attempts + 1), result = NULL,
+                completed_at = NULL, updated_at = :now
+WHERE id = :id AND status IN ('fatal', 'cancelled');
+
+-- name: delivery_insert
+INSERT INTO deliveries (id, job_id, tenant_id, url, body, status, attempts,
+                        next_attempt_at, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?);
+
+-- name: job_list
+SELECT * FROM jobs
+WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
+  AND (:status IS NULL OR status = :status)
+  AND (:type IS NULL OR type = :type)
+  AND seq < :before
+ORDER BY seq DESC
+LIMIT :limit;
+
+-- name: deliveries_of_job
+SELECT * FROM deliveries WHERE job_id = ? ORDER BY seq;
+
+-- name: delivery_attempts_of
+SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id;

@@ -1,0 +1,130 @@
+"""Job transitions for the scheduler and workers: claim, finish, retry, rescue.
+
+Every finishing write is fenced: it names the attempt and the lease owner, so
+a worker whose lease was taken away cannot overwrite a newer outcome.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from itertools import zip_longest
+
+import orjson
+
+from jobd.models import ClaimedJob, JobStatus
+from jobd.store.outbox import enqueue_delivery
+from jobd.store.queries import Q
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRound:
+    jobs: list[ClaimedJob]
+    last_tenant: str | None  # where the next round's rotation starts after
+
+
+def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: str,
+                   lease_s: float, after_tenant: str | None = None) -> ClaimRound:
+    """Claim up to ``limit`` due jobs, round-robin across tenants.
+
+    Each tenant with waiting jobs gets its best job before any tenant gets a
+    second one; within a tenant, higher priority and then earlier due time go
+    first. A tenant's ``max_concurrency`` caps what it may hold.
+    """
+    if limit <= 0:
+        return ClaimRound([], after_tenant)
+    tenants = _rotation([r[0] for r in conn.execute(Q["tenants_with_waiting_jobs"])],
+                        after_tenant)[:limit]
+    if not tenants:
+        return ClaimRound([], after_tenant)
+    room = {r["id"]: max(0, r["max_concurrency"] - r["running"])
+            for r in conn.execute(Q["tenant_concurrency_caps"]).fetchall()}
+    per_tenant = []
+    for tenant_id in tenants:
+        allowance = min(limit, room.get(tenant_id, limit))
+        if allowance > 0:
+            per_tenant.append(conn.execute(Q["due_jobs_of_tenant"],
+                                           (tenant_id, now, allowance)).fetchall())
+    chosen = [row for rank in zip_longest(*per_tenant) for row in rank if row is not None][:limit]
+    expires = now + lease_s
+    conn.executemany(Q["job_mark_running"],
+                     [(owner, expires, now, now, row["seq"]) for row in chosen])
+    jobs = [ClaimedJob(id=r["id"], tenant_id=r["tenant_id"], type=r["type"],
+                       payload=r["payload"], attempt=r["attempts"] + 1,
+                       max_attempts=r["max_attempts"], timeout_seconds=r["timeout_seconds"])
+            for r in chosen]
+    return ClaimRound(jobs, tenants[-1])
+
+
+def _rotation(tenants: list[str], after: str | None) -> list[str]:
+    if after is None:
+        return tenants
+    later = [t for t in tenants if t > after]
+    return later + [t for t in tenants if t <= after]
+
+
+def next_due_time(conn: sqlite3.Connection) -> float | None:
+    rows = conn.execute(Q["next_due_time"]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def finish_job(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, status: JobStatus,
+               now: float, result_json: str | None = None, error: str | None = None) -> bool:
+    """Move the job to a final status (and queue its webhook); False if fenced out."""
+    rows = conn.execute(Q["job_finish_running"], {
+        "id": job.id, "attempt": job.attempt, "owner": owner, "status": status.value,
+        "now": now, "error": error, "result": result_json,
+    }).fetchall()
+    for row in rows:
+        enqueue_delivery(conn, row, now)
+    return bool(rows)
+
+
+def schedule_retry(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, now: float,
+                   next_run_at: float, error: str) -> bool:
+    cur = conn.execute(Q["job_retry_running"], {
+        "id": job.id, "attempt": job.attempt, "owner": owner, "now": now,
+        "next_run_at": next_run_at, "error": error,
+    })
+    return cur.rowcount == 1
+
+
+def requeue_job(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, now: float,
+                reason: str) -> bool:
+    """Put a job back without judging it (shutdown): it runs again as soon as possible."""
+    cur = conn.execute(Q["job_requeue_running"], {
+        "id": job.id, "attempt": job.attempt, "owner": owner, "now": now, "error": reason,
+    })
+    return cur.rowcount == 1
+
+
+def extend_leases(conn: sqlite3.Connection, job_ids: list[str], *, owner: str,
+                  expires: float) -> list[str]:
+    """Heartbeat for live jobs; returns the ids whose cancellation was requested."""
+    if not job_ids:
+        return []
+    rows = conn.execute(Q["job_extend_leases"], {
+        "ids": orjson.dumps(job_ids).decode(), "owner": owner, "expires": expires,
+    }).fetchall()
+    return [r["id"] for r in rows if r["cancel_requested"]]
+
+
+def rescue_orphans(conn: sqlite3.Connection, *, now: float, all_running: bool) -> dict[str, int]:
+    """Running jobs nobody holds any more go back to ``retry`` (or ``fatal`` if that
+    was their last attempt). At startup ``all_running`` takes every running job,
+    since no other process can be running them."""
+    counts = {"retry": 0, "fatal": 0}
+    query = Q["jobs_running_all"] if all_running else Q["jobs_lease_expired"]
+    for row in conn.execute(query, {"now": now}).fetchall():
+        why = "process died" if all_running else "lease expired"
+        if row["attempts"] >= row["max_attempts"]:
+            error = f"attempt {row['attempts']} was interrupted ({why}) and it was the last one"
+            for finished in conn.execute(Q["job_orphan_to_fatal"],
+                                         {"id": row["id"], "now": now, "error": error}).fetchall():
+                enqueue_delivery(conn, finished, now)
+            counts["fatal"] += 1
+        else:
+            error = f"attempt {row['attempts']} was interrupted ({why}); retrying"
+            conn.execute(Q["job_orphan_to_retry"], {"id": row["id"], "now": now, "error": error})
+            counts["retry"] += 1
+    return counts

@@ -1,0 +1,121 @@
+"""The daemon's store: named transitions over one group-commit writer and one reader.
+
+Writes go through :class:`GroupCommitWriter` (durable before they return).
+Point reads (a job by id, a tenant by key) run on a reader connection in the
+event loop's thread: in WAL mode they never wait for the writer and take
+microseconds, less than a hop to another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jobd.config import DatabaseConfig
+from jobd.models import ClaimedJob, IdempotentResult, Job, JobStatus, NewJob, Tenant
+from jobd.store import jobs, scheduling, tenants
+from jobd.store.connection import connect, migrate
+from jobd.store.jobs import RenderCreated
+from jobd.store.scheduling import ClaimRound
+from jobd.store.writer import GroupCommitWriter
+
+T = TypeVar("T")
+
+
+class Store:
+    def __init__(self, config: DatabaseConfig) -> None:
+        self._config = config
+        self._open = functools.partial(connect, config.path, synchronous=config.synchronous,
+                                       busy_timeout_s=config.busy_timeout)
+        self._writer = GroupCommitWriter(self._open)
+        self._reader: sqlite3.Connection | None = None
+
+    # lifecycle -----------------------------------------------------------------
+    def open(self) -> None:
+        conn = self._open()
+        try:
+            migrate(conn)
+        finally:
+            conn.close()
+        self._writer.start()
+        self._reader = self._open()
+
+    def close(self) -> None:
+        self._writer.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def writer_stats(self) -> tuple[int, int]:
+        return self._writer.batches, self._writer.units
+
+    # generic -------------------------------------------------------------------
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if kwargs:
+            return await self._writer.call(functools.partial(fn, **kwargs), *args)
+        return await self._writer.call(fn, *args)
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        assert self._reader is not None, "store is not open"
+        return fn(self._reader, *args, **kwargs)
+
+    async def read_slow(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A read that may scan: on its own connection in a worker thread."""
+        def run() -> T:
+            conn = self._open()
+            try:
+                return fn(conn, *args, **kwargs)
+            finally:
+                conn.close()
+        return await asyncio.to_thread(run)
+
+    # API -----------------------------------------------------------------------
+    def tenant_for_api_key(self, api_key: str) -> Tenant | None:
+        return self.read(tenants.tenant_for_api_key, api_key)
+
+    def lookup_idempotent(self, tenant_id: str, key: str, body_hash: bytes,
+                          now: float) -> IdempotentResult | None:
+        return self.read(jobs.lookup_idempotent, tenant_id, key, body_hash, now)
+
+    async def insert_job(self, job: NewJob, *, body_hash: bytes, now: float,
+                         idempotency_ttl_s: float, render: RenderCreated) -> IdempotentResult:
+        return await self.write(jobs.insert_job, job, body_hash=body_hash, now=now,
+                                idempotency_ttl_s=idempotency_ttl_s, render=render)
+
+    def find_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
+        return self.read(jobs.find_job, job_id, tenant_id)
+
+    async def cancel_job(self, job_id: str, *, tenant_id: str | None, now: float) -> Job:
+        return await self.write(jobs.cancel_job, job_id, tenant_id=tenant_id, now=now)
+
+    # scheduler and workers -----------------------------------------------------
+    async def claim_due_jobs(self, *, now: float, limit: int, owner: str, lease_s: float,
+                             after_tenant: str | None) -> ClaimRound:
+        return await self.write(scheduling.claim_due_jobs, now=now, limit=limit, owner=owner,
+                                lease_s=lease_s, after_tenant=after_tenant)
+
+    def next_due_time(self) -> float | None:
+        return self.read(scheduling.next_due_time)
+
+    async def finish_job(self, job: ClaimedJob, *, owner: str, status: JobStatus, now: float,
+                         result_json: str | None = None, error: str | None = None) -> bool:
+        return await self.write(scheduling.finish_job, job, owner=owner, status=status, now=now,
+                                result_json=result_json, error=error)
+
+    async def schedule_retry(self, job: ClaimedJob, *, owner: str, now: float,
+                             next_run_at: float, error: str) -> bool:
+        return await self.write(scheduling.schedule_retry, job, owner=owner, now=now,
+                                next_run_at=next_run_at, error=error)
+
+    async def requeue_job(self, job: ClaimedJob, *, owner: str, now: float, reason: str) -> bool:
+        return await self.write(scheduling.requeue_job, job, owner=owner, now=now, reason=reason)
+
+    async def extend_leases(self, job_ids: list[str], *, owner: str, expires: float) -> list[str]:
+        return await self.write(scheduling.extend_leases, job_ids, owner=owner, expires=expires)
+
+    async def rescue_orphans(self, *, now: float, all_running: bool) -> dict[str, int]:
+        return await self.write(scheduling.rescue_orphans, now=now, all_running=all_running)

@@ -1,0 +1,144 @@
+"""The one writer: a thread that owns the write connection and commits in groups.
+
+Callers hand it a transaction function ``fn(conn, *args)``. The thread takes
+every function that is waiting, runs them inside one ``BEGIN IMMEDIATE`` ...
+``COMMIT`` (each in its own savepoint, so one failure does not undo the
+others), and only after the commit resolves the callers' futures. A result is
+therefore never seen before it is durable, and many small writes share one
+fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jobd.errors import StoreUnavailable
+
+log = logging.getLogger("jobd.store")
+
+T = TypeVar("T")
+TxFn = Callable[..., Any]
+_Item = tuple[TxFn, tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
+_STOP = object()
+
+
+class GroupCommitWriter:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 1024) -> None:
+        self._connect = connect
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="jobd-writer", daemon=True)
+        self._ready = threading.Event()
+        self._open_error: BaseException | None = None
+        self.batches = 0
+        self.units = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._open_error is not None:
+            raise self._open_error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in the next group transaction; return after COMMIT."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, args, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to start()
+            self._open_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                batch, stop = self._take_batch()
+                if batch:
+                    self._commit_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _take_batch(self) -> tuple[list[_Item], bool]:
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for fn, args, _future, _loop in batch:
+                    outcomes.append(_run_unit(conn, fn, args))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.error("write transaction failed: %s", exc)
+            error = StoreUnavailable(f"database write failed: {exc}")
+            outcomes = [(False, error)] * len(batch)
+        self.batches += 1
+        self.units += len(batch)
+        _resolve(batch, outcomes)
+
+
+def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> tuple[bool, Any]:
+    conn.execute("SAVEPOINT unit")
+    try:
+        result = fn(conn, *args)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO unit")
+        conn.execute("RELEASE unit")
+        return False, exc
+    conn.execute("RELEASE unit")
+    return True, result
+
+
+def _resolve(batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for (_fn, _args, future, loop), (ok, value) in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(loop, []).append((future, ok, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_results, items)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+
+def _set_results(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
