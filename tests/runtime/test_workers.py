@@ -1,0 +1,258 @@
+"""The worker pool and the lifeline, in-process, against a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+
+from jobd.api.views import created_body
+from jobd.clock import FakeClock
+from jobd.handlers.base import AnyPayload, JobContext, JobType, PermanentError, Services
+from jobd.handlers.registry import Registry, builtin_types
+from jobd.models import JobStatus, NewJob
+from jobd.runtime.lifeline import Lifeline
+from jobd.runtime.workers import WorkerPool
+from jobd.store import jobs as store_jobs
+from tests.conftest import T0, make_config
+
+
+class Behaviour:
+    """Job types whose handlers the test controls."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, float]] = []
+        self.release = asyncio.Event()
+        self.running = 0
+        self.peak = 0
+
+    def registry(self) -> Registry:
+        async def fail(payload: AnyPayload, ctx: JobContext) -> Any:
+            raise RuntimeError("boom")
+
+        async def permanent(payload: AnyPayload, ctx: JobContext) -> Any:
+            raise PermanentError("bad input, do not retry")
+
+        async def hold(payload: AnyPayload, ctx: JobContext) -> Any:
+            self.started.append((ctx.job_id, time.perf_counter()))
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            try:
+                await self.release.wait()
+            finally:
+                self.running -= 1
+            return {"held": True}
+
+        return Registry([*builtin_types(), JobType("fail", fail), JobType("permanent", permanent),
+                         JobType("hold", hold)])
+
+
+@pytest.fixture
+def behaviour() -> Behaviour:
+    return Behaviour()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def pool(store, config, behaviour, clock) -> WorkerPool:
+    return WorkerPool(store=store, registry=behaviour.registry(), services=Services(config=config),
+                      clock=clock, config=config, owner="test-owner", rng=random.Random(1))
+
+
+async def submit(store, clock, job_type: str, *, tenant: str = "acme", key: str,
+                 max_attempts: int = 3, timeout_s: float | None = None) -> str:
+    job = NewJob(tenant_id=tenant, type=job_type, payload="{}", priority=0,
+                 max_attempts=max_attempts, timeout_seconds=timeout_s, run_at=clock.now(),
+                 webhook_url=None, idempotency_key=key)
+    result = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
+                                    idempotency_ttl_s=3600, render=created_body)
+    return result.job_id
+
+
+async def settle(pool: WorkerPool) -> None:
+    """Wait (with a deadline) until the pool has no running jobs."""
+    deadline = time.monotonic() + 5
+    while pool.running_ids():
+        assert time.monotonic() < deadline, "jobs still running"
+        await asyncio.sleep(0.001)
+
+
+def job(db, job_id):
+    return db.read(store_jobs.get_job, job_id)
+
+
+async def test_noop_succeeds(store, db, pool, clock, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "noop", key="a")
+    assert await pool.run_once() == 1
+    await settle(pool)
+    done = job(db, job_id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.attempts == 1
+    assert done.result == '{"ok":true}'
+
+
+async def test_failure_schedules_retry_with_backoff_then_fatal(store, db, pool, clock, config,
+                                                               new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "fail", key="a", max_attempts=2)
+    await pool.run_once()
+    await settle(pool)
+    first = job(db, job_id)
+    assert first.status is JobStatus.RETRY
+    base = config.jobs.backoff_base
+    assert T0 + base / 2 <= first.next_run_at <= T0 + base
+    assert first.last_error == "RuntimeError: boom"
+    assert await pool.run_once() == 0  # not due yet
+    clock.advance(base)
+    assert await pool.run_once() == 1
+    await settle(pool)
+    final = job(db, job_id)
+    assert final.status is JobStatus.FATAL
+    assert final.attempts == 2
+
+
+async def test_permanent_error_is_fatal_at_once(store, db, pool, clock, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "permanent", key="a", max_attempts=5)
+    await pool.run_once()
+    await settle(pool)
+    done = job(db, job_id)
+    assert (done.status, done.attempts) == (JobStatus.FATAL, 1)
+    assert "do not retry" in done.last_error
+
+
+async def test_timeout_counts_as_a_failure(store, db, pool, clock, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "hold", key="a", timeout_s=0.05)
+    await pool.run_once()
+    await settle(pool)
+    done = job(db, job_id)
+    assert done.status is JobStatus.RETRY
+    assert "timed out" in done.last_error
+
+
+async def test_cancel_running_job_cooperatively(store, db, pool, clock, behaviour, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "hold", key="a")
+    await pool.run_once()
+    while not behaviour.started:
+        await asyncio.sleep(0.001)
+    assert pool.cancel(job_id)
+    await settle(pool)
+    assert job(db, job_id).status is JobStatus.CANCELLED
+
+
+async def test_cancel_requested_from_cli_is_noticed_by_the_lifeline(store, db, pool, clock, config,
+                                                                    behaviour, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "hold", key="a")
+    await pool.run_once()
+    while not behaviour.started:
+        await asyncio.sleep(0.001)
+    db.write(store_jobs.cancel_job, job_id, tenant_id=None, now=clock.now())  # what the CLI does
+    assert job(db, job_id).status is JobStatus.RUNNING
+    lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
+    await lifeline.run_once()
+    await settle(pool)
+    assert job(db, job_id).status is JobStatus.CANCELLED
+
+
+async def test_shutdown_puts_unfinished_jobs_back(store, db, pool, clock, behaviour, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "hold", key="a")
+    await pool.run_once()
+    while not behaviour.started:
+        await asyncio.sleep(0.001)
+    await pool.shutdown(grace_s=0.01)
+    back = job(db, job_id)
+    assert back.status is JobStatus.QUEUED
+    assert back.next_run_at == clock.now()
+    assert "shutdown" in back.last_error
+    assert await pool.run_once() == 0  # no claims after shutdown
+
+
+async def test_shutdown_lets_jobs_finish_within_grace(store, db, pool, clock, behaviour, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "hold", key="a")
+    await pool.run_once()
+    while not behaviour.started:
+        await asyncio.sleep(0.001)
+    asyncio.get_running_loop().call_later(0.02, behaviour.release.set)
+    await pool.shutdown(grace_s=5)
+    assert job(db, job_id).status is JobStatus.SUCCEEDED
+
+
+async def test_max_concurrency_caps_a_tenant(store, db, pool, clock, behaviour, new_tenant):
+    new_tenant("capped", max_concurrency=2)
+    ids = [await submit(store, clock, "hold", tenant="capped", key=f"k{i}") for i in range(6)]
+    for _ in range(3):
+        await pool.run_once()
+    assert len(pool.running_ids()) == 2
+    behaviour.release.set()
+    run = asyncio.create_task(pool.run())
+    try:
+        deadline = time.monotonic() + 5
+        while any(job(db, i).status is not JobStatus.SUCCEEDED for i in ids):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+    finally:
+        await pool.shutdown(0)
+        run.cancel()
+    assert behaviour.peak <= 2
+
+
+async def test_a_submitted_job_starts_within_milliseconds_when_woken(store, tmp_path, behaviour,
+                                                                     new_tenant):
+    # A long poll interval: only the wake-up can start the job quickly.
+    config = make_config(tmp_path, workers={"poll_interval": 30})
+    clock = FakeClock(T0)
+    pool = WorkerPool(store=store, registry=behaviour.registry(), services=Services(config=config),
+                      clock=clock, config=config, owner="o")
+    new_tenant()
+    run = asyncio.create_task(pool.run())
+    await asyncio.sleep(0.01)  # let the loop go idle
+    latencies = []
+    try:
+        for i in range(5):
+            submitted = time.perf_counter()
+            await submit(store, clock, "hold", key=f"k{i}")
+            pool.wake()
+            while len(behaviour.started) <= i:
+                await asyncio.sleep(0)
+            latencies.append(behaviour.started[i][1] - submitted)
+    finally:
+        behaviour.release.set()
+        await pool.shutdown(1)
+        run.cancel()
+    assert max(latencies) < 0.25, latencies
+
+
+async def test_startup_recovery_and_lease_rescue(store, db, pool, clock, config, behaviour,
+                                                 new_tenant):
+    new_tenant()
+    orphan = await submit(store, clock, "noop", key="a", max_attempts=1)
+    survivor = await submit(store, clock, "noop", key="b", max_attempts=3)
+    await store.claim_due_jobs(now=clock.now(), limit=10, owner="dead-process",
+                               lease_s=config.workers.lease_seconds, after_tenant=None)
+    lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
+    counts = await lifeline.recover_at_startup()
+    assert counts == {"retry": 1, "fatal": 1}
+    assert job(db, orphan).status is JobStatus.FATAL
+    assert "last one" in job(db, orphan).last_error
+    assert job(db, survivor).status is JobStatus.RETRY
+    # a lease that runs out while the daemon runs is rescued too
+    await store.claim_due_jobs(now=clock.now(), limit=10, owner="stuck",
+                               lease_s=config.workers.lease_seconds, after_tenant=None)
+    await lifeline.run_once()
+    assert job(db, survivor).status is JobStatus.RUNNING
+    clock.advance(config.workers.lease_seconds + 1)
+    await lifeline.run_once()
+    assert job(db, survivor).status is JobStatus.RETRY
