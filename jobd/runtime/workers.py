@@ -57,6 +57,7 @@ class WorkerPool:
         self._next_due: float | None = None
         self._after_tenant: str | None = None
         self._claiming = True
+        self._claim_lock = asyncio.Lock()  # held while a claim is in flight
         self.listeners: list[JobListener] = []
 
     # signals from outside ----------------------------------------------------------
@@ -87,6 +88,10 @@ class WorkerPool:
 
     async def run_once(self) -> int:
         """Claim one round for the free slots and start them; return how many."""
+        async with self._claim_lock:
+            return await self._claim_and_start()
+
+    async def _claim_and_start(self) -> int:
         free = self.free_slots
         if free <= 0 or not self._claiming:
             return 0
@@ -181,7 +186,8 @@ class WorkerPool:
     # shutdown ----------------------------------------------------------------------
     async def shutdown(self, grace_s: float) -> None:
         """Stop claiming; let running jobs finish for ``grace_s``, then put the rest back."""
-        self._claiming = False
+        async with self._claim_lock:  # a claim in flight registers its jobs first
+            self._claiming = False
         self._wake.set()
         tasks = [entry.task for entry in self._running.values()]
         if tasks:

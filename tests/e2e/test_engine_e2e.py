@@ -203,3 +203,34 @@ def test_kill9_during_a_burst_loses_no_acknowledged_job(make_env):
         env.client.wait_status(job_id, "succeeded", timeout_s=20)
     assert cli_json(env.config, "jobs", "list", "--status", "running") == []
     assert len(set(acknowledged)) == len(acknowledged) > 60
+
+
+def test_sigterm_under_load_leaves_nothing_running(make_env):
+    env = make_env()
+    env.daemon.start()
+    stop = threading.Event()
+    acked: list[str] = []
+
+    def burst(thread_no: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                status, _, body = env.client.submit("noop", key=f"t{thread_no}-{n}")
+            except OSError:
+                return
+            if status == 201:
+                acked.append(body["jobId"])
+
+    threads = [threading.Thread(target=burst, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(acked) > 200, what="a few hundred jobs acknowledged")
+    assert env.daemon.terminate() == 0
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert cli_json(env.config, "jobs", "list", "--status", "running") == []
+    env.daemon.start()
+    for job_id in acked:
+        env.client.wait_status(job_id, "succeeded", timeout_s=20)
