@@ -1,23 +1,62 @@
-"""Bearer API keys: a key names exactly one tenant; disabled tenants are refused."""
+"""Bearer API keys: a key names exactly one tenant; disabled tenants are refused.
+
+``POST /jobs`` is the hot path, so it authenticates from a small in-memory
+cache (entries live ``ttl_s``, a miss reads the database) and the insert
+transaction checks the key again, so a rotated key or a disabled tenant is
+refused at once all the same. Other endpoints always read the database.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from aiohttp import web
 
+from jobd.credentials import hash_api_key
 from jobd.errors import Unauthorized
 from jobd.models import Tenant
 from jobd.store.store import Store
 
 
-def authenticate(request: web.Request, store: Store) -> Tenant:
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: Tenant
+    key_hash: str
+
+
+class TenantDirectory:
+    def __init__(self, store: Store, ttl_s: float = 1.0) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[Tenant, float]] = {}
+
+    def lookup(self, key_hash: str, *, fresh: bool) -> Tenant | None:
+        now = time.monotonic()
+        if not fresh:
+            hit = self._cache.get(key_hash)
+            if hit is not None and now - hit[1] < self._ttl_s:
+                return hit[0]
+        tenant = self._store.tenant_for_key_hash(key_hash)
+        if tenant is None:
+            self._cache.pop(key_hash, None)
+        else:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_hash] = (tenant, now)
+        return tenant
+
+
+def authenticate(request: web.Request, directory: TenantDirectory, *, fresh: bool = True) -> Caller:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise Unauthorized("send 'Authorization: Bearer <apiKey>'")
-    tenant = store.tenant_for_api_key(key)
+    key_hash = hash_api_key(key)
+    tenant = directory.lookup(key_hash, fresh=fresh)
     if tenant is None:
         raise Unauthorized("the API key is unknown or was revoked")
     if tenant.disabled:
         raise Unauthorized(f"tenant {tenant.id!r} is disabled")
-    return tenant
+    return Caller(tenant, key_hash)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from jobd.api.auth import TenantDirectory
 from jobd.clock import Clock
 from jobd.config import Config
 from jobd.handlers.registry import Registry
@@ -25,10 +26,14 @@ class ApiContext:
     registry: Registry
     clock: Clock
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    tenants: TenantDirectory = field(init=False)
     on_job_created: Callable[[float], None] = _nothing     # wakes the scheduler (due time)
     on_cancel_requested: Callable[[str], None] = _nothing  # cancels a running job now
     on_rate_limited: Callable[[str], None] = _nothing      # metrics
     ready: bool = False
+
+    def __post_init__(self) -> None:
+        self.tenants = TenantDirectory(self.store, ttl_s=min(1.0, self.config.workers.poll_interval))
 
 
 API: web.AppKey[ApiContext] = web.AppKey("jobd_api", ApiContext)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from jobd.errors import JobdError, RateLimited
+from jobd.errors import JobdError, RateLimited, Unauthorized
 
 log = logging.getLogger("jobd.api")
 
@@ -30,7 +30,11 @@ def problem_response(status: int, code: str, title: str, detail: str,
 
 
 def from_error(exc: JobdError) -> web.Response:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="jobd"'}
     return problem_response(exc.status, exc.code, exc.title, exc.detail, exc.errors, headers)
 
 
@@ -47,7 +51,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        response = problem_response(exc.status, code, exc.reason, exc.text or exc.reason)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        response = problem_response(exc.status, code, exc.reason, exc.text or exc.reason,
+                                    headers=kept or None)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = problem_response(500, "internal_error", "Internal error",

@@ -35,7 +35,8 @@ def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> we
 
 async def create_job(request: web.Request) -> web.Response:
     ctx = request.app[API]
-    tenant = authenticate(request, ctx.store)
+    caller = authenticate(request, ctx.tenants, fresh=False)
+    tenant = caller.tenant
     now = ctx.clock.now()
     decision = ctx.limiter.take(tenant.id, tenant.rate, tenant.burst, now)
     request[RATE_HEADERS] = decision.headers()
@@ -50,13 +51,11 @@ async def create_job(request: web.Request) -> web.Response:
         raise Unauthorized("tenantId does not match the API key's tenant")
     job = _parse_new_job(ctx, data, key, now)
     body_hash = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
-    result = ctx.store.lookup_idempotent(tenant.id, key, body_hash, now)
-    if result is None:
-        result = await ctx.store.insert_job(
-            job, body_hash=body_hash, now=now,
-            idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600, render=created_body)
-        if not result.replayed:
-            ctx.on_job_created(job.run_at)
+    result = await ctx.store.insert_job(
+        job, body_hash=body_hash, now=now, idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600,
+        render=created_body, api_key_hash=caller.key_hash)
+    if not result.replayed:
+        ctx.on_job_created(job.run_at)
     headers = {"Location": f"/jobs/{result.job_id}"}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -65,13 +64,13 @@ async def create_job(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     ctx = request.app[API]
-    tenant = authenticate(request, ctx.store)
+    tenant = authenticate(request, ctx.tenants).tenant
     return _json(200, orjson.dumps(job_view(_tenant_job(ctx, request, tenant.id))))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     ctx = request.app[API]
-    tenant = authenticate(request, ctx.store)
+    tenant = authenticate(request, ctx.tenants).tenant
     job = _tenant_job(ctx, request, tenant.id)
     job = await ctx.store.cancel_job(job.id, tenant_id=tenant.id, now=ctx.clock.now())
     if job.cancel_requested:

@@ -35,6 +35,15 @@ class JobCreateRequest(BaseModel):
     timeoutSeconds: float | None = Field(None, gt=0, le=86_400, strict=True,
                                          description="Per-attempt timeout.")
 
+    @field_validator("runAt", mode="before")
+    @classmethod
+    def _rfc3339_string(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 time string, e.g. 2025-08-20T10:00:00Z")
+        if isinstance(value, str) and (len(value) < 20 or value[10] not in "Tt "):
+            raise ValueError("must be an RFC 3339 time with a timezone, e.g. 2025-08-20T10:00:00Z")
+        return value
+
     @field_validator("webhookUrl")
     @classmethod
     def _absolute_http_url(cls, value: str | None) -> str | None:

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Callable
 
 from jobd.credentials import new_job_id
-from jobd.errors import IdempotencyConflict, InvalidState, NotFound
+from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, row_to_job
 from jobd.store.outbox import enqueue_delivery
 from jobd.store.queries import Q
@@ -29,12 +29,18 @@ def lookup_idempotent(conn: sqlite3.Connection, tenant_id: str, key: str, body_h
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: float,
-               idempotency_ttl_s: float, render: RenderCreated) -> IdempotentResult:
-    """Create the job unless its Idempotency-Key already answered; one transaction."""
+               idempotency_ttl_s: float, render: RenderCreated,
+               api_key_hash: str | None = None) -> IdempotentResult:
+    """Create the job unless its Idempotency-Key already answered; one transaction.
+
+    With ``api_key_hash`` the key is checked again inside the transaction, so a key
+    rotated or a tenant disabled a moment ago cannot slip through a cache."""
+    if api_key_hash is not None and not conn.execute(
+            Q["tenant_key_is_live"], (job.tenant_id, api_key_hash)).fetchall():
+        raise Unauthorized("the API key is unknown or was revoked, or the tenant is disabled")
     existing = lookup_idempotent(conn, job.tenant_id, job.idempotency_key, body_hash, now)
     if existing is not None:
         return existing
-    conn.execute(Q["idempotency_delete"], (job.tenant_id, job.idempotency_key))
     job_id = new_job_id()
     conn.execute(Q["job_insert"], (
         job_id, job.tenant_id, job.type, job.payload, job.priority, job.max_attempts,

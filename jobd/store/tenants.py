@@ -51,8 +51,8 @@ def list_tenants(conn: sqlite3.Connection) -> list[Tenant]:
     return [row_to_tenant(r) for r in conn.execute(Q["tenant_list"]).fetchall()]
 
 
-def tenant_for_api_key(conn: sqlite3.Connection, api_key: str) -> Tenant | None:
-    rows = conn.execute(Q["tenant_by_key_hash"], (credentials.hash_api_key(api_key),)).fetchall()
+def tenant_for_key_hash(conn: sqlite3.Connection, key_hash: str) -> Tenant | None:
+    rows = conn.execute(Q["tenant_by_key_hash"], (key_hash,)).fetchall()
     return row_to_tenant(rows[0]) if rows else None
 
 

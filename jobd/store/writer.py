@@ -91,17 +91,12 @@ class GroupCommitWriter:
         return batch, False
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for fn, args, _future, _loop in batch:
-                    outcomes.append(_run_unit(conn, fn, args))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            outcomes = self._transaction(conn, batch, isolate=False)
+            if len(outcomes) < len(batch):
+                # A unit failed and the whole batch was rolled back: run it again with
+                # each unit in its own savepoint, so only the failing one is undone.
+                outcomes = self._transaction(conn, batch, isolate=True)
         except sqlite3.Error as exc:
             log.error("write transaction failed: %s", exc)
             error = StoreUnavailable(f"database write failed: {exc}")
@@ -109,6 +104,30 @@ class GroupCommitWriter:
         self.batches += 1
         self.units += len(batch)
         _resolve(batch, outcomes)
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, batch: list[_Item],
+                     *, isolate: bool) -> list[tuple[bool, Any]]:
+        """One BEGIN IMMEDIATE ... COMMIT around the batch. Without ``isolate`` the
+        first failing unit rolls everything back (the cheap, common path)."""
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn, args, _future, _loop in batch:
+                if isolate:
+                    outcomes.append(_run_unit(conn, fn, args))
+                    continue
+                try:
+                    outcomes.append((True, fn(conn, *args)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    return [(False, exc)]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
 
 
 def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> tuple[bool, Any]:

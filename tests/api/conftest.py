@@ -1,0 +1,184 @@
+"""Fixtures for the HTTP API: the real aiohttp app over a real SQLite store.
+
+``api`` wires ``create_app(ApiContext(...))`` exactly as the daemon does, but
+with a :class:`FakeClock` and recorders in place of the scheduler/worker hooks,
+and serves it with pytest-aiohttp's ``aiohttp_client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from multidict import CIMultiDictProxy
+
+from jobd.api.app import create_app
+from jobd.api.context import ApiContext
+from jobd.clock import FakeClock
+from jobd.config import Config
+from jobd.handlers.registry import build_registry
+from jobd.models import NewTenant
+from jobd.store.database import Database
+from jobd.store.store import Store
+from tests.conftest import T0
+
+# The API clock starts a little after the tenants were created (at T0).
+NOW0 = T0 + 1000.0
+PROBLEM = "application/problem+json"
+JOB_ID = re.compile(r"^job_[A-Za-z0-9_-]{16,}$")
+RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds of an RFC 3339 ``...Z`` string (asserts the format)."""
+    assert isinstance(text, str) and RFC3339_Z.match(text), text
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+async def eventually(attempt: Callable[[], Awaitable[Reply]], status: int,
+                     timeout_s: float = 2.0) -> Reply:
+    """Repeat ``attempt`` until it answers ``status``.
+
+    SPEC §1 lets the daemon take up to its poll interval (0.05 s in tests) to notice a
+    change made with the CLI, so the API may serve a tenant's old limits that long.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = await attempt()
+        if reply.status == status or time.monotonic() > deadline:
+            return reply
+        await asyncio.sleep(0.01)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    raw: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip()
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.raw)
+
+    def problem(self, status: int, code: str) -> dict[str, Any]:
+        """Assert an RFC 9457 problem with this status and code; return its body."""
+        assert self.status == status, (self.status, self.raw)
+        assert self.content_type == PROBLEM, self.headers
+        body = self.json
+        assert body["status"] == status
+        assert body["code"] == code, body
+        assert isinstance(body["type"], str) and body["type"]
+        assert isinstance(body["title"], str) and body["title"]
+        assert isinstance(body["detail"], str)
+        return body
+
+    def error_fields(self) -> list[str]:
+        body = self.problem(400, "validation_error")
+        assert isinstance(body.get("errors"), list) and body["errors"], body
+        return [e["field"] for e in body["errors"]]
+
+
+@dataclass
+class Api:
+    client: TestClient
+    ctx: ApiContext
+    store: Store
+    db: Database
+    config: Config
+    clock: FakeClock
+    tenant: NewTenant
+    make_tenant: Callable[..., NewTenant]
+    created: list[float] = field(default_factory=list)       # on_job_created(due)
+    cancels: list[str] = field(default_factory=list)         # on_cancel_requested(job_id)
+    rate_limited: list[str] = field(default_factory=list)    # on_rate_limited(tenant_id)
+
+    @property
+    def key(self) -> str:
+        return self.tenant.api_key
+
+    def auth(self, api_key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key or self.key}"}
+
+    def body(self, **fields: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {"tenantId": self.tenant.tenant.id, "type": "noop", "payload": {}}
+        data.update(fields)
+        return data
+
+    async def post_job(self, body: Any = None, *, key: str | None = "key-1",
+                       api_key: str | None = None, headers: dict[str, str] | None = None,
+                       raw: Any = None, auth: bool = True) -> Reply:
+        """POST /jobs. ``body`` is JSON-encoded (default: a valid noop job); ``raw`` is sent as is."""
+        hdrs: dict[str, str] = {"Content-Type": "application/json"}
+        if auth:
+            hdrs.update(self.auth(api_key))
+        if key is not None:
+            hdrs["Idempotency-Key"] = key
+        hdrs.update(headers or {})
+        data = raw if raw is not None else orjson.dumps(self.body() if body is None else body)
+        resp = await self.client.post("/jobs", data=data, headers=hdrs)
+        return Reply(resp.status, resp.headers, await resp.read())
+
+    async def request(self, method: str, path: str, *, api_key: str | None = None,
+                      auth: bool = True, headers: dict[str, str] | None = None) -> Reply:
+        hdrs = self.auth(api_key) if auth else {}
+        hdrs.update(headers or {})
+        resp = await self.client.request(method, path, headers=hdrs)
+        return Reply(resp.status, resp.headers, await resp.read())
+
+    async def get_job(self, job_id: str, **kw: Any) -> Reply:
+        return await self.request("GET", f"/jobs/{job_id}", **kw)
+
+    async def delete_job(self, job_id: str, **kw: Any) -> Reply:
+        return await self.request("DELETE", f"/jobs/{job_id}", **kw)
+
+    def job_rows(self, tenant_id: str | None = None) -> list[sqlite3.Row]:
+        """Rows of the jobs table, read on a fresh connection (what is durably there)."""
+        conn = sqlite3.connect(self.config.database.path)
+        conn.row_factory = sqlite3.Row
+        try:
+            if tenant_id is None:
+                return conn.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+            return conn.execute("SELECT * FROM jobs WHERE tenant_id = ? ORDER BY seq",
+                                (tenant_id,)).fetchall()
+        finally:
+            conn.close()
+
+    def job_count(self, tenant_id: str | None = None) -> int:
+        return len(self.job_rows(tenant_id))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW0)
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, config: Config, store: Store, db: Database,
+              new_tenant: Callable[..., NewTenant], clock: FakeClock) -> Api:
+    tenant = new_tenant("acme")
+    holder: dict[str, Api] = {}
+    ctx = ApiContext(
+        config=config, store=store, registry=build_registry(use_entry_points=False), clock=clock,
+        on_job_created=lambda due: holder["api"].created.append(due),
+        on_cancel_requested=lambda job_id: holder["api"].cancels.append(job_id),
+        on_rate_limited=lambda tenant_id: holder["api"].rate_limited.append(tenant_id),
+    )
+    ctx.ready = True
+    client = await aiohttp_client(create_app(ctx))
+    api = Api(client=client, ctx=ctx, store=store, db=db, config=config, clock=clock,
+              tenant=tenant, make_tenant=new_tenant)
+    holder["api"] = api
+    return api
