@@ -10,7 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -138,7 +138,7 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
         key = rest[len(section) + 1:]
         if section == "handlers":
             key = name[len(ENV_PREFIX) + len(section) + 1:]
-        found.append((section, key, _parse_env_value(raw)))
+        found.append((section, key, raw if _expects_text(section, key) else _parse_env_value(raw)))
     return found
 
 
@@ -147,6 +147,19 @@ def _parse_env_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+
+
+def _expects_text(section: str, key: str) -> bool:
+    """String settings keep the variable as written (a password may look like a number)."""
+    if section == "handlers":
+        return True
+    model = Config.model_fields[section].annotation
+    fields = getattr(model, "model_fields", {})
+    info = fields.get(key) or next((f for f in fields.values() if f.alias == key), None)
+    if info is None:
+        return False
+    annotation = info.annotation
+    return annotation is str or str in get_args(annotation) or get_origin(annotation) is Literal
 
 
 def _describe(exc: ValidationError, path: str | Path | None) -> str:

@@ -7,6 +7,7 @@ process applies the same pragmas and the same migrations.
 from __future__ import annotations
 
 import sqlite3
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -27,13 +28,27 @@ def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                cached_statements=256)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        _enable_wal(conn, busy_timeout_s)
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot open database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
+    """Switch a new file to WAL. SQLite refuses the switch at once (without waiting
+    for busy_timeout) while another connection holds a lock, so retry until then."""
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def migrations() -> list[tuple[int, str, str]]:

@@ -33,18 +33,19 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
     """
     if limit <= 0:
         return ClaimRound([], after_tenant)
-    tenants = _rotation([r[0] for r in conn.execute(Q["tenants_with_waiting_jobs"])],
-                        after_tenant)[:limit]
-    if not tenants:
-        return ClaimRound([], after_tenant)
+    tenants = _rotation([r[0] for r in conn.execute(Q["tenants_with_waiting_jobs"])], after_tenant)
     room = {r["id"]: max(0, r["max_concurrency"] - r["running"])
             for r in conn.execute(Q["tenant_concurrency_caps"]).fetchall()}
-    per_tenant = []
+    per_tenant, last_tenant = [], after_tenant
     for tenant_id in tenants:
+        if len(per_tenant) >= limit:
+            break
+        last_tenant = tenant_id
         allowance = min(limit, room.get(tenant_id, limit))
-        if allowance > 0:
-            per_tenant.append(conn.execute(Q["due_jobs_of_tenant"],
-                                           (tenant_id, now, allowance)).fetchall())
+        rows = conn.execute(Q["due_jobs_of_tenant"], (tenant_id, now, allowance)).fetchall() \
+            if allowance > 0 else []
+        if rows:  # tenants with nothing due or no room do not use up the round
+            per_tenant.append(rows)
     chosen = [row for rank in zip_longest(*per_tenant) for row in rank if row is not None][:limit]
     expires = now + lease_s
     conn.executemany(Q["job_mark_running"],
@@ -53,7 +54,7 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
                        payload=r["payload"], attempt=r["attempts"] + 1,
                        max_attempts=r["max_attempts"], timeout_seconds=r["timeout_seconds"])
             for r in chosen]
-    return ClaimRound(jobs, tenants[-1])
+    return ClaimRound(jobs, last_tenant)
 
 
 def _rotation(tenants: list[str], after: str | None) -> list[str]:

@@ -2,8 +2,9 @@
 
 Callers hand it a transaction function ``fn(conn, *args)``. The thread takes
 every function that is waiting, runs them inside one ``BEGIN IMMEDIATE`` ...
-``COMMIT`` (each in its own savepoint, so one failure does not undo the
-others), and only after the commit resolves the callers' futures. A result is
+``COMMIT`` and only after the commit resolves the callers' futures. If one of
+them raises, the batch is rolled back and run again with each function in its
+own savepoint, so only the failing one is undone. A result is
 therefore never seen before it is durable, and many small writes share one
 fsync.
 """

@@ -1,0 +1,217 @@
+"""The daemon's writer: many callers share one transaction, each fails alone,
+and nobody hears "done" before COMMIT."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from jobd.api.views import created_body
+from jobd.config import Config
+from jobd.errors import AlreadyExists
+from jobd.models import IdempotentResult, JobStatus, NewJob, NewTenant
+from jobd.store import jobs as store_jobs
+from jobd.store import tenants as store_tenants
+from jobd.store.store import Store
+from tests.conftest import T0
+
+NewJobFactory = Callable[..., NewJob]
+
+
+@pytest.fixture(autouse=True)
+def acme(new_tenant: Callable[..., NewTenant]) -> NewTenant:
+    return new_tenant("acme")
+
+
+@pytest.fixture
+def observer(config: Config) -> Iterator[sqlite3.Connection]:
+    """A second connection, as another process (the CLI) would see the file."""
+    conn = sqlite3.connect(config.database.path, isolation_level=None, check_same_thread=False)
+    yield conn
+    conn.close()
+
+
+def job_ids(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT id FROM jobs").fetchall()}
+
+
+def insert(store: Store, job: NewJob, *, now: float = T0) -> Coroutine[Any, Any, IdempotentResult]:
+    return store.insert_job(job, body_hash=job.idempotency_key.encode(), now=now,
+                            idempotency_ttl_s=3600.0, render=created_body)
+
+
+class WriterGate:
+    """A unit that holds the writer thread until released, so that everything
+    queued meanwhile lands in the same next batch."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def unit(self, conn: sqlite3.Connection) -> str:
+        self.entered.set()
+        assert self.release.wait(10), "gate never released"
+        return "gate"
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10), "writer never ran the gate"
+
+
+async def enqueue(*coros: Coroutine[Any, Any, Any]) -> list[asyncio.Task[Any]]:
+    tasks = [asyncio.create_task(c) for c in coros]
+    await asyncio.sleep(0)  # each task runs until it awaits its future: all are queued now
+    return tasks
+
+
+# grouping ---------------------------------------------------------------------------
+
+
+async def test_200_concurrent_inserts_all_commit_in_fewer_batches(
+        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    batches0, units0 = store.writer_stats
+    jobs = [new_job(key=f"k{i}") for i in range(200)]
+    results = await asyncio.gather(*(insert(store, job) for job in jobs))
+
+    assert len(results) == 200
+    assert all(r.status == 201 and not r.replayed for r in results)
+    ids = {r.job_id for r in results}
+    assert len(ids) == 200
+    assert job_ids(observer) == ids
+    keys = {r[0] for r in observer.execute("SELECT key FROM idempotency_keys")}
+    assert keys == {f"k{i}" for i in range(200)}
+
+    batches, units = store.writer_stats
+    assert units - units0 == 200
+    assert batches - batches0 < units - units0, "no grouping happened"
+
+
+async def test_units_queued_while_the_writer_is_busy_share_one_batch(
+        store: Store, new_job: NewJobFactory) -> None:
+    gate = WriterGate()
+    batches0, units0 = store.writer_stats
+    gate_task = asyncio.create_task(store.write(gate.unit))
+    await gate.wait_entered()
+    tasks = await enqueue(*(insert(store, new_job(key=f"g{i}")) for i in range(50)))
+    gate.release.set()
+    assert await gate_task == "gate"
+    await asyncio.gather(*tasks)
+    assert store.writer_stats == (batches0 + 2, units0 + 51)
+
+
+# one failure fails alone ------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_a_failing_unit_is_rolled_back_alone(store: Store, new_job: NewJobFactory,
+                                                   observer: sqlite3.Connection) -> None:
+    doomed = new_job(key="doomed")
+
+    def insert_then_raise(conn: sqlite3.Connection) -> None:
+        store_jobs.insert_job(conn, doomed, body_hash=b"x", now=T0, idempotency_ttl_s=60.0,
+                              render=created_body)
+        conn.execute("UPDATE tenants SET burst = 1 WHERE id = 'acme'")
+        raise Boom("after writing")
+
+    gate = WriterGate()
+    batches0, _ = store.writer_stats
+    gate_task = asyncio.create_task(store.write(gate.unit))
+    await gate.wait_entered()
+    before = [insert(store, new_job(key=f"before{i}")) for i in range(10)]
+    after = [insert(store, new_job(key=f"after{i}")) for i in range(10)]
+    tasks = await enqueue(*before, store.write(insert_then_raise), *after)
+    gate.release.set()
+    await gate_task
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert store.writer_stats[0] == batches0 + 2   # all 21 units were one transaction
+    failed = outcomes[10]
+    assert isinstance(failed, Boom)
+    assert str(failed) == "after writing"
+    good = outcomes[:10] + outcomes[11:]
+    assert all(isinstance(r, IdempotentResult) for r in good)
+
+    committed = job_ids(observer)
+    assert committed == {r.job_id for r in good if isinstance(r, IdempotentResult)}
+    assert observer.execute("SELECT count(*) FROM idempotency_keys WHERE key = 'doomed'"
+                            ).fetchone()[0] == 0
+    assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
+
+
+async def test_a_store_error_in_one_unit_fails_alone(store: Store, new_job: NewJobFactory,
+                                                     observer: sqlite3.Connection) -> None:
+    gate = WriterGate()
+    gate_task = asyncio.create_task(store.write(gate.unit))
+    await gate.wait_entered()
+    tasks = await enqueue(
+        insert(store, new_job(key="a")),
+        store.write(store_tenants.create_tenant, "acme", rate=1.0, burst=1,
+                    max_concurrency=None, now=T0),            # IntegrityError → AlreadyExists
+        insert(store, new_job(key="b")),
+    )
+    gate.release.set()
+    await gate_task
+    first, duplicate, last = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(duplicate, AlreadyExists)
+    assert isinstance(first, IdempotentResult) and isinstance(last, IdempotentResult)
+    assert job_ids(observer) == {first.job_id, last.job_id}
+
+
+async def test_the_writer_keeps_working_after_failures(store: Store,
+                                                       new_job: NewJobFactory) -> None:
+    def fail(conn: sqlite3.Connection) -> None:
+        raise Boom
+
+    for _ in range(3):
+        with pytest.raises(Boom):
+            await store.write(fail)
+    result = await insert(store, new_job())
+    assert store.find_job(result.job_id) is not None
+
+
+# durability before the answer -------------------------------------------------------
+
+
+async def test_a_result_is_visible_to_others_as_soon_as_the_await_returns(
+        store: Store, new_job: NewJobFactory, config: Config) -> None:
+    for i in range(20):
+        result = await insert(store, new_job(key=f"v{i}"))
+        fresh = sqlite3.connect(config.database.path)  # a brand-new reader, like another process
+        try:
+            row = fresh.execute("SELECT status FROM jobs WHERE id = ?",
+                                (result.job_id,)).fetchone()
+        finally:
+            fresh.close()
+        assert row == ("queued",)
+
+
+async def test_the_unit_is_not_visible_before_commit(store: Store, new_job: NewJobFactory,
+                                                     observer: sqlite3.Connection) -> None:
+    job = new_job(key="pending")
+    seen_inside: list[int] = []
+
+    def insert_and_look(conn: sqlite3.Connection) -> IdempotentResult:
+        result = store_jobs.insert_job(conn, job, body_hash=b"h", now=T0,
+                                       idempotency_ttl_s=60.0, render=created_body)
+        seen_inside.append(observer.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        return result
+
+    result = await store.write(insert_and_look)
+    assert seen_inside == [0]  # uncommitted inside the unit ...
+    assert job_ids(observer) == {result.job_id}  # ... committed by the time we hear back
+
+
+async def test_replay_through_the_store(store: Store, new_job: NewJobFactory) -> None:
+    job = new_job(key="same")
+    first, second = await asyncio.gather(insert(store, job), insert(store, job))
+    assert first.job_id == second.job_id
+    assert [first.replayed, second.replayed].count(True) == 1
+    found = store.find_job(first.job_id, "acme")
+    assert found is not None and found.status is JobStatus.QUEUED

@@ -1,0 +1,259 @@
+"""Schema migrations, connection pragmas and the query plans of the hot queries."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobd.store.connection import connect, migrate, migrations
+from jobd.store.database import Database
+from jobd.store.queries import Q
+from jobd.store.store import Store
+from tests.conftest import make_config
+
+SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    conn = connect(str(tmp_path / "fresh.db"))
+    yield conn
+    conn.close()
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def schema(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    return [tuple(r) for r in conn.execute(
+        "SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()]
+
+
+# migrations -------------------------------------------------------------------------
+
+
+def test_migration_files_are_numbered_without_gaps() -> None:
+    found = migrations()
+    assert found, "no migrations found"
+    assert [n for n, _, _ in found] == list(range(1, len(found) + 1))
+    assert all(name.endswith(".sql") for _, name, _ in found)
+
+
+def test_fresh_file_migrates_to_the_latest_version(fresh: sqlite3.Connection) -> None:
+    assert user_version(fresh) == 0
+    assert migrate(fresh) == len(migrations())
+    assert user_version(fresh) == len(migrations())
+    tables = {r[0] for r in fresh.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"tenants", "jobs", "idempotency_keys", "deliveries", "delivery_attempts"} <= tables
+    assert not fresh.in_transaction
+
+
+def test_migrating_twice_is_a_no_op(fresh: sqlite3.Connection) -> None:
+    migrate(fresh)
+    before = schema(fresh)
+    assert migrate(fresh) == len(migrations())
+    assert schema(fresh) == before
+    assert user_version(fresh) == len(migrations())
+
+
+def test_database_and_store_migrate_on_open(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    with Database(config.database) as db:
+        assert db.read(user_version) == len(migrations())
+    store = Store(config.database)
+    store.open()
+    try:
+        assert store.read(user_version) == len(migrations())
+    finally:
+        store.close()
+
+
+def test_concurrent_migrations_once_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    """Processes racing to migrate a new (but already WAL) file all succeed, once each."""
+    for round_no in range(10):
+        path = str(tmp_path / f"race{round_no}.db")
+        connect(path).close()  # creates the file and switches it to WAL; no schema yet
+        results, errors = _race(path, threads=4)
+        assert errors == []
+        assert results == [len(migrations())] * 4
+        check = connect(path)
+        try:
+            assert user_version(check) == len(migrations())
+            assert check.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs'"
+                                 ).fetchone()[0] == 1
+        finally:
+            check.close()
+
+
+def test_opening_a_new_file_waits_for_another_connections_lock(tmp_path: Path) -> None:
+    path = str(tmp_path / "new.db")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("CREATE TABLE scratch (x)")
+        other.execute("BEGIN IMMEDIATE")  # what a second process's migration holds
+        timer = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+        timer.start()
+        try:
+            conn = connect(path, busy_timeout_s=5.0)
+        finally:
+            timer.join()
+        try:
+            assert migrate(conn) == len(migrations())
+        finally:
+            conn.close()
+    finally:
+        other.close()
+
+
+def test_concurrent_migrations_of_a_brand_new_file(tmp_path: Path) -> None:
+    for round_no in range(40):
+        path = str(tmp_path / f"new{round_no}.db")
+        results, errors = _race(path, threads=4)
+        assert errors == []
+        assert results == [len(migrations())] * 4
+
+
+def _race(path: str, *, threads: int) -> tuple[list[int], list[str]]:
+    barrier = threading.Barrier(threads)
+    results: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            conn = connect(path, busy_timeout_s=5.0)
+            try:
+                version = migrate(conn)
+            finally:
+                conn.close()
+            with lock:
+                results.append(version)
+        except Exception as exc:
+            with lock:
+                errors.append(repr(exc))
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    return results, errors
+
+
+# pragmas ----------------------------------------------------------------------------
+
+
+def test_journal_mode_is_wal(fresh: sqlite3.Connection) -> None:
+    assert fresh.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert fresh.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+def test_synchronous_matches_config(tmp_path: Path, synchronous: str) -> None:
+    config = make_config(tmp_path, database={"synchronous": synchronous})
+    expected = SYNCHRONOUS[synchronous]
+    with Database(config.database) as db:
+        assert db.read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == expected
+        assert db.read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_store_connections_use_configured_synchronous(tmp_path: Path,
+                                                            synchronous: str) -> None:
+    config = make_config(tmp_path, database={"synchronous": synchronous})
+    store = Store(config.database)
+    store.open()
+    try:
+        def pragma(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+        assert store.read(pragma) == SYNCHRONOUS[synchronous]       # reader
+        assert await store.write(pragma) == SYNCHRONOUS[synchronous]  # writer thread
+    finally:
+        store.close()
+
+
+def test_busy_timeout_follows_config(tmp_path: Path) -> None:
+    config = make_config(tmp_path, database={"busy_timeout": 1.5})
+    with Database(config.database) as db:
+        assert db.read(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) == 1500
+
+
+# query plans ------------------------------------------------------------------------
+
+PARAMS: dict[str, Any] = {
+    "due_jobs_of_tenant": ("acme", 1.0, 10),
+    "job_get": ("job_x",),
+    "job_get_for_tenant": ("job_x", "acme"),
+    "tenant_by_key_hash": ("deadbeef",),
+    "jobs_lease_expired": {"now": 1.0},
+    "idempotency_get": ("acme", "key-1"),
+    "job_finish_running": {"id": "job_x", "status": "succeeded", "result": None, "error": None,
+                           "now": 1.0, "attempt": 1, "owner": "w"},
+    "tenants_with_waiting_jobs": (),
+    "job_list": {"tenant_id": None, "status": None, "type": None, "before": 10, "limit": 5},
+}
+
+
+def plan(conn: sqlite3.Connection, name: str) -> list[str]:
+    rows = conn.execute("EXPLAIN QUERY PLAN " + Q[name], PARAMS[name]).fetchall()
+    return [r[3] for r in rows]
+
+
+@pytest.fixture
+def migrated(fresh: sqlite3.Connection) -> sqlite3.Connection:
+    migrate(fresh)
+    # Give the planner statistics like a busy database's, so plans are the real ones.
+    fresh.execute("ANALYZE")
+    return fresh
+
+
+def test_due_jobs_of_tenant_uses_jobs_due(migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "due_jobs_of_tenant")
+    assert any("USING INDEX jobs_due" in s and "tenant_id=?" in s for s in steps), steps
+    assert not any(s.startswith("SCAN jobs") for s in steps), steps
+    assert not any("TEMP B-TREE" in s for s in steps), steps  # ORDER BY comes from the index
+
+
+def test_job_get_uses_the_unique_id_index(migrated: sqlite3.Connection) -> None:
+    for name in ("job_get", "job_get_for_tenant", "job_finish_running"):
+        steps = plan(migrated, name)
+        assert any("SEARCH jobs USING INDEX sqlite_autoindex_jobs_" in s and "(id=?)" in s
+                   for s in steps), (name, steps)
+
+
+def test_tenant_by_key_hash_uses_an_index(migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "tenant_by_key_hash")
+    assert any(s.startswith("SEARCH tenants USING") and "api_key_hash=?" in s
+               for s in steps), steps
+    assert not any(s.startswith("SCAN tenants") for s in steps), steps
+
+
+def test_jobs_lease_expired_uses_jobs_running(migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "jobs_lease_expired")
+    assert any("USING INDEX jobs_running" in s and "lease_expires_at<?" in s for s in steps), steps
+    assert not any(s.startswith("SCAN jobs") for s in steps), steps
+
+
+def test_idempotency_get_uses_the_primary_key(migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "idempotency_get")
+    assert any("SEARCH idempotency_keys USING PRIMARY KEY (tenant_id=? AND key=?)" in s
+               for s in steps), steps
+
+
+def test_tenants_with_waiting_jobs_seeks_the_due_index(migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "tenants_with_waiting_jobs")
+    assert any("SEARCH jobs USING INDEX jobs_due (tenant_id>?)" in s for s in steps), steps
+    assert not any(s.startswith("SCAN jobs") for s in steps), steps
+
+
+def test_job_list_pages_by_seq(migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "job_list")
+    assert any("INTEGER PRIMARY KEY (rowid<?)" in s for s in steps), steps
+    assert not any("TEMP B-TREE" in s for s in steps), steps
