@@ -8,7 +8,8 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 import aiohttp
@@ -21,9 +22,16 @@ from jobd.clock import Clock, SystemClock
 from jobd.config import Config
 from jobd.handlers.base import Services
 from jobd.handlers.registry import build_registry
+from jobd.models import NewJob
 from jobd.netguard import guarded_connector
+from jobd.runtime.dispatcher import Dispatcher
 from jobd.runtime.lifeline import Lifeline
+from jobd.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from jobd.runtime.metrics import Metrics
+from jobd.runtime.pruner import Pruner
 from jobd.runtime.workers import WorkerPool
+from jobd.store.deliveries import count_dead_deliveries
+from jobd.store.stats import job_counts
 from jobd.store.store import Store
 
 log = logging.getLogger("jobd.daemon")
@@ -53,18 +61,34 @@ async def serve(config: Config, *, clock: Clock | None = None,
     pool = WorkerPool(store=store, registry=registry, services=services, clock=clock,
                       config=config, owner=instance_id())
     lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
+    dispatcher = Dispatcher(store=store, clock=clock, config=config)
+    pruner = Pruner(store=store, clock=clock, config=config)
+    metrics = Metrics()
+    pool.listeners.extend([dispatcher.job_listener, metrics.attempt_recorded])
+    dispatcher.on_attempt = metrics.delivery_attempted
+
+    def job_created(job: NewJob) -> None:
+        pool.wake(job.run_at)
+        metrics.job_created(job.tenant_id, job.type)
+
     ctx = ApiContext(config=config, store=store, registry=registry, clock=clock,
-                     on_job_created=lambda due: pool.wake(due), on_cancel_requested=pool.cancel)
-    runner = web.AppRunner(create_app(ctx), access_log=None, handle_signals=False)
+                     on_job_created=job_created, on_cancel_requested=pool.cancel,
+                     on_rate_limited=lambda tenant: metrics.rate_limited.labels(tenant).inc())
+    app = create_app(ctx, extra_routes=[web.get("/metrics", metrics_handler(store, metrics),
+                                                allow_head=False)])
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     background: list[asyncio.Task[None]] = []
     try:
         await lifeline.recover_at_startup()
+        await dispatcher.recover_at_startup()
         await runner.setup()
         site = web.TCPSite(runner, config.server.host, config.server.port, backlog=2048)
         await site.start()
         address = _bound_address(runner, config)
         background = [asyncio.create_task(pool.run(), name="scheduler"),
-                      asyncio.create_task(lifeline.run(), name="lifeline")]
+                      asyncio.create_task(lifeline.run(), name="lifeline"),
+                      asyncio.create_task(dispatcher.run(), name="dispatcher"),
+                      asyncio.create_task(pruner.run(), name="pruner")]
         ctx.ready = True
         _log_startup(config, address, registry.names())
         if on_ready is not None:
@@ -74,15 +98,27 @@ async def serve(config: Config, *, clock: Clock | None = None,
         ctx.ready = False
         await site.stop()
         await pool.shutdown(config.workers.shutdown_grace)
+        await dispatcher.shutdown(min(config.workers.shutdown_grace, config.webhooks.timeout))
     finally:
         lifeline.stop()
+        pruner.stop()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await runner.cleanup()
         await http.close()
+        await dispatcher.close()
         store.close()
         log.info("stopped")
+
+
+def metrics_handler(store: Store, metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        def read(conn: sqlite3.Connection) -> dict[str, object]:
+            return {"jobs": job_counts(conn), "dlq": count_dead_deliveries(conn)}
+        body = metrics.render(await store.read_slow(read))
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+    return handle
 
 
 def _bound_address(runner: web.AppRunner, config: Config) -> str:

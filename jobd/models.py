@@ -93,6 +93,7 @@ class Job:
     completed_at: float | None
     updated_at: float
     seq: int = 0
+    errors: str | None = None  # JSON list of failed attempts: {attempt, at, error}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,8 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     timeout_seconds: float | None
+    due_at: float = 0.0      # when it became runnable (for queue-wait figures)
+    claimed_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,4 +171,5 @@ def row_to_job(row: Any) -> Job:
         last_error=row["last_error"], webhook_url=row["webhook_url"],
         created_at=row["created_at"], started_at=row["started_at"],
         completed_at=row["completed_at"], updated_at=row["updated_at"], seq=row["seq"],
+        errors=row["errors"],
     )

@@ -11,6 +11,7 @@ from jobd.api.auth import TenantDirectory
 from jobd.clock import Clock
 from jobd.config import Config
 from jobd.handlers.registry import Registry
+from jobd.models import NewJob
 from jobd.ratelimit import RateLimiter
 from jobd.store.store import Store
 
@@ -27,7 +28,7 @@ class ApiContext:
     clock: Clock
     limiter: RateLimiter = field(default_factory=RateLimiter)
     tenants: TenantDirectory = field(init=False)
-    on_job_created: Callable[[float], None] = _nothing     # wakes the scheduler (due time)
+    on_job_created: Callable[[NewJob], None] = _nothing    # wakes the scheduler, counts it
     on_cancel_requested: Callable[[str], None] = _nothing  # cancels a running job now
     on_rate_limited: Callable[[str], None] = _nothing      # metrics
     ready: bool = False

@@ -55,7 +55,7 @@ async def create_job(request: web.Request) -> web.Response:
         job, body_hash=body_hash, now=now, idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600,
         render=created_body, api_key_hash=caller.key_hash)
     if not result.replayed:
-        ctx.on_job_created(job.run_at)
+        ctx.on_job_created(job)
     headers = {"Location": f"/jobs/{result.job_id}"}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -7,13 +7,14 @@ from typing import Annotated
 import typer
 
 from jobd import __version__
-from jobd.cli import jobs, tenants
+from jobd.cli import dlq, jobs, ops, tenants
 from jobd.cli.common import ConfigOpt, config_from, run_cli
 
 app = typer.Typer(help="jobd: background jobs with retries and signed webhooks, on one host.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(dlq.app, name="dlq")
 
 
 @app.command("serve")
@@ -33,6 +34,11 @@ def serve(config: ConfigOpt = None,
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     configure_logging(fmt, cfg.logging.level)
     run(cfg)
+
+
+app.command("stats")(ops.stats)
+app.command("top")(ops.top)
+app.command("prune")(ops.prune)
 
 
 @app.command("version")

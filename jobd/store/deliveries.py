@@ -1,10 +1,18 @@
-"""Webhook delivery reads and transitions."""
+"""Webhook delivery reads and transitions: the dispatcher's claim and outcome, and the DLQ.
+
+Each function runs inside a transaction the caller opened (``store.write`` in
+the daemon, ``Database.write`` in the CLI).
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
 from jobd.store.queries import Q
 
@@ -28,3 +36,141 @@ def attempts_of_delivery(conn: sqlite3.Connection, delivery_id: str) -> list[Del
                             status_code=r["status_code"], error=r["error"],
                             duration_ms=r["duration_ms"])
             for r in conn.execute(Q["delivery_attempts_of"], (delivery_id,)).fetchall()]
+
+
+# dispatcher --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery the dispatcher now holds (``sending``): what it needs to sign and send it.
+
+    ``lease_expires_at`` is also the fencing token: only the claim that is still
+    current may record an outcome.
+    """
+
+    id: str
+    job_id: str
+    tenant_id: str
+    url: str
+    body: bytes
+    secret: str | None  # the tenant's webhook secret (None: the tenant is gone)
+    attempts: int  # attempts already made in the current retry budget
+    lease_expires_at: float
+
+
+def claim_due_deliveries(conn: sqlite3.Connection, *, now: float, limit: int,
+                         lease_s: float) -> list[ClaimedDelivery]:
+    """Move up to ``limit`` due ``pending`` deliveries to ``sending``, earliest due first."""
+    if limit <= 0:
+        return []
+    rows = conn.execute(Q["deliveries_due"], {"now": now, "limit": limit}).fetchall()
+    expires = now + lease_s
+    conn.executemany(Q["delivery_mark_sending"],
+                     [{"seq": r["seq"], "lease_expires_at": expires, "now": now} for r in rows])
+    return [ClaimedDelivery(id=r["id"], job_id=r["job_id"], tenant_id=r["tenant_id"], url=r["url"],
+                            body=bytes(r["body"]), secret=r["webhook_secret"],
+                            attempts=r["attempts"], lease_expires_at=expires)
+            for r in rows]
+
+
+def next_delivery_due_time(conn: sqlite3.Connection) -> float | None:
+    rows = conn.execute(Q["delivery_next_due_time"]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def release_sending_deliveries(conn: sqlite3.Connection, *, now: float, all_sending: bool) -> int:
+    """Put ``sending`` deliveries back to ``pending`` (due now) without counting an attempt.
+
+    At startup ``all_sending`` takes every one (their process died mid-request);
+    while running, only those whose lease ran out. The receiver may have got the
+    request already: it de-duplicates on ``webhook-id``.
+    """
+    query = Q["deliveries_release_all_sending"] if all_sending else Q["deliveries_release_expired"]
+    return conn.execute(query, {"now": now}).rowcount
+
+
+def record_delivery_attempt(conn: sqlite3.Connection, delivery: ClaimedDelivery, *, now: float,
+                            attempted_at: float, status_code: int | None, error: str | None,
+                            duration_ms: float, retry_at: float | None) -> DeliveryStatus | None:
+    """Record one attempt and the delivery's new state in one transaction.
+
+    ``error is None`` means it was delivered (``succeeded``); otherwise it is
+    ``pending`` again at ``retry_at``, or ``dead`` (the DLQ) when ``retry_at`` is
+    None. Returns the new status, or None when the claim was no longer current
+    (the attempt is still recorded).
+    """
+    conn.execute(Q["delivery_attempt_insert"], {
+        "id": delivery.id, "attempted_at": attempted_at, "status_code": status_code,
+        "error": error, "duration_ms": duration_ms,
+    })
+    params: dict[str, Any] = {"id": delivery.id, "now": now, "status_code": status_code,
+                              "error": error, "lease_expires_at": delivery.lease_expires_at}
+    if error is None:
+        query, status = Q["delivery_succeeded"], DeliveryStatus.SUCCEEDED
+    elif retry_at is not None:
+        query, status = Q["delivery_retry_later"], DeliveryStatus.PENDING
+        params["next_attempt_at"] = retry_at
+    else:
+        query, status = Q["delivery_dead_letter"], DeliveryStatus.DEAD
+    return status if conn.execute(query, params).rowcount == 1 else None
+
+
+# dead-letter queue ---------------------------------------------------------------------
+
+def find_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
+    rows = conn.execute(Q["delivery_get"], (delivery_id,)).fetchall()
+    return row_to_delivery(rows[0]) if rows else None
+
+
+def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery:
+    delivery = find_delivery(conn, delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id!r} does not exist")
+    return delivery
+
+
+def get_dead_delivery(conn: sqlite3.Connection, delivery_id: str,
+                      tenant_id: str | None = None) -> Delivery:
+    """The delivery if it is in the DLQ (of ``tenant_id``, when given), else NotFound."""
+    delivery = get_delivery(conn, delivery_id)
+    if tenant_id is not None and delivery.tenant_id != tenant_id:
+        raise NotFound(f"delivery {delivery_id!r} does not belong to tenant {tenant_id!r}")
+    if delivery.status is not DeliveryStatus.DEAD:
+        raise NotFound(f"delivery {delivery_id!r} is not in the DLQ (it is {delivery.status.value})")
+    return delivery
+
+
+def list_dead_deliveries(conn: sqlite3.Connection, *, tenant_id: str | None = None,
+                         limit: int = 50) -> list[Delivery]:
+    """Dead deliveries, most recently dead-lettered first."""
+    rows = conn.execute(Q["deliveries_dead_list"], {"tenant_id": tenant_id, "limit": limit})
+    return [row_to_delivery(r) for r in rows.fetchall()]
+
+
+def dead_delivery_ids(conn: sqlite3.Connection, *, tenant_id: str | None = None) -> list[str]:
+    return [r["id"] for r in conn.execute(Q["deliveries_dead_ids"], {"tenant_id": tenant_id})]
+
+
+def count_dead_deliveries(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(Q["deliveries_dead_count"]).fetchall()[0][0])
+
+
+def redeliver_dead(conn: sqlite3.Connection, delivery_ids: list[str], *, now: float) -> list[str]:
+    """DLQ retry: ``dead`` → ``pending`` now, with a fresh retry budget and the same id.
+
+    Ids that are not (or no longer) dead are skipped; returns those moved.
+    """
+    if not delivery_ids:
+        return []
+    rows = conn.execute(Q["delivery_redeliver_dead"],
+                        {"ids": orjson.dumps(delivery_ids).decode(), "now": now}).fetchall()
+    return [r["id"] for r in rows]
+
+
+def purge_dead(conn: sqlite3.Connection, delivery_ids: list[str]) -> list[str]:
+    """Delete dead deliveries and their attempts; returns the ids deleted."""
+    if not delivery_ids:
+        return []
+    ids = {"ids": orjson.dumps(delivery_ids).decode()}
+    conn.execute(Q["delivery_attempts_purge_dead"], ids)
+    return [r["id"] for r in conn.execute(Q["delivery_purge_dead"], ids).fetchall()]

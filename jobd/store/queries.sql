@@ -33,11 +33,12 @@ WHERE id = :id;
 SELECT body_hash, job_id, response_status, response_body, expires_at
 FROM idempotency_keys WHERE tenant_id = ? AND key = ?;
 
--- name: idempotency_delete
-DELETE FROM idempotency_keys WHERE tenant_id = ? AND key = ?;
+-- name: tenant_key_is_live
+SELECT 1 FROM tenants WHERE id = ? AND api_key_hash = ? AND disabled = 0;
 
+-- An expired row for the same key is replaced.
 -- name: idempotency_insert
-INSERT INTO idempotency_keys (tenant_id, key, body_hash, job_id, response_status,
+INSERT OR REPLACE INTO idempotency_keys (tenant_id, key, body_hash, job_id, response_status,
                               response_body, expires_at)
 VALUES (?, ?, ?, ?, ?, ?, ?);
 
@@ -70,7 +71,7 @@ SELECT t.id, t.max_concurrency,
 FROM tenants t WHERE t.max_concurrency IS NOT NULL;
 
 -- name: due_jobs_of_tenant
-SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds
+SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds, next_run_at
 FROM jobs
 WHERE tenant_id = ? AND status IN ('queued', 'retry') AND next_run_at <= ?
 ORDER BY priority DESC, next_run_at
@@ -87,6 +88,9 @@ SELECT min(next_run_at) FROM jobs WHERE status IN ('queued', 'retry');
 -- Fenced: only the current attempt of a running job held by this owner.
 -- name: job_finish_running
 UPDATE jobs SET status = :status, result = :result, last_error = :error,
+                errors = CASE WHEN :error IS NULL THEN errors ELSE json_insert(
+                    coalesce(errors, '[]'), '$[#]',
+                    json_object('attempt', attempts, 'at', :now, 'error', :error)) END,
                 completed_at = :now, next_run_at = NULL, lease_owner = NULL,
                 lease_expires_at = NULL, updated_at = :now
 WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner
@@ -95,6 +99,8 @@ RETURNING id, tenant_id, type, payload, status, attempts, webhook_url, result, l
 
 -- name: job_retry_running
 UPDATE jobs SET status = 'retry', next_run_at = :next_run_at, last_error = :error,
+                errors = json_insert(coalesce(errors, '[]'), '$[#]',
+                    json_object('attempt', attempts, 'at', :now, 'error', :error)),
                 lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner;
 
@@ -167,3 +173,131 @@ SELECT * FROM deliveries WHERE job_id = ? ORDER BY seq;
 
 -- name: delivery_attempts_of
 SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id;
+
+-- webhooks: dispatcher ------------------------------------------------------------
+
+-- name: deliveries_due
+SELECT d.seq, d.id, d.job_id, d.tenant_id, d.url, d.body, d.attempts, t.webhook_secret
+FROM deliveries d LEFT JOIN tenants t ON t.id = d.tenant_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+ORDER BY d.next_attempt_at
+LIMIT :limit;
+
+-- name: delivery_mark_sending
+UPDATE deliveries SET status = 'sending', next_attempt_at = NULL,
+                      lease_expires_at = :lease_expires_at, updated_at = :now
+WHERE seq = :seq AND status = 'pending';
+
+-- name: delivery_next_due_time
+SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending';
+
+-- Every delivery left sending (at startup: no other process can be sending it) ...
+-- name: deliveries_release_all_sending
+UPDATE deliveries SET status = 'pending', next_attempt_at = :now, lease_expires_at = NULL,
+                      updated_at = :now
+WHERE status = 'sending';
+
+-- ... or those whose lease ran out.
+-- name: deliveries_release_expired
+UPDATE deliveries SET status = 'pending', next_attempt_at = :now, lease_expires_at = NULL,
+                      updated_at = :now
+WHERE status = 'sending' AND lease_expires_at < :now;
+
+-- name: delivery_attempt_insert
+INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, error, duration_ms)
+VALUES (:id, :attempted_at, :status_code, :error, :duration_ms);
+
+-- Fenced: only the claim that is still current (same lease) may record an outcome.
+-- name: delivery_succeeded
+UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, lease_expires_at = NULL,
+                      next_attempt_at = NULL, last_error = NULL,
+                      last_status_code = :status_code, delivered_at = :now, updated_at = :now
+WHERE id = :id AND status = 'sending' AND lease_expires_at = :lease_expires_at;
+
+-- name: delivery_retry_later
+UPDATE deliveries SET status = 'pending', attempts = attempts + 1, lease_expires_at = NULL,
+                      next_attempt_at = :next_attempt_at, last_error = :error,
+                      last_status_code = :status_code, updated_at = :now
+WHERE id = :id AND status = 'sending' AND lease_expires_at = :lease_expires_at;
+
+-- name: delivery_dead_letter
+UPDATE deliveries SET status = 'dead', attempts = attempts + 1, lease_expires_at = NULL,
+                      next_attempt_at = NULL, last_error = :error,
+                      last_status_code = :status_code, dead_at = :now, updated_at = :now
+WHERE id = :id AND status = 'sending' AND lease_expires_at = :lease_expires_at;
+
+-- webhooks: dead-letter queue -----------------------------------------------------
+
+-- name: delivery_get
+SELECT * FROM deliveries WHERE id = ?;
+
+-- name: deliveries_dead_list
+SELECT * FROM deliveries
+WHERE status = 'dead' AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+ORDER BY dead_at DESC, seq DESC
+LIMIT :limit;
+
+-- name: deliveries_dead_ids
+SELECT id FROM deliveries
+WHERE status = 'dead' AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+ORDER BY seq;
+
+-- name: deliveries_dead_count
+SELECT count(*) FROM deliveries WHERE status = 'dead';
+
+-- A fresh retry budget: attempts start again at 0; the id (webhook-id) is kept.
+-- name: delivery_redeliver_dead
+UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = :now,
+                      lease_expires_at = NULL, dead_at = NULL, updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'dead'
+RETURNING id;
+
+-- name: delivery_attempts_purge_dead
+DELETE FROM delivery_attempts
+WHERE delivery_id IN (SELECT id FROM deliveries
+                      WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'dead');
+
+-- name: delivery_purge_dead
+DELETE FROM deliveries
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'dead'
+RETURNING id;
+
+-- name: job_counts_by_status
+SELECT status, count(*) AS n FROM jobs GROUP BY status;
+
+-- name: job_counts_by_tenant_status
+SELECT tenant_id, status, count(*) AS n FROM jobs GROUP BY tenant_id, status;
+
+-- name: jobs_finished_since
+SELECT status, count(*) AS n FROM jobs
+WHERE status IN ('succeeded', 'fatal', 'cancelled') AND completed_at >= ?
+GROUP BY status;
+
+-- name: oldest_waiting_due
+SELECT min(next_run_at) FROM jobs WHERE status = 'queued';
+
+-- Retention: finished jobs older than the cutoff, a small batch at a time.
+-- name: prune_jobs_batch
+DELETE FROM jobs WHERE seq IN (
+    SELECT seq FROM jobs
+    WHERE status IN ('succeeded', 'fatal', 'cancelled') AND completed_at < :cutoff
+    LIMIT :batch);
+
+-- name: count_prunable_jobs
+SELECT count(*) FROM jobs
+WHERE status IN ('succeeded', 'fatal', 'cancelled') AND completed_at < :cutoff;
+
+-- Deliveries of pruned jobs that are done with (dead ones stay in the DLQ until purged).
+-- name: prune_delivered_batch
+DELETE FROM deliveries WHERE seq IN (
+    SELECT d.seq FROM deliveries d
+    WHERE d.status = 'succeeded' AND d.delivered_at < :cutoff
+    LIMIT :batch)
+RETURNING id;
+
+-- name: delete_delivery_attempts
+DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT value FROM json_each(?));
+
+-- name: prune_idempotency_batch
+DELETE FROM idempotency_keys WHERE (tenant_id, key) IN (
+    SELECT tenant_id, key FROM idempotency_keys WHERE expires_at < :now LIMIT :batch);

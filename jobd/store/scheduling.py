@@ -52,7 +52,8 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
                      [(owner, expires, now, now, row["seq"]) for row in chosen])
     jobs = [ClaimedJob(id=r["id"], tenant_id=r["tenant_id"], type=r["type"],
                        payload=r["payload"], attempt=r["attempts"] + 1,
-                       max_attempts=r["max_attempts"], timeout_seconds=r["timeout_seconds"])
+                       max_attempts=r["max_attempts"], timeout_seconds=r["timeout_seconds"],
+                       due_at=r["next_run_at"], claimed_at=now)
             for r in chosen]
     return ClaimRound(jobs, last_tenant)
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from jobd.config import DatabaseConfig
-from jobd.models import ClaimedJob, IdempotentResult, Job, JobStatus, NewJob, Tenant
-from jobd.store import jobs, scheduling, tenants
+from jobd.models import ClaimedJob, DeliveryStatus, IdempotentResult, Job, JobStatus, NewJob, Tenant
+from jobd.store import deliveries, jobs, scheduling, tenants
 from jobd.store.connection import connect, migrate
 from jobd.store.jobs import RenderCreated
 from jobd.store.scheduling import ClaimRound
@@ -74,17 +74,15 @@ class Store:
         return await asyncio.to_thread(run)
 
     # API -----------------------------------------------------------------------
-    def tenant_for_api_key(self, api_key: str) -> Tenant | None:
-        return self.read(tenants.tenant_for_api_key, api_key)
-
-    def lookup_idempotent(self, tenant_id: str, key: str, body_hash: bytes,
-                          now: float) -> IdempotentResult | None:
-        return self.read(jobs.lookup_idempotent, tenant_id, key, body_hash, now)
+    def tenant_for_key_hash(self, key_hash: str) -> Tenant | None:
+        return self.read(tenants.tenant_for_key_hash, key_hash)
 
     async def insert_job(self, job: NewJob, *, body_hash: bytes, now: float,
-                         idempotency_ttl_s: float, render: RenderCreated) -> IdempotentResult:
+                         idempotency_ttl_s: float, render: RenderCreated,
+                         api_key_hash: str | None = None) -> IdempotentResult:
         return await self.write(jobs.insert_job, job, body_hash=body_hash, now=now,
-                                idempotency_ttl_s=idempotency_ttl_s, render=render)
+                                idempotency_ttl_s=idempotency_ttl_s, render=render,
+                                api_key_hash=api_key_hash)
 
     def find_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         return self.read(jobs.find_job, job_id, tenant_id)
@@ -119,3 +117,27 @@ class Store:
 
     async def rescue_orphans(self, *, now: float, all_running: bool) -> dict[str, int]:
         return await self.write(scheduling.rescue_orphans, now=now, all_running=all_running)
+
+    # webhooks ------------------------------------------------------------------
+    async def claim_due_deliveries(self, *, now: float, limit: int,
+                                   lease_s: float) -> list[deliveries.ClaimedDelivery]:
+        return await self.write(deliveries.claim_due_deliveries, now=now, limit=limit,
+                                lease_s=lease_s)
+
+    def next_delivery_due_time(self) -> float | None:
+        return self.read(deliveries.next_delivery_due_time)
+
+    async def release_sending_deliveries(self, *, now: float, all_sending: bool) -> int:
+        return await self.write(deliveries.release_sending_deliveries, now=now,
+                                all_sending=all_sending)
+
+    async def record_delivery_attempt(self, delivery: deliveries.ClaimedDelivery, *, now: float,
+                                      attempted_at: float, status_code: int | None,
+                                      error: str | None, duration_ms: float,
+                                      retry_at: float | None) -> DeliveryStatus | None:
+        return await self.write(deliveries.record_delivery_attempt, delivery, now=now,
+                                attempted_at=attempted_at, status_code=status_code, error=error,
+                                duration_ms=duration_ms, retry_at=retry_at)
+
+    async def redeliver_dead(self, delivery_ids: list[str], *, now: float) -> list[str]:
+        return await self.write(deliveries.redeliver_dead, delivery_ids, now=now)

@@ -12,6 +12,7 @@ fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -148,10 +149,8 @@ def _resolve(batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
     for (_fn, _args, future, loop), (ok, value) in zip(batch, outcomes, strict=True):
         by_loop.setdefault(loop, []).append((future, ok, value))
     for loop, items in by_loop.items():
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
             loop.call_soon_threadsafe(_set_results, items)
-        except RuntimeError:  # loop closed: nobody is waiting any more
-            pass
 
 
 def _set_results(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

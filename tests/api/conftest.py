@@ -172,7 +172,7 @@ async def api(aiohttp_client: Any, config: Config, store: Store, db: Database,
     holder: dict[str, Api] = {}
     ctx = ApiContext(
         config=config, store=store, registry=build_registry(use_entry_points=False), clock=clock,
-        on_job_created=lambda due: holder["api"].created.append(due),
+        on_job_created=lambda job: holder["api"].created.append(job.run_at),
         on_cancel_requested=lambda job_id: holder["api"].cancels.append(job_id),
         on_rate_limited=lambda tenant_id: holder["api"].rate_limited.append(tenant_id),
     )

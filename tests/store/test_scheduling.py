@@ -79,7 +79,7 @@ def test_claim_marks_the_job_running(db: Database, submit: Submit) -> None:
     round_ = claim(db, now=now, owner="daemon-1")
     assert round_.jobs == [ClaimedJob(id=job_id, tenant_id="acme", type="email",
                                       payload='{"to": "x"}', attempt=1, max_attempts=4,
-                                      timeout_seconds=9.0)]
+                                      timeout_seconds=9.0, due_at=T0, claimed_at=now)]
     assert round_.last_tenant == "acme"
     job = get(db, job_id)
     assert job.status is JobStatus.RUNNING

@@ -1,0 +1,312 @@
+"""The webhook dispatcher: sends due deliveries, signed, and records every attempt.
+
+``run_once`` puts back deliveries whose lease ran out, claims due ones for the
+free slots (``webhooks.concurrency``) and starts a send for each. ``run``
+repeats it whenever it is woken (a job finished with a webhook, a send
+finished), when the next retry falls due, and every ``workers.poll_interval``
+as a fallback -- which is how deliveries written by the API's cancel, by the
+lifeline's rescue or by ``jobd dlq retry`` are noticed.
+
+One attempt: ``netguard.check_url``, then one POST of the stored body bytes
+through a guarded connector, no redirects, no proxies from the environment,
+``webhooks.timeout`` in total, at most :data:`MAX_READ_BYTES` of the answer
+read. A 2xx is delivered; anything else is a failure, retried after
+``webhooks.retry_delays`` and then dead-lettered (see :func:`retry_at`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from jobd import __version__, netguard
+from jobd.clock import Clock
+from jobd.config import Config
+from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
+from jobd.runtime.execution import Outcome
+from jobd.runtime.workers import JobListener
+from jobd.signing import signature_headers
+from jobd.store.deliveries import ClaimedDelivery
+from jobd.store.store import Store
+
+log = logging.getLogger("jobd.dispatcher")
+
+LEASE_MARGIN_S = 30.0  # a claim outlives webhooks.timeout by this much before it is rescued
+MAX_READ_BYTES = 1024  # of a receiver's answer; only an excerpt ends up in last_error
+MAX_ERROR_BODY_CHARS = 200
+MAX_ERROR_CHARS = 300
+USER_AGENT = f"jobd/{__version__}"
+
+
+# policy (pure) -------------------------------------------------------------------------
+
+def retry_at(attempts: int, retry_delays: Sequence[float], now: float) -> float | None:
+    """When to try again after the ``attempts``-th failed attempt of the current budget.
+
+    With delays ``(30, 60, 120)``: after attempt 1 → now + 30, 2 → + 60, 3 → + 120,
+    and after attempt 4 → None, the DLQ (one delivery plus 3 retries).
+    """
+    if 1 <= attempts <= len(retry_delays):
+        return now + retry_delays[attempts - 1]
+    return None
+
+
+def request_headers(delivery: ClaimedDelivery, secret: str, timestamp: int) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        **signature_headers(secret, delivery.id, timestamp, delivery.body),
+    }
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_failure(exc: BaseException, timeout_s: float) -> str:
+    """A one-line reason for a request that got no usable answer (no URL, no secrets)."""
+    seen: BaseException | None = exc
+    while seen is not None:  # the guard may sit under aiohttp's own wrappers
+        if isinstance(seen, netguard.BlockedAddress):
+            return _shorten(f"refused URL: {seen}", MAX_ERROR_CHARS)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout_s:g}s"
+    return _shorten(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+
+
+def describe_status(status: int, excerpt: bytes) -> str:
+    note = " (redirects are not followed)" if 300 <= status < 400 else ""
+    message = f"HTTP {status}{note}"
+    detail = _shorten(excerpt.decode("utf-8", errors="replace"), MAX_ERROR_BODY_CHARS)
+    return f"{message}: {detail}" if detail else message
+
+
+# one attempt ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    status_code: int | None
+    error: str | None  # None: delivered
+    duration_ms: float
+
+
+async def _read_excerpt(resp: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    remaining = MAX_READ_BYTES
+    while remaining > 0:
+        chunk = await resp.content.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+async def send(session: aiohttp.ClientSession, delivery: ClaimedDelivery, *, timestamp: int,
+               timeout_s: float, allow_private: bool) -> AttemptResult:
+    """POST one delivery; never raises for a failed attempt."""
+    started = time.perf_counter()
+
+    def result(status_code: int | None, error: str | None) -> AttemptResult:
+        return AttemptResult(status_code, error, (time.perf_counter() - started) * 1000)
+
+    if delivery.secret is None:
+        return result(None, f"tenant {delivery.tenant_id!r} does not exist; cannot sign")
+    try:
+        netguard.check_url(delivery.url, allow_private=allow_private)
+        async with session.post(delivery.url, data=delivery.body,
+                                headers=request_headers(delivery, delivery.secret, timestamp),
+                                allow_redirects=False, raise_for_status=False,
+                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            status = resp.status
+            excerpt = await _read_excerpt(resp)
+    except Exception as exc:  # any failure to get an answer is a failed attempt
+        return result(None, describe_failure(exc, timeout_s))
+    if 200 <= status < 300:
+        return result(status, None)
+    return result(status, describe_status(status, excerpt))
+
+
+class _WakeOnFinalJob(JobListener):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def __call__(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
+                 duration_s: float) -> None:
+        if status in FINAL_STATUSES:  # its webhook (if any) was queued in that transaction
+            self._dispatcher.wake()
+
+
+# the loop ------------------------------------------------------------------------------
+
+class Dispatcher:
+    def __init__(self, *, store: Store, clock: Clock, config: Config,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self._store = store
+        self._clock = clock
+        self._webhooks = config.webhooks
+        self._poll_interval_s = config.workers.poll_interval
+        self._session = session
+        self._own_session = session is None
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._claiming = True
+        self._next_rescue_at = float("-inf")
+        self.on_attempt: Callable[[str, float], None] | None = None  # (outcome, seconds): metrics
+
+    @property
+    def lease_s(self) -> float:
+        return self._webhooks.timeout + LEASE_MARGIN_S
+
+    @property
+    def free_slots(self) -> int:
+        return self._webhooks.concurrency - len(self._sending)
+
+    # signals from outside ------------------------------------------------------------
+    def wake(self) -> None:
+        """A delivery may be due now."""
+        self._wake.set()
+
+    @property
+    def job_listener(self) -> JobListener:
+        """For ``WorkerPool.listeners``: wakes the dispatcher when a job reaches a final status."""
+        return _WakeOnFinalJob(self)
+
+    # rounds --------------------------------------------------------------------------
+    async def recover_at_startup(self) -> int:
+        """Deliveries left ``sending`` by a dead process go back to ``pending`` (due now)."""
+        count = await self._store.release_sending_deliveries(now=self._clock.now(), all_sending=True)
+        if count:
+            log.warning("put back %d webhook delivery(ies) left sending when the last process "
+                        "died; sending them again", count)
+        return count
+
+    async def run_once(self, now: float | None = None) -> int:
+        """Rescue expired claims, claim due deliveries for the free slots, start sending them."""
+        now = self._clock.now() if now is None else now
+        if now >= self._next_rescue_at:  # at most once per poll interval, however often woken
+            self._next_rescue_at = now + self._poll_interval_s
+            rescued = await self._store.release_sending_deliveries(now=now, all_sending=False)
+            if rescued:
+                log.warning("put back %d webhook delivery(ies) whose lease expired", rescued)
+        free = self.free_slots
+        if free <= 0 or not self._claiming:
+            return 0
+        due = self._store.next_delivery_due_time()
+        if due is None or due > now:
+            return 0
+        claimed = await self._store.claim_due_deliveries(now=now, limit=free, lease_s=self.lease_s)
+        for delivery in claimed:
+            task = asyncio.create_task(self._deliver(delivery, now), name=f"webhook:{delivery.id}")
+            self._sending[delivery.id] = task
+        return len(claimed)
+
+    async def wait_idle(self) -> None:
+        """Wait until every send started so far is sent and recorded."""
+        while self._sending:
+            await asyncio.gather(*self._sending.values(), return_exceptions=True)
+
+    async def run(self) -> None:
+        while self._claiming:
+            self._wake.clear()
+            free = self.free_slots
+            try:
+                started = await self.run_once()
+            except Exception:
+                log.exception("webhook dispatch round failed; trying again")
+                started = 0
+            if free > 0 and started == free:
+                continue  # there may be more due right now
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        timeout = self._poll_interval_s
+        if self.free_slots > 0:
+            with contextlib.suppress(Exception):  # a failed read only costs a poll interval
+                due = self._store.next_delivery_due_time()
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - self._clock.now()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # one delivery --------------------------------------------------------------------
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = netguard.guarded_connector(self._webhooks.allow_private_networks,
+                                                   limit=self._webhooks.concurrency)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                                  cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
+
+    async def _deliver(self, delivery: ClaimedDelivery, attempted_at: float) -> None:
+        try:
+            result = await send(self._http(), delivery, timestamp=int(attempted_at),
+                                timeout_s=self._webhooks.timeout,
+                                allow_private=self._webhooks.allow_private_networks)
+            await self._record(delivery, attempted_at, result)
+        except Exception:
+            log.exception("could not record webhook delivery %s; its lease will expire", delivery.id)
+        finally:
+            self._sending.pop(delivery.id, None)
+            self._wake.set()
+
+    async def _record(self, delivery: ClaimedDelivery, attempted_at: float,
+                      result: AttemptResult) -> None:
+        now = self._clock.now()
+        attempt = delivery.attempts + 1
+        retry = None if result.error is None else retry_at(attempt, self._webhooks.retry_delays, now)
+        status = await self._store.record_delivery_attempt(
+            delivery, now=now, attempted_at=attempted_at, status_code=result.status_code,
+            error=result.error, duration_ms=result.duration_ms, retry_at=retry)
+        if self.on_attempt is not None:
+            outcome = "succeeded" if result.error is None else (
+                "dead_lettered" if status is DeliveryStatus.DEAD else "failed")
+            self.on_attempt(outcome, result.duration_ms / 1000)
+        if status is DeliveryStatus.DEAD:
+            log.warning("webhook delivery %s for job %s moved to the DLQ after %d attempt(s): %s",
+                        delivery.id, delivery.job_id, attempt, result.error)
+        elif status is DeliveryStatus.PENDING:
+            log.info("webhook delivery %s for job %s failed (attempt %d): %s; next try in %gs",
+                     delivery.id, delivery.job_id, attempt, result.error, (retry or now) - now)
+        elif status is None:
+            log.warning("webhook delivery %s: claim was taken over; attempt recorded only",
+                        delivery.id)
+
+    # shutdown ------------------------------------------------------------------------
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop claiming; let sends in flight finish for ``grace_s``, then cancel the rest
+        and put them back to ``pending`` (sent again, same id, at the next start)."""
+        self._claiming = False
+        self._wake.set()
+        tasks = list(self._sending.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in self._sending.values():
+            task.cancel()
+        remaining = list(self._sending.values())
+        if remaining:
+            await asyncio.wait(remaining)
+            try:  # nothing else sends from this database, so every `sending` one was ours
+                await self._store.release_sending_deliveries(now=self._clock.now(), all_sending=True)
+            except Exception:
+                log.exception("could not put interrupted webhook sends back; the next start will")
+            log.info("%d webhook send(s) interrupted by shutdown; sent again at the next start",
+                     len(remaining))
+
+    async def close(self) -> None:
+        """Cancel sends still in flight (after a failed start) and close the HTTP session."""
+        for task in self._sending.values():
+            task.cancel()
+        if self._sending:
+            await asyncio.wait(list(self._sending.values()))
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None

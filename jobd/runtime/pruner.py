@@ -1,0 +1,61 @@
+"""Retention in the background: finished jobs past ``jobs.retention_days``, delivered
+webhooks of the same age and expired idempotency keys, a small batch per transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from jobd.clock import Clock
+from jobd.config import Config
+from jobd.store import retention
+from jobd.store.store import Store
+
+log = logging.getLogger("jobd.pruner")
+INTERVAL_S = 300.0
+
+
+class Pruner:
+    def __init__(self, *, store: Store, clock: Clock, config: Config,
+                 interval_s: float = INTERVAL_S) -> None:
+        self._store = store
+        self._clock = clock
+        self._config = config
+        self._interval_s = interval_s
+        self._stop = asyncio.Event()
+
+    async def run_once(self) -> dict[str, int]:
+        now = self._clock.now()
+        cutoff = now - self._config.jobs.retention_days * 86_400
+        counts = {
+            "jobs": await self._drain(retention.prune_jobs_batch, cutoff=cutoff),
+            "deliveries": await self._drain(retention.prune_deliveries_batch, cutoff=cutoff),
+            "idempotency_keys": await self._drain(retention.prune_idempotency_batch, now=now),
+        }
+        if any(counts.values()):
+            log.info("pruned %(jobs)d jobs, %(deliveries)d deliveries, "
+                     "%(idempotency_keys)d idempotency keys", counts)
+        return counts
+
+    async def _drain(self, fn: object, **kwargs: float) -> int:
+        done = 0
+        while not self._stop.is_set():
+            n = await self._store.write(fn, **kwargs)  # type: ignore[arg-type]
+            if not n:
+                break
+            done += n
+            await asyncio.sleep(0)  # let other writes in between batches
+        return done
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("pruning failed; trying again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()

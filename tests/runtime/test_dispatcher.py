@@ -1,0 +1,384 @@
+"""The webhook dispatcher, in-process: a real SQLite file, a real receiver on 127.0.0.1,
+and a FakeClock so the retry ladder is walked without sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from jobd.api.views import created_body
+from jobd.clock import FakeClock
+from jobd.config import Config
+from jobd.handlers.base import Services
+from jobd.handlers.registry import Registry, builtin_types
+from jobd.models import DeliveryStatus, JobStatus, NewJob, NewTenant
+from jobd.runtime.dispatcher import Dispatcher, retry_at
+from jobd.runtime.workers import WorkerPool
+from jobd.store import deliveries as store_deliveries
+from jobd.store.queries import Q
+from jobd.store.store import Store
+from tests.conftest import T0, make_config
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """Answers from a script of statuses (the last one repeats); may hang first."""
+
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.statuses = [200]
+        self.hang_s = 0.0
+        self.release = asyncio.Event()
+        self.base = ""
+
+    def url(self, path: str = "/hook") -> str:
+        return self.base + path
+
+    def at(self, path: str) -> list[Seen]:
+        return [r for r in self.requests if r.path == path]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append(Seen(request.path, dict(request.headers), body, time.monotonic()))
+        if self.hang_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), self.hang_s)
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if 300 <= status < 400:
+            return web.Response(status=status, headers={"Location": self.url("/elsewhere")})
+        return web.Response(status=status, text="x" * 5000 if status >= 400 else "ok")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", r.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    r.base = str(server.make_url("")).rstrip("/")
+    yield r
+    r.release.set()
+    await server.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def tenant(new_tenant) -> NewTenant:
+    return new_tenant()
+
+
+@pytest.fixture
+async def make_dispatcher(store: Store, clock: FakeClock, tmp_path: Path) -> AsyncIterator:
+    made: list[Dispatcher] = []
+
+    def make(**webhooks: object) -> Dispatcher:
+        config = make_config(tmp_path, webhooks=webhooks)
+        d = Dispatcher(store=store, clock=clock, config=config)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        await d.close()
+
+
+LADDER = {"retry_delays": [30, 60, 120]}
+
+
+async def finish_job_with_webhook(store: Store, clock: FakeClock, url: str, *,
+                                  key: str = "k") -> tuple[str, str]:
+    """Submit, claim and succeed a job the way the pool does; return (job id, delivery id)."""
+    job = NewJob(tenant_id="acme", type="noop", payload='{"to":"user@example.com"}', priority=0,
+                 max_attempts=3, timeout_seconds=None, run_at=clock.now(), webhook_url=url,
+                 idempotency_key=key)
+    created = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
+                                     idempotency_ttl_s=3600, render=created_body)
+    claim = await store.claim_due_jobs(now=clock.now(), limit=10, owner="o", lease_s=60,
+                                       after_tenant=None)
+    for claimed in claim.jobs:
+        await store.finish_job(claimed, owner="o", status=JobStatus.SUCCEEDED, now=clock.now(),
+                               result_json='{"ok":true}')
+    [delivery] = store.read(store_deliveries.deliveries_of_job, created.job_id)
+    return created.job_id, delivery.id
+
+
+def delivery(db, delivery_id: str):
+    return db.read(store_deliveries.get_delivery, delivery_id)
+
+
+async def round_(dispatcher: Dispatcher) -> int:
+    started = await dispatcher.run_once()
+    await dispatcher.wait_idle()
+    return started
+
+
+# policy ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("attempts", "expected"), [(1, 130.0), (2, 160.0), (3, 220.0), (4, None),
+                                                    (5, None), (0, None)])
+def test_retry_at_walks_the_delays_then_gives_up(attempts, expected):
+    assert retry_at(attempts, (30, 60, 120), 100.0) == expected
+
+
+def test_retry_at_with_no_delays_dead_letters_at_once():
+    assert retry_at(1, (), 100.0) is None
+
+
+def test_claim_query_uses_the_due_index(db):
+    plan = " ".join(str(tuple(r)) for r in db.read(
+        lambda conn: conn.execute("EXPLAIN QUERY PLAN " + Q["deliveries_due"],
+                                  {"now": T0, "limit": 10}).fetchall()))
+    assert "deliveries_due" in plan, plan
+
+
+# sending --------------------------------------------------------------------------------
+
+async def test_success_records_one_attempt_and_a_verifiable_signature(
+        store, db, clock, receiver, tenant, make_dispatcher):
+    dispatcher = make_dispatcher()
+    job_id, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    assert await round_(dispatcher) == 1
+
+    done = delivery(db, delivery_id)
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert (done.attempts, done.delivered_at, done.last_status_code) == (1, T0, 200)
+    [attempt] = db.read(store_deliveries.attempts_of_delivery, delivery_id)
+    assert (attempt.status_code, attempt.error, attempt.attempted_at) == (200, None, T0)
+
+    [seen] = receiver.requests
+    assert seen.body == done.body  # exactly the stored bytes
+    body = json.loads(seen.body)
+    assert body["jobId"] == job_id
+    assert body["status"] == "succeeded"
+    assert body["attempts"] == 1
+    assert body["payload"] == {"to": "user@example.com"}
+    assert body["completedAt"].endswith("Z")
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.headers["User-Agent"].startswith("jobd/")
+    secret = tenant.tenant.webhook_secret
+    expected = "sha256=" + hmac.new(secret.encode(), seen.body, hashlib.sha256).hexdigest()
+    assert seen.headers["X-Signature"] == expected
+    assert seen.headers["webhook-id"] == delivery_id
+    assert seen.headers["webhook-timestamp"] == str(int(T0))
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{delivery_id}.{int(T0)}.".encode() + seen.body
+    standard = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert seen.headers["webhook-signature"] == standard
+    assert await round_(dispatcher) == 0  # nothing sent twice
+
+
+async def test_500_walks_the_ladder_then_dead_letters(store, db, clock, receiver, tenant,
+                                                      make_dispatcher, caplog):
+    receiver.statuses = [500]
+    dispatcher = make_dispatcher(**LADDER)
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    states, gaps = [], []
+    for number in range(1, 5):
+        attempted = clock.now()
+        assert await round_(dispatcher) == 1
+        d = delivery(db, delivery_id)
+        states.append(d.status.value)
+        assert d.attempts == number
+        if d.status is DeliveryStatus.PENDING:
+            gaps.append(d.next_attempt_at - attempted)
+            clock.advance(d.next_attempt_at - clock.now() - 1)
+            assert await round_(dispatcher) == 0, "not due yet"
+            clock.advance(1)
+    assert states == ["pending", "pending", "pending", "dead"]
+    assert gaps == [30, 60, 120]
+    assert len(receiver.requests) == 4
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {delivery_id}
+    assert [int(r.headers["webhook-timestamp"]) for r in receiver.requests] == [
+        int(T0), int(T0 + 30), int(T0 + 90), int(T0 + 210)]
+    dead = delivery(db, delivery_id)
+    assert dead.dead_at == T0 + 210
+    assert dead.next_attempt_at is None
+    assert dead.last_status_code == 500
+    assert dead.last_error.startswith("HTTP 500: xxx")
+    assert len(dead.last_error) < 300  # only an excerpt of the 5000-byte answer
+    history = db.read(store_deliveries.attempts_of_delivery, delivery_id)
+    assert [a.status_code for a in history] == [500] * 4
+    assert [a.attempted_at for a in history] == [T0, T0 + 30, T0 + 90, T0 + 210]
+    assert "moved to the DLQ" in caplog.text
+    clock.advance(3600)
+    assert await round_(dispatcher) == 0
+    assert len(receiver.requests) == 4
+
+
+async def test_redirect_is_a_failure_and_never_followed(store, db, clock, receiver, tenant,
+                                                        make_dispatcher):
+    receiver.statuses = [302]
+    dispatcher = make_dispatcher(**LADDER)
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    await round_(dispatcher)
+    d = delivery(db, delivery_id)
+    assert d.status is DeliveryStatus.PENDING
+    assert d.last_status_code == 302
+    assert "redirects are not followed" in d.last_error
+    assert receiver.at("/elsewhere") == []
+    assert len(receiver.at("/hook")) == 1
+
+
+async def test_a_receiver_slower_than_the_timeout_is_a_failure(store, db, clock, receiver, tenant,
+                                                               make_dispatcher):
+    receiver.hang_s = 5
+    dispatcher = make_dispatcher(timeout=0.2, **LADDER)
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    started = time.perf_counter()
+    await round_(dispatcher)
+    assert time.perf_counter() - started < 2
+    d = delivery(db, delivery_id)
+    assert d.status is DeliveryStatus.PENDING
+    assert d.last_error == "timed out after 0.2s"
+    [attempt] = db.read(store_deliveries.attempts_of_delivery, delivery_id)
+    assert attempt.status_code is None
+    assert attempt.duration_ms >= 150
+
+
+async def test_private_addresses_are_refused_when_not_allowed(store, db, clock, receiver, tenant,
+                                                              make_dispatcher):
+    dispatcher = make_dispatcher(allow_private_networks=False, **LADDER)
+    _, loopback = await finish_job_with_webhook(store, clock, receiver.url(), key="a")
+    port = receiver.base.rsplit(":", 1)[1]
+    _, by_name = await finish_job_with_webhook(store, clock, f"http://localhost:{port}/hook",
+                                               key="b")
+    assert await round_(dispatcher) == 2
+    assert receiver.requests == []
+    first, second = delivery(db, loopback), delivery(db, by_name)
+    assert first.status is second.status is DeliveryStatus.PENDING
+    assert "refused URL" in first.last_error and "loopback" in first.last_error
+    assert "localhost" in second.last_error
+    [attempt] = db.read(store_deliveries.attempts_of_delivery, loopback)
+    assert attempt.status_code is None
+
+
+async def test_dlq_retry_gives_a_fresh_budget_and_keeps_the_webhook_id(
+        store, db, clock, receiver, tenant, make_dispatcher):
+    receiver.statuses = [500]
+    dispatcher = make_dispatcher(retry_delays=[30])
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    await round_(dispatcher)
+    clock.advance(30)
+    await round_(dispatcher)
+    assert delivery(db, delivery_id).status is DeliveryStatus.DEAD
+
+    clock.advance(100)
+    assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == [delivery_id]
+    again = delivery(db, delivery_id)
+    assert (again.status, again.attempts, again.next_attempt_at) == (
+        DeliveryStatus.PENDING, 0, clock.now())
+    assert again.dead_at is None
+
+    receiver.statuses = [200]
+    assert await round_(dispatcher) == 1
+    done = delivery(db, delivery_id)
+    assert (done.status, done.attempts) == (DeliveryStatus.SUCCEEDED, 1)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery_id] * 3
+    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == 3
+    # only dead deliveries can be retried
+    assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == []
+
+
+async def test_concurrency_is_bounded(store, db, clock, receiver, tenant, make_dispatcher):
+    receiver.hang_s = 5
+    dispatcher = make_dispatcher(concurrency=2)
+    ids = [(await finish_job_with_webhook(store, clock, receiver.url(), key=f"k{i}"))[1]
+           for i in range(5)]
+    assert await dispatcher.run_once() == 2
+    assert await dispatcher.run_once() == 0
+    assert dispatcher.free_slots == 0
+    receiver.release.set()
+    await dispatcher.wait_idle()
+    assert await round_(dispatcher) == 2
+    assert await round_(dispatcher) == 1
+    assert {delivery(db, i).status for i in ids} == {DeliveryStatus.SUCCEEDED}
+
+
+# crashes and leases -----------------------------------------------------------------------
+
+async def test_sending_left_by_a_dead_process_is_sent_again(store, db, clock, receiver, tenant,
+                                                            make_dispatcher):
+    dispatcher = make_dispatcher()
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    await store.claim_due_deliveries(now=clock.now(), limit=10, lease_s=40)  # then "kill -9"
+    assert delivery(db, delivery_id).status is DeliveryStatus.SENDING
+    assert await round_(dispatcher) == 0  # held by a live-looking claim
+
+    assert await dispatcher.recover_at_startup() == 1
+    back = delivery(db, delivery_id)
+    assert (back.status, back.attempts, back.next_attempt_at) == (DeliveryStatus.PENDING, 0, T0)
+    assert await round_(dispatcher) == 1
+    assert delivery(db, delivery_id).status is DeliveryStatus.SUCCEEDED
+
+
+async def test_an_expired_claim_is_rescued_by_run_once(store, db, clock, receiver, tenant,
+                                                       make_dispatcher):
+    dispatcher = make_dispatcher()
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    stale = await store.claim_due_deliveries(now=clock.now(), limit=10, lease_s=40)
+    clock.advance(41)
+    assert await round_(dispatcher) == 1
+    assert delivery(db, delivery_id).status is DeliveryStatus.SUCCEEDED
+    # the stale claim can no longer change the delivery, but its attempt is recorded
+    status = await store.record_delivery_attempt(stale[0], now=clock.now(), attempted_at=T0,
+                                                 status_code=500, error="HTTP 500",
+                                                 duration_ms=1.0, retry_at=clock.now() + 30)
+    assert status is None
+    assert delivery(db, delivery_id).status is DeliveryStatus.SUCCEEDED
+    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == 2
+
+
+# waking ---------------------------------------------------------------------------------
+
+async def test_a_finished_job_wakes_the_dispatcher(store, db, clock, receiver, tenant, tmp_path):
+    # A long poll interval: only the wake-up from the pool can send the webhook quickly.
+    config: Config = make_config(tmp_path, workers={"poll_interval": 30})
+    pool = WorkerPool(store=store, registry=Registry(builtin_types()),
+                      services=Services(config=config), clock=clock, config=config, owner="o",
+                      rng=random.Random(1))
+    dispatcher = Dispatcher(store=store, clock=clock, config=config)
+    pool.listeners.append(dispatcher.job_listener)
+    run = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.sleep(0.01)  # idle, waiting for up to 30 s
+        job = NewJob(tenant_id="acme", type="noop", payload="{}", priority=0, max_attempts=1,
+                     timeout_seconds=None, run_at=clock.now(), webhook_url=receiver.url(),
+                     idempotency_key="k")
+        await store.insert_job(job, body_hash=b"k", now=clock.now(), idempotency_ttl_s=60,
+                               render=created_body)
+        started = time.perf_counter()
+        assert await pool.run_once() == 1
+        while not receiver.requests:
+            assert time.perf_counter() - started < 2, "webhook not sent after the job finished"
+            await asyncio.sleep(0.005)
+    finally:
+        await dispatcher.shutdown(1)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await dispatcher.close()
+    assert json.loads(receiver.requests[0].body)["status"] == "succeeded"
