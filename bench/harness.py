@@ -1,0 +1,218 @@
+"""Pieces the benchmarks share: a daemon in a temp dir, a tenant, wrk, a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+JOBD = [sys.executable, "-m", "jobd.cli.main"]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval_s)
+
+
+class Daemon:
+    """``jobd serve`` on a temp database with synchronous=full."""
+
+    def __init__(self, workdir: Path, **overrides: dict[str, Any]) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.db_path = workdir / "jobd.db"
+        sections: dict[str, dict[str, Any]] = {
+            "server": {"host": "127.0.0.1", "port": self.port, "max_body_bytes": 262144},
+            "database": {"path": str(self.db_path), "synchronous": "full"},
+            "workers": {"concurrency": 64, "poll_interval": 0.5},
+            "rate_limit": {"rate": 10_000_000, "burst": 10_000_000},
+            "webhooks": {"allow_private_networks": True, "concurrency": 128},
+            "logging": {"level": "warning"},
+        }
+        for name, values in overrides.items():
+            sections.setdefault(name, {}).update(values)
+        self.config = workdir / "jobd.toml"
+        self.config.write_text("".join(
+            f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+            for name, values in sections.items()))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str) -> Any:
+        out = subprocess.run([*JOBD, *args, "--config", str(self.config), "--json"],
+                             check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def create_tenant(self, tenant_id: str = "bench") -> dict[str, str]:
+        return dict(self.cli("tenants", "create", tenant_id, "--rate", "10000000",
+                             "--burst", "10000000"))
+
+    def start(self) -> Daemon:
+        log = (self.dir / "jobd.log").open("ab")
+        self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config)],
+                                     stdout=log, stderr=log)
+        wait_until(self._healthy, 30, "jobd to start")
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base + "/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def peak_rss_mb(self) -> float:
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        return int(match.group(1)) / 1024 if match else float("nan")
+
+    def query(self, sql: str, *args: Any) -> list[Any]:
+        conn = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+
+@contextmanager
+def daemon(**overrides: dict[str, Any]) -> Iterator[Daemon]:
+    workdir = Path(tempfile.mkdtemp(prefix="jobd-bench-"))
+    d = Daemon(workdir, **overrides)
+    try:
+        yield d
+    finally:
+        d.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wrk(url: str, *, script: str, env: dict[str, str], seconds: int = 10,
+        connections: int = 64, threads: int = 2) -> dict[str, float]:
+    """Run wrk with --latency; return req/s and p50/p99 in ms."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+           "-s", str(HERE / script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env},
+                         check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50_ms": _latency(out, "50%"), "p99_ms": _latency(out, "99%"),
+            "non2xx": float(re.search(r"Non-2xx or 3xx responses: (\d+)", out).group(1))
+            if "Non-2xx" in out else 0.0}
+
+
+def _latency(out: str, pct: str) -> float:
+    match = re.search(rf"{re.escape(pct)}\s+([\d.]+)(us|ms|s)\b", out)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records arrival times by job id."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                job_id = json.loads(body)["jobId"]
+                with receiver.lock:
+                    receiver.arrivals.setdefault(job_id, time.time())
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrivals)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def seed_jobs(db_path: Path, tenant_id: str, *, queued: int = 0, finished: int = 0,
+              run_at: float | None = None) -> None:
+    """Insert jobs straight into the database (the daemon must not be running)."""
+    from jobd.credentials import new_job_id
+    from jobd.store.connection import connect, migrate
+
+    conn = connect(str(db_path), synchronous="off")
+    migrate(conn)
+    now = time.time()
+    due = now if run_at is None else run_at
+    sql = ("INSERT INTO jobs (id, tenant_id, type, payload, status, priority, attempts, max_attempts,"
+           " run_at, next_run_at, created_at, started_at, completed_at, updated_at, result)"
+           " VALUES (?, ?, 'noop', '{\"n\":1}', ?, 0, ?, 5, ?, ?, ?, ?, ?, ?, ?)")
+    batch = 50_000
+    for status, count in (("succeeded", finished), ("queued", queued)):
+        for start in range(0, count, batch):
+            rows = []
+            for _ in range(min(batch, count - start)):
+                if status == "queued":
+                    rows.append((new_job_id(), tenant_id, status, 0, due, due, now, None, None, now,
+                                 None))
+                else:
+                    rows.append((new_job_id(), tenant_id, status, 1, now - 60, None, now - 60,
+                                 now - 59, now - 59, now - 59, '{"ok":true}'))
+            conn.execute("BEGIN")
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+    conn.close()

@@ -1,0 +1,210 @@
+"""``make bench``: jobd's throughput and latency next to the ceiling, printed as a table.
+
+Every scenario starts a fresh daemon on a temp database with synchronous = "full".
+Figures are printed, not asserted. Usage: python bench/run.py [--runs 3] [--only create,drain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import HERE, daemon, free_port, percentile, seed_jobs, wait_until, wrk  # noqa: E402
+
+Row = tuple[str, str, str]
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def background(script: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / script), str(port)])
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+    wait_until(up, 20, script)
+    return proc, port
+
+
+def bench_create(seconds: int) -> dict[str, float]:
+    with daemon() as d:
+        tenant = d.create_tenant()
+        d.start()
+        env = {"JOBD_API_KEY": tenant["apiKey"], "JOBD_TENANT": tenant["tenantId"]}
+        jobd = wrk(d.base + "/jobs", script="post_jobs.lua", env=env, seconds=seconds)
+        created = d.query("SELECT count(*) FROM jobs")[0][0]
+    hello_proc, port = background("hello.py")
+    try:
+        hello = wrk(f"http://127.0.0.1:{port}/jobs", script="post_jobs.lua",
+                    env={"JOBD_API_KEY": "x", "JOBD_TENANT": "bench"}, seconds=seconds)
+    finally:
+        hello_proc.terminate()
+        hello_proc.wait()
+    return {"rps": jobd["rps"], "p50_ms": jobd["p50_ms"], "p99_ms": jobd["p99_ms"],
+            "non2xx": jobd["non2xx"], "hello_rps": hello["rps"], "ratio": jobd["rps"] / hello["rps"],
+            "rows": created}
+
+
+def drain_rate(d: Any, total: int, timeout_s: float = 300) -> float:
+    wait_until(lambda: d.query("SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0] >= total,
+               timeout_s, "the drain", interval_s=0.2)
+    first, last = d.query("SELECT min(started_at), max(completed_at) FROM jobs "
+                          "WHERE status = 'succeeded' AND attempts > 0 AND started_at IS NOT NULL")[0]
+    return total / (last - first)
+
+
+def bench_drain(total: int) -> dict[str, float]:
+    with daemon() as d:
+        tenant = d.create_tenant()
+        seed_jobs(d.db_path, tenant["tenantId"], queued=total)
+        d.start()
+        return {"jobs_per_s": drain_rate(d, total)}
+
+
+def bench_end_to_end(total: int, *, webhooks: bool) -> dict[str, float]:
+    receiver, port = background("receiver.py") if webhooks else (None, 0)
+    try:
+        with daemon() as d:
+            tenant = d.create_tenant()
+            d.start()
+            env = {"JOBD_API_KEY": tenant["apiKey"], "JOBD_TENANT": tenant["tenantId"],
+                   "JOBD_COUNT": str(total), "JOBD_THREADS": "2",
+                   "JOBD_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook" if webhooks else ""}
+            wrk(d.base + "/jobs", script="post_n.lua", env=env, seconds=120)
+            done = wait_until(lambda: d.query(
+                "SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0] >= total, 300,
+                "all jobs to finish", interval_s=0.1)
+            assert done
+            first_created, last_done = d.query(
+                "SELECT min(created_at), max(completed_at) FROM jobs")[0]
+            result = {"jobs_per_s": total / (last_done - first_created)}
+            if webhooks:
+                wait_until(lambda: d.query("SELECT count(*) FROM deliveries WHERE status = 'succeeded'"
+                                           )[0][0] >= total, 300, "all webhooks", interval_s=0.1)
+                first_done, last_sent = d.query(
+                    "SELECT min(j.completed_at), max(d.delivered_at) FROM deliveries d "
+                    "JOIN jobs j ON j.id = d.job_id")[0]
+                result["deliveries_per_s"] = total / (last_sent - first_done)
+                result["end_to_end_with_webhooks_per_s"] = total / (last_sent - first_created)
+            return result
+    finally:
+        if receiver:
+            receiver.terminate()
+            receiver.wait()
+
+
+def bench_latency(samples: int) -> dict[str, float]:
+    receiver, port = background("receiver.py")
+    try:
+        with daemon(workers={"poll_interval": 5.0}) as d:
+            tenant = d.create_tenant()
+            d.start()
+            headers = {"Authorization": f"Bearer {tenant['apiKey']}"}
+            hook = f"http://127.0.0.1:{port}/hook"
+            submitted: dict[str, float] = {}
+            for i in range(samples):
+                t0 = time.time()
+                job = post_json(d.base + "/jobs", {"tenantId": tenant["tenantId"], "type": "noop",
+                                                   "payload": {}, "webhookUrl": hook},
+                                {**headers, "Idempotency-Key": f"lat-{i}"})
+                submitted[job["jobId"]] = t0
+                wait_until(lambda jid=job["jobId"]: d.query(
+                    "SELECT 1 FROM deliveries WHERE job_id = ? AND status = 'succeeded'", jid),
+                    10, "one job", interval_s=0.0005)
+            rows = d.query("SELECT id, created_at, started_at FROM jobs")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/arrivals") as resp:
+                arrivals = json.loads(resp.read())
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    start_ms = [(started - created) * 1000 for _, created, started in rows]
+    hook_ms = [(arrivals[job_id] - t0) * 1000 for job_id, t0 in submitted.items() if job_id in arrivals]
+    return {"start_p50_ms": percentile(start_ms, 50), "start_p99_ms": percentile(start_ms, 99),
+            "webhook_p50_ms": percentile(hook_ms, 50), "webhook_p99_ms": percentile(hook_ms, 99)}
+
+
+def bench_scale(finished: int, queued: int, seconds: int) -> dict[str, float]:
+    with daemon() as d:
+        tenant = d.create_tenant()
+        seed_jobs(d.db_path, tenant["tenantId"], finished=finished, queued=queued)
+        d.start()
+        drain = drain_rate(d, finished + queued)
+        env = {"JOBD_API_KEY": tenant["apiKey"], "JOBD_TENANT": tenant["tenantId"]}
+        create = wrk(d.base + "/jobs", script="post_jobs.lua", env=env, seconds=seconds)
+        ids_file = d.dir / "ids.txt"
+        ids = d.query("SELECT id FROM jobs ORDER BY random() LIMIT 10000")
+        ids_file.write_text("\n".join(r[0] for r in ids) + "\n")
+        get = wrk(d.base + "/jobs/x", script="get_jobs.lua",
+                  env={**env, "JOBD_IDS_FILE": str(ids_file)}, seconds=seconds)
+        return {"drain_jobs_per_s": drain, "create_rps": create["rps"], "get_p99_ms": get["p99_ms"],
+                "get_rps": get["rps"], "peak_rss_mb": d.peak_rss_mb()}
+
+
+def median_of(runs: int, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+    results = [fn() for _ in range(runs)]
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration")
+    parser.add_argument("--only", default="create,drain,e2e,latency,scale")
+    parser.add_argument("--drain-jobs", type=int, default=100_000)
+    parser.add_argument("--e2e-jobs", type=int, default=20_000)
+    parser.add_argument("--scale-finished", type=int, default=1_000_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    figures: dict[str, dict[str, float]] = {}
+    if "create" in only:
+        figures["create"] = median_of(args.runs, lambda: bench_create(args.seconds))
+    if "drain" in only:
+        figures["drain"] = median_of(args.runs, lambda: bench_drain(args.drain_jobs))
+    if "e2e" in only:
+        figures["e2e"] = median_of(args.runs, lambda: bench_end_to_end(args.e2e_jobs, webhooks=False))
+        figures["e2e_webhooks"] = median_of(
+            args.runs, lambda: bench_end_to_end(args.e2e_jobs, webhooks=True))
+    if "latency" in only:
+        figures["latency"] = median_of(args.runs, lambda: bench_latency(200))
+    if "scale" in only:
+        figures["scale"] = bench_scale(args.scale_finished, args.drain_jobs, args.seconds)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print_table(figures, args.runs)
+
+
+def print_table(figures: dict[str, dict[str, float]], runs: int) -> None:
+    print(f"\njobd benchmark (medians of {runs} run(s), synchronous=full, loopback)\n")
+    print(f"{'scenario':<34}{'figure':>14}  note")
+    print("-" * 80)
+    for scenario, values in figures.items():
+        for key, value in values.items():
+            print(f"{scenario + ' ' + key:<34}{value:>14,.2f}")
+    print()
+
+
+if __name__ == "__main__":
+    main()
