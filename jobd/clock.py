@@ -36,12 +36,21 @@ class FakeClock:
         self._now += seconds
 
 
+_last_second: tuple[int, str] = (-1, "")  # swapped whole, so threads never see half of it
+
+
 def to_rfc3339(ts: float | None) -> str | None:
     """Format unix seconds as RFC 3339 UTC with milliseconds and a ``Z``."""
     if ts is None:
         return None
-    dt = datetime.fromtimestamp(ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    millis = int(round(ts * 1000))
+    second, ms = divmod(millis, 1000)
+    global _last_second
+    cached_second, text = _last_second
+    if cached_second != second:  # hot path: many times fall in the same second
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (second, text)
+    return f"{text}.{ms:03d}Z"
 
 
 def from_datetime(dt: datetime) -> float:

@@ -38,19 +38,21 @@ def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: 
     if api_key_hash is not None and not conn.execute(
             Q["tenant_key_is_live"], (job.tenant_id, api_key_hash)).fetchall():
         raise Unauthorized("the API key is unknown or was revoked, or the tenant is disabled")
-    existing = lookup_idempotent(conn, job.tenant_id, job.idempotency_key, body_hash, now)
-    if existing is not None:
-        return existing
     job_id = new_job_id()
+    body = render(job_id, now)
+    claimed = conn.execute(Q["idempotency_claim"], {
+        "tenant_id": job.tenant_id, "key": job.idempotency_key, "body_hash": body_hash,
+        "job_id": job_id, "status": 201, "body": body, "expires_at": now + idempotency_ttl_s,
+        "now": now,
+    }).rowcount
+    if not claimed:
+        existing = lookup_idempotent(conn, job.tenant_id, job.idempotency_key, body_hash, now)
+        assert existing is not None, "a live idempotency row must exist when the claim fails"
+        return existing
     conn.execute(Q["job_insert"], (
         job_id, job.tenant_id, job.type, job.payload, job.priority, job.max_attempts,
         job.timeout_seconds, job.run_at, job.run_at, job.webhook_url, job.idempotency_key,
         now, now,
-    ))
-    body = render(job_id, now)
-    conn.execute(Q["idempotency_insert"], (
-        job.tenant_id, job.idempotency_key, body_hash, job_id, 201, body,
-        now + idempotency_ttl_s,
     ))
     return IdempotentResult(status=201, body=body, job_id=job_id, replayed=False)
 

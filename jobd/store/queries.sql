@@ -36,11 +36,17 @@ FROM idempotency_keys WHERE tenant_id = ? AND key = ?;
 -- name: tenant_key_is_live
 SELECT 1 FROM tenants WHERE id = ? AND api_key_hash = ? AND disabled = 0;
 
--- An expired row for the same key is replaced.
--- name: idempotency_insert
-INSERT OR REPLACE INTO idempotency_keys (tenant_id, key, body_hash, job_id, response_status,
+-- Claims the key for a new job: inserts it, or takes over an expired row.
+-- No row changes when a live row holds the key (then the caller replays it or says 409).
+-- name: idempotency_claim
+INSERT INTO idempotency_keys (tenant_id, key, body_hash, job_id, response_status,
                               response_body, expires_at)
-VALUES (?, ?, ?, ?, ?, ?, ?);
+VALUES (:tenant_id, :key, :body_hash, :job_id, :status, :body, :expires_at)
+ON CONFLICT (tenant_id, key) DO UPDATE SET
+    body_hash = excluded.body_hash, job_id = excluded.job_id,
+    response_status = excluded.response_status, response_body = excluded.response_body,
+    expires_at = excluded.expires_at
+WHERE idempotency_keys.expires_at <= :now;
 
 -- name: job_insert
 INSERT INTO jobs (id, tenant_id, type, payload, status, priority, attempts, max_attempts,
