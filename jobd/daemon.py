@@ -22,6 +22,7 @@ from jobd.clock import Clock, SystemClock
 from jobd.config import Config
 from jobd.handlers.base import Services
 from jobd.handlers.registry import build_registry
+from jobd.errors import StartupError
 from jobd.models import NewJob
 from jobd.netguard import guarded_connector
 from jobd.runtime.dispatcher import Dispatcher
@@ -54,7 +55,7 @@ async def serve(config: Config, *, clock: Clock | None = None,
 
     registry = build_registry(config.handlers)
     store = Store(config.database)
-    store.open()
+    store.open(daemon_lock=True)
     allow_private = config.webhooks.allow_private_networks
     http = aiohttp.ClientSession(connector=guarded_connector(allow_private), trust_env=False)
     services = Services(config=config, http=http)
@@ -79,11 +80,15 @@ async def serve(config: Config, *, clock: Clock | None = None,
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     background: list[asyncio.Task[None]] = []
     try:
-        await lifeline.recover_at_startup()
-        await dispatcher.recover_at_startup()
         await runner.setup()
         site = web.TCPSite(runner, config.server.host, config.server.port, backlog=2048)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: "
+                                   f"{exc.strerror or exc}") from None
+        await lifeline.recover_at_startup()
+        await dispatcher.recover_at_startup()
         address = _bound_address(runner, config)
         background = [asyncio.create_task(pool.run(), name="scheduler"),
                       asyncio.create_task(lifeline.run(), name="lifeline"),

@@ -95,3 +95,8 @@ class StoreUnavailable(JobdError):
 
 def field_errors(loc: str, message: str) -> list[dict[str, Any]]:
     return [{"field": loc, "message": message}]
+
+
+class StartupError(JobdError):
+    code = "startup_error"
+    title = "The daemon could not start"

@@ -6,8 +6,11 @@ process applies the same pragmas and the same migrations.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
+from typing import IO
 from importlib import resources
 from pathlib import Path
 
@@ -35,6 +38,19 @@ def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0
         raise StoreUnavailable(f"cannot open database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def hold_daemon_lock(path: str) -> IO[bytes]:
+    """An exclusive lock on ``<path>.lock`` for as long as the returned file is open."""
+    if path == ":memory:":
+        return open(os.devnull, "rb")  # noqa: SIM115 - closed by the caller
+    lock_file = open(f"{path}.lock", "a+b")  # noqa: SIM115 - closed by the caller
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise StoreUnavailable(f"another jobd serve is already running on {path}") from None
+    return lock_file
 
 
 def _enable_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> None:

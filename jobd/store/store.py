@@ -12,12 +12,13 @@ import asyncio
 import functools
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from jobd.config import DatabaseConfig
 from jobd.models import ClaimedJob, DeliveryStatus, IdempotentResult, Job, JobStatus, NewJob, Tenant
 from jobd.store import deliveries, jobs, scheduling, tenants
-from jobd.store.connection import connect, migrate
+from jobd.store.checkpointer import Checkpointer
+from jobd.store.connection import connect, hold_daemon_lock, migrate
 from jobd.store.jobs import RenderCreated
 from jobd.store.scheduling import ClaimRound
 from jobd.store.writer import GroupCommitWriter
@@ -30,24 +31,40 @@ class Store:
         self._config = config
         self._open = functools.partial(connect, config.path, synchronous=config.synchronous,
                                        busy_timeout_s=config.busy_timeout)
-        self._writer = GroupCommitWriter(self._open)
+        self._writer = GroupCommitWriter(self._open_writer)
+        self._checkpointer = Checkpointer(self._open)
         self._reader: sqlite3.Connection | None = None
+        self._lock: IO[bytes] | None = None
 
     # lifecycle -----------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, *, daemon_lock: bool = False) -> None:
+        """Migrate and open. With ``daemon_lock``, refuse if another daemon has this file:
+        two daemons would each take the other's running jobs for orphans."""
+        if daemon_lock:
+            self._lock = hold_daemon_lock(self._config.path)
         conn = self._open()
         try:
             migrate(conn)
         finally:
             conn.close()
         self._writer.start()
+        self._checkpointer.start()
         self._reader = self._open()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = self._open()
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+        return conn
 
     def close(self) -> None:
         self._writer.stop()
+        self._checkpointer.stop()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def writer_stats(self) -> tuple[int, int]:

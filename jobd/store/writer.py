@@ -38,6 +38,7 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="jobd-writer", daemon=True)
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
+        self._outbox: list[_Item] = []  # collected on the loop's thread, handed over at once
         self.batches = 0
         self.units = 0
 
@@ -56,8 +57,16 @@ class GroupCommitWriter:
         """Run ``fn(conn, *args)`` in the next group transaction; return after COMMIT."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, args, future, loop))
+        if not self._outbox:
+            loop.call_soon(self._hand_over)
+        self._outbox.append((fn, args, future, loop))
         return await future
+
+    def _hand_over(self) -> None:
+        """Pass everything written in this turn of the event loop to the thread in one go:
+        one wake-up of the writer, and one batch instead of many small ones."""
+        items, self._outbox = self._outbox, []
+        self._queue.put(items)
 
     def _run(self) -> None:
         try:
@@ -81,15 +90,15 @@ class GroupCommitWriter:
         first = self._queue.get()
         if first is _STOP:
             return [], True
-        batch = [first]
+        batch = list(first)
         while len(batch) < self._max_batch:
             try:
-                item = self._queue.get_nowait()
+                more = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is _STOP:
+            if more is _STOP:
                 return batch, True
-            batch.append(item)
+            batch.extend(more)
         return batch, False
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
