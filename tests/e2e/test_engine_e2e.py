@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import os
 import random
+import socket
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,7 +15,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from jobd.models import ALLOWED_TRANSITIONS, JobStatus
-from tests.support import cli_json, free_port, wait_for
+from tests.support import JOBD, cli_json, free_port, wait_for
 
 
 def _created(resp: tuple[int, dict[str, str], Any]) -> str:
@@ -235,3 +237,28 @@ def test_sigterm_under_load_leaves_nothing_running(make_env):
     env.daemon.start()
     for job_id in acked:
         env.client.wait_status(job_id, "succeeded", timeout_s=20)
+
+
+def test_a_second_daemon_on_the_same_database_refuses_to_start(make_env):
+    env = make_env()
+    env.daemon.start()
+    second = subprocess.run([*JOBD, "serve", "--config", str(env.config)], capture_output=True,
+                            text=True, timeout=30)
+    assert second.returncode == 1
+    assert "already running" in second.stderr
+    assert "Traceback" not in second.stderr
+    # the first one is unharmed
+    job_id = _created(env.client.submit("noop", key="still-fine"))
+    env.client.wait_status(job_id, "succeeded")
+
+
+def test_a_port_in_use_is_one_line_on_stderr(make_env):
+    env = make_env()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", env.port))
+        busy.listen()
+        proc = subprocess.run([*JOBD, "serve", "--config", str(env.config)], capture_output=True,
+                              text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr
+    assert "Traceback" not in proc.stderr
