@@ -12,7 +12,10 @@ end
 function init(args)
   api_key = os.getenv("JOBD_API_KEY")
   tenant = os.getenv("JOBD_TENANT") or "bench"
-  body = '{"tenantId":"' .. tenant .. '","type":"noop","payload":{"to":"user@example.com","subject":"Hello","body":"Welcome! This is a benchmark payload of a few hundred bytes, roughly what a real job carries.","n":12345}}'
+  local run_at = os.getenv("JOBD_RUN_AT")
+  local extra = ""
+  if run_at and run_at ~= "" then extra = ',"runAt":"' .. run_at .. '"' end
+  body = '{"tenantId":"' .. tenant .. '","type":"noop","payload":{"to":"user@example.com","subject":"Hello","body":"Welcome! This is a benchmark payload of a few hundred bytes, roughly what a real job carries.","n":12345}' .. extra .. '}'
   prefix = tostring(math.random(1, 1e9)) .. "-" .. tostring(tid) .. "-"
 end
 

@@ -90,7 +90,7 @@ def _idempotency_key(request: web.Request) -> str:
     key = request.headers.get("Idempotency-Key")
     if key is None or key == "":
         raise MissingIdempotencyKey("send an Idempotency-Key header (1-255 printable ASCII)")
-    if len(key) > 255 or not all(" " <= ch <= "~" for ch in key):
+    if len(key) > 255 or not (key.isascii() and key.isprintable()):
         raise MissingIdempotencyKey("Idempotency-Key must be 1-255 printable ASCII characters")
     return key
 

@@ -10,10 +10,16 @@ from typing import Annotated, Any, NoReturn
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from jobd.config import Config, load_config
 from jobd.errors import JobdError
 from jobd.store.database import Database
+
+try:  # Typer >= 0.26 carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older Typer depends on click
+    from click.exceptions import ClickException  # type: ignore[no-redef]
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="JOBD_CONFIG", show_envvar=True,
@@ -37,17 +43,37 @@ def print_json(doc: Any) -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True,
+              soft_wrap=True)
     raise SystemExit(code)
 
 
 def run_cli(app: typer.Typer) -> None:
-    """Run the Typer app; every expected failure is one line on stderr, never a traceback."""
+    """Run the Typer app; every expected failure is one line on stderr, never a traceback.
+
+    Usage errors (a bad option value, a missing argument) are one line too, with the
+    command's ``--help`` to look at, instead of Typer's framed box."""
     try:
-        app()
+        code = app(prog_name="jobd", standalone_mode=False)
     except JobdError as exc:
         fail(exc.detail, exc.exit_code)
     except sqlite3.Error as exc:
         fail(f"database error: {exc}")
-    except KeyboardInterrupt:
+    except ClickException as exc:
+        _usage_error(exc)
+    except (KeyboardInterrupt, typer.Abort):
         raise SystemExit(130) from None
+    except OSError as exc:  # a file we were pointed at cannot be used
+        fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: ClickException) -> NoReturn:
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        sys.stdout.write(ctx.get_help() + "\n")  # `jobd`, `jobd jobs`: the help, exit 2
+        raise SystemExit(exc.exit_code)
+    message = " ".join(exc.format_message().split())
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    err.print(f"[bold red]error:[/] {escape(message)}{hint}", highlight=False, soft_wrap=True)
+    raise SystemExit(exc.exit_code)

@@ -22,7 +22,8 @@ from jobd.models import Delivery, DeliveryAttempt
 from jobd.store import deliveries as store_deliveries
 from jobd.store.database import Database
 
-app = typer.Typer(help="Inspect, retry and purge webhook deliveries that failed every attempt.",
+app = typer.Typer(help="Inspect, retry and purge webhook deliveries that failed every attempt.\n\n"
+                  "Examples: jobd dlq list --tenant acme | jobd dlq retry --all",
                   no_args_is_help=True)
 
 DeliveryArg = Annotated[str | None, typer.Argument(metavar="[ID]", show_default=False,
@@ -57,7 +58,8 @@ def _body(raw: bytes) -> Any:
 
 @app.command("list")
 def list_(tenant: TenantOpt = None,
-          limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
+          limit: Annotated[int, typer.Option("--limit", min=1, max=10_000,
+                                             help="Most deliveries to print.")] = 50,
           json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """List dead deliveries, most recently dead-lettered first.
 

@@ -15,7 +15,9 @@ from jobd.models import Delivery, Job, JobStatus
 from jobd.store import deliveries as store_deliveries
 from jobd.store import jobs as store_jobs
 
-app = typer.Typer(help="List, inspect, cancel and retry jobs.", no_args_is_help=True)
+app = typer.Typer(help="List, inspect, cancel and retry jobs.\n\n"
+                  "Examples: jobd jobs list --status fatal | jobd jobs show job_abc123 --json",
+                  no_args_is_help=True)
 JobArg = Annotated[str, typer.Argument(help="Job id (job_...).")]
 _clock = SystemClock()
 
@@ -25,6 +27,20 @@ def job_doc(job: Job) -> dict[str, Any]:
     doc["tenantId"] = job.tenant_id
     doc["payload"] = orjson.loads(job.payload)
     return doc
+
+
+def attempt_history(job: Job) -> list[dict[str, Any]]:
+    """Every attempt: the failed ones from ``job.errors``, then the one that succeeded
+    or is running now. (``attempts`` stays the count, as in ``GET /jobs/{id}``.)"""
+    history = [{"attempt": e["attempt"], "at": to_rfc3339(e["at"]), "outcome": "failed",
+                "error": e["error"]} for e in orjson.loads(job.errors or "[]")]
+    if job.status is JobStatus.SUCCEEDED:
+        history.append({"attempt": job.attempts, "at": to_rfc3339(job.completed_at),
+                        "outcome": "succeeded", "error": None})
+    elif job.status is JobStatus.RUNNING:
+        history.append({"attempt": job.attempts, "at": to_rfc3339(job.started_at),
+                        "outcome": "running", "error": None})
+    return history
 
 
 def delivery_doc(delivery: Delivery, attempts: list[Any]) -> dict[str, Any]:
@@ -42,7 +58,8 @@ def delivery_doc(delivery: Delivery, attempts: list[Any]) -> dict[str, Any]:
 def list_(tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")] = None,
           status: Annotated[JobStatus | None, typer.Option("--status", help="Only this status.")] = None,
           job_type: Annotated[str | None, typer.Option("--type", help="Only this job type.")] = None,
-          limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
+          limit: Annotated[int, typer.Option("--limit", min=1, max=10_000,
+                                             help="Most jobs to print.")] = 50,
           json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """List jobs, newest first. Example: jobd jobs list --status fatal --limit 20"""
     with open_db(config) as db:
@@ -60,7 +77,7 @@ def list_(tenant: Annotated[str | None, typer.Option("--tenant", help="Only this
 
 @app.command("show")
 def show(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Show a job, its result or last error, and its webhook deliveries.
+    """Show a job: payload, result or last error, every attempt, its webhook deliveries.
 
     Example: jobd jobs show job_abc123 --json
     """
@@ -69,16 +86,21 @@ def show(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> Non
         deliveries = [delivery_doc(d, db.read(store_deliveries.attempts_of_delivery, d.id))
                       for d in db.read(store_deliveries.deliveries_of_job, job_id)]
     doc = job_doc(job)
+    doc["history"] = attempt_history(job)
     doc["deliveries"] = deliveries
     if json:
         print_json(doc)
         return
     table = Table(show_header=False, title=f"job {job.id}")
     for key, value in doc.items():
-        if key != "deliveries":
+        if key not in ("history", "deliveries"):
             table.add_row(key, "-" if value is None else orjson.dumps(value).decode()
                           if isinstance(value, dict | list) else str(value))
     out.print(table)
+    attempts = Table("#", "at", "outcome", "error", title="attempts")
+    for a in doc["history"]:
+        attempts.add_row(str(a["attempt"]), a["at"] or "-", a["outcome"], a["error"] or "-")
+    out.print(attempts)
     for d in deliveries:
         out.print(f"delivery {d['deliveryId']}: {d['status']} -> {d['url']} "
                   f"({len(d['history'])} attempt(s), last error: {d['lastError'] or '-'})")

@@ -10,7 +10,8 @@ from jobd import __version__
 from jobd.cli import dlq, jobs, ops, tenants
 from jobd.cli.common import ConfigOpt, config_from, run_cli
 
-app = typer.Typer(help="jobd: background jobs with retries and signed webhooks, on one host.",
+app = typer.Typer(help="jobd: background jobs with retries and signed webhooks, on one host.\n\n"
+                  "Examples: jobd serve --config jobd.toml | jobd jobs list --status fatal | jobd stats",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(jobs.app, name="jobs")
@@ -43,7 +44,7 @@ app.command("prune")(ops.prune)
 
 @app.command("version")
 def version() -> None:
-    """Print the version."""
+    """Print the version. Example: jobd version"""
     typer.echo(__version__)
 
 

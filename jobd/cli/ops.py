@@ -102,7 +102,10 @@ def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")
     with Database(cfg.database, must_exist=True) as db:
         total = db.read(retention.count_prunable_jobs, cutoff=cutoff)
         if dry_run:
-            result = {"dryRun": True, "jobs": total, "cutoff": to_rfc3339(cutoff)}
+            result = {"dryRun": True, "jobs": total,
+                      "deliveries": db.read(retention.count_prunable_deliveries, cutoff=cutoff),
+                      "idempotencyKeys": db.read(retention.count_expired_idempotency_keys, now=now),
+                      "cutoff": to_rfc3339(cutoff)}
         else:
             started = time.perf_counter()
             jobs = _prune_with_progress(db, cutoff, total, show=not json)

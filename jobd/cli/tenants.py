@@ -14,7 +14,8 @@ from jobd.models import NewTenant, Tenant
 from jobd.store import tenants as store_tenants
 from jobd.store.database import Database
 
-app = typer.Typer(help="Create tenants and manage their API keys, rate limits and concurrency.",
+app = typer.Typer(help="Create tenants and manage their API keys, rate limits and concurrency.\n\n"
+                  "Examples: jobd tenants create acme --json | jobd tenants update acme --rate 50",
                   no_args_is_help=True)
 
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

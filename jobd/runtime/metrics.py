@@ -41,12 +41,16 @@ class Metrics:
                                     "POST /jobs requests refused with 429.", ["tenant"], registry=r)
         self.jobs_by_status = Gauge("jobd_jobs", "Jobs in the database by status.", ["status"],
                                     registry=r)
+        self._created_children: dict[tuple[str, str], Any] = {}
         self.dlq_size = Gauge("jobd_dlq_size", "Webhook deliveries in the dead-letter queue.",
                               registry=r)
 
     # event hooks ---------------------------------------------------------------------
     def job_created(self, tenant: str, job_type: str) -> None:
-        self.jobs_created.labels(tenant, job_type).inc()
+        child = self._created_children.get((tenant, job_type))
+        if child is None:  # labels() takes a lock and builds a key: once per pair is enough
+            child = self._created_children[(tenant, job_type)] = self.jobs_created.labels(tenant, job_type)
+        child.inc()
 
     def attempt_recorded(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
                          duration_s: float) -> None:

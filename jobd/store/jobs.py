@@ -100,9 +100,23 @@ def retry_job(conn: sqlite3.Connection, job_id: str, *, tenant_id: str | None,
 def list_jobs(conn: sqlite3.Connection, *, tenant_id: str | None = None,
               status: str | None = None, job_type: str | None = None, limit: int = 50,
               before_seq: int | None = None) -> list[Job]:
-    """Newest first; page with ``before_seq`` (the last row's ``seq``), never OFFSET."""
-    rows = conn.execute(Q["job_list"], {
+    """Newest first; page with ``before_seq`` (the last row's ``seq``), never OFFSET.
+
+    Each status is read through the index that holds it (see ``job_list*`` in
+    queries.sql), so a rare status is found without scanning a million rows."""
+    rows = conn.execute(Q[_list_query(tenant_id, status)], {
         "tenant_id": tenant_id, "status": status, "type": job_type, "limit": limit,
         "before": before_seq if before_seq is not None else 2**63 - 1,
     }).fetchall()
     return [row_to_job(r) for r in rows]
+
+
+def _list_query(tenant_id: str | None, status: str | None) -> str:
+    if status in (JobStatus.QUEUED, JobStatus.RETRY):
+        return "job_list_waiting"
+    if status == JobStatus.RUNNING:
+        return "job_list_running"
+    if status in (JobStatus.FATAL, JobStatus.CANCELLED):
+        return "job_list_failed"
+    # no status, or succeeded (most rows): seq order, by tenant if asked
+    return "job_list" if tenant_id is None else "job_list_of_tenant"

@@ -165,10 +165,57 @@ INSERT INTO deliveries (id, job_id, tenant_id, url, body, status, attempts,
                         next_attempt_at, created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?);
 
+-- Operators' listings, newest first, paged by seq (keyset, never OFFSET). One
+-- variant per access path, named with INDEXED BY (left alone, SQLite walks seq
+-- downwards through the whole history looking for a rare status);
+-- jobd.store.jobs.list_jobs chooses. Optional filters are `(:x IS NULL OR ...)`.
+
+-- No status, or `succeeded` (most rows): walk seq downwards and filter.
 -- name: job_list
 SELECT * FROM jobs
 WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
   AND (:status IS NULL OR status = :status)
+  AND (:type IS NULL OR type = :type)
+  AND seq < :before
+ORDER BY seq DESC
+LIMIT :limit;
+
+-- One tenant, no status or `succeeded`: jobs_tenant_seq.
+-- name: job_list_of_tenant
+SELECT * FROM jobs INDEXED BY jobs_tenant_seq
+WHERE tenant_id = :tenant_id
+  AND (:status IS NULL OR status = :status)
+  AND (:type IS NULL OR type = :type)
+  AND seq < :before
+ORDER BY seq DESC
+LIMIT :limit;
+
+-- `queued` or `retry`: every waiting job (jobs_due), sorted by seq. Costs as much as
+-- the backlog is long, never as much as the history.
+-- name: job_list_waiting
+SELECT * FROM jobs INDEXED BY jobs_due
+WHERE status IN ('queued', 'retry') AND status = :status
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+  AND (:type IS NULL OR type = :type)
+  AND seq < :before
+ORDER BY seq DESC
+LIMIT :limit;
+
+-- `running`: jobs_running, as many as are running.
+-- name: job_list_running
+SELECT * FROM jobs INDEXED BY jobs_running
+WHERE status = 'running'
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+  AND (:type IS NULL OR type = :type)
+  AND seq < :before
+ORDER BY seq DESC
+LIMIT :limit;
+
+-- `fatal` or `cancelled`: jobs_failed_seq, already in seq order.
+-- name: job_list_failed
+SELECT * FROM jobs INDEXED BY jobs_failed_seq
+WHERE status IN ('fatal', 'cancelled') AND status = :status
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
   AND (:type IS NULL OR type = :type)
   AND seq < :before
 ORDER BY seq DESC
@@ -268,19 +315,35 @@ DELETE FROM deliveries
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'dead'
 RETURNING id;
 
--- name: job_counts_by_status
-SELECT status, count(*) AS n FROM jobs GROUP BY status;
+-- Jobs by tenant and status without reading the table (a million rows of payloads
+-- take seconds; `jobd top` and /metrics ask every few seconds): totals per tenant
+-- from jobs_tenant_seq, the waiting, running and failed jobs from their partial
+-- indexes; jobd.store.stats counts `succeeded` as the rest, in one read snapshot.
+-- name: job_totals_by_tenant
+SELECT tenant_id, count(*) AS n FROM jobs INDEXED BY jobs_tenant_seq GROUP BY tenant_id;
 
--- name: job_counts_by_tenant_status
-SELECT tenant_id, status, count(*) AS n FROM jobs GROUP BY tenant_id, status;
+-- name: job_counts_waiting
+SELECT tenant_id, status, count(*) AS n, min(next_run_at) AS oldest_due
+FROM jobs INDEXED BY jobs_due
+WHERE status IN ('queued', 'retry')
+GROUP BY tenant_id, status;
+
+-- name: job_counts_running
+SELECT tenant_id, status, count(*) AS n, NULL AS oldest_due
+FROM jobs INDEXED BY jobs_running
+WHERE status = 'running'
+GROUP BY tenant_id;
+
+-- name: job_counts_failed
+SELECT tenant_id, status, count(*) AS n, NULL AS oldest_due
+FROM jobs INDEXED BY jobs_failed_seq
+WHERE status IN ('fatal', 'cancelled')
+GROUP BY tenant_id, status;
 
 -- name: jobs_finished_since
 SELECT status, count(*) AS n FROM jobs
 WHERE status IN ('succeeded', 'fatal', 'cancelled') AND completed_at >= ?
 GROUP BY status;
-
--- name: oldest_waiting_due
-SELECT min(next_run_at) FROM jobs WHERE status = 'queued';
 
 -- Retention: finished jobs older than the cutoff, a small batch at a time.
 -- name: prune_jobs_batch
@@ -300,6 +363,12 @@ DELETE FROM deliveries WHERE seq IN (
     WHERE d.status = 'succeeded' AND d.delivered_at < :cutoff
     LIMIT :batch)
 RETURNING id;
+
+-- name: count_prunable_deliveries
+SELECT count(*) FROM deliveries WHERE status = 'succeeded' AND delivered_at < :cutoff;
+
+-- name: count_expired_idempotency_keys
+SELECT count(*) FROM idempotency_keys WHERE expires_at < :now;
 
 -- name: delete_delivery_attempts
 DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT value FROM json_each(?));

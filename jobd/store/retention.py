@@ -15,6 +15,14 @@ def count_prunable_jobs(conn: sqlite3.Connection, *, cutoff: float) -> int:
     return int(conn.execute(Q["count_prunable_jobs"], {"cutoff": cutoff}).fetchall()[0][0])
 
 
+def count_prunable_deliveries(conn: sqlite3.Connection, *, cutoff: float) -> int:
+    return int(conn.execute(Q["count_prunable_deliveries"], {"cutoff": cutoff}).fetchall()[0][0])
+
+
+def count_expired_idempotency_keys(conn: sqlite3.Connection, *, now: float) -> int:
+    return int(conn.execute(Q["count_expired_idempotency_keys"], {"now": now}).fetchall()[0][0])
+
+
 def prune_jobs_batch(conn: sqlite3.Connection, *, cutoff: float, batch: int = BATCH) -> int:
     """Delete up to ``batch`` finished jobs completed before ``cutoff``."""
     return conn.execute(Q["prune_jobs_batch"], {"cutoff": cutoff, "batch": batch}).rowcount

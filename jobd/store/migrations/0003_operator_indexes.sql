@@ -1,0 +1,11 @@
+-- `jobd jobs list --status fatal|cancelled`, newest first, without scanning history.
+--
+-- Partial on purpose. A full (status, seq) index would be written on every
+-- transition of every job (queued -> running -> succeeded), and without ANALYZE
+-- statistics SQLite prefers it for any `status = ...` term, taking it over
+-- jobs_due, jobs_running, jobs_finished and even the id index in the scheduler's
+-- hot queries. This one is touched only when a job fails for good or is
+-- cancelled, and is usable only by queries that name those statuses.
+-- Other statuses: queued/retry list through jobs_due, running through
+-- jobs_running, succeeded (the bulk) by a newest-first scan (see queries.sql).
+CREATE INDEX jobs_failed_seq ON jobs (status, seq) WHERE status IN ('fatal', 'cancelled');
