@@ -52,7 +52,7 @@ class Daemon:
         sections: dict[str, dict[str, Any]] = {
             "server": {"host": "127.0.0.1", "port": self.port, "max_body_bytes": 262144},
             "database": {"path": str(self.db_path), "synchronous": "full"},
-            "workers": {"concurrency": 64, "poll_interval": 0.5},
+            "workers": {"concurrency": 256, "poll_interval": 0.5},
             "rate_limit": {"rate": 10_000_000, "burst": 10_000_000},
             "webhooks": {"allow_private_networks": True, "concurrency": 128},
             "logging": {"level": "warning"},

@@ -88,10 +88,12 @@ def bench_end_to_end(total: int, *, webhooks: bool) -> dict[str, float]:
         with daemon() as d:
             tenant = d.create_tenant()
             d.start()
-            env = {"JOBD_API_KEY": tenant["apiKey"], "JOBD_TENANT": tenant["tenantId"],
-                   "JOBD_COUNT": str(total), "JOBD_THREADS": "2",
-                   "JOBD_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook" if webhooks else ""}
-            wrk(d.base + "/jobs", script="post_n.lua", env=env, seconds=120)
+            hook = [f"http://127.0.0.1:{port}/hook"] if webhooks else []
+            load = subprocess.run([sys.executable, str(HERE / "load.py"), d.base + "/jobs",
+                                   tenant["apiKey"], tenant["tenantId"], str(total), "64", *hook],
+                                  check=True, capture_output=True, text=True)
+            sent = json.loads(load.stdout)
+            assert sent["ok"] == total, sent
             done = wait_until(lambda: d.query(
                 "SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0] >= total, 300,
                 "all jobs to finish", interval_s=0.1)

@@ -109,6 +109,7 @@ class ClaimedJob:
     timeout_seconds: float | None
     due_at: float = 0.0      # when it became runnable (for queue-wait figures)
     claimed_at: float = 0.0
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

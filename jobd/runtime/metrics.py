@@ -41,33 +41,38 @@ class Metrics:
                                     "POST /jobs requests refused with 429.", ["tenant"], registry=r)
         self.jobs_by_status = Gauge("jobd_jobs", "Jobs in the database by status.", ["status"],
                                     registry=r)
-        self._created_children: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.dlq_size = Gauge("jobd_dlq_size", "Webhook deliveries in the dead-letter queue.",
                               registry=r)
 
     # event hooks ---------------------------------------------------------------------
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: labels() takes a lock and builds a key."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def job_created(self, tenant: str, job_type: str) -> None:
-        child = self._created_children.get((tenant, job_type))
-        if child is None:  # labels() takes a lock and builds a key: once per pair is enough
-            child = self._created_children[(tenant, job_type)] = self.jobs_created.labels(tenant, job_type)
-        child.inc()
+        self._child(self.jobs_created, tenant, job_type).inc()
 
     def attempt_recorded(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
                          duration_s: float) -> None:
-        self.attempts.labels(job.type).inc()
+        self._child(self.attempts, job.type).inc()
         if job.due_at:
-            self.queue_wait.labels(job.type).observe(max(0.0, job.claimed_at - job.due_at))
-        self.duration.labels(job.type).observe(duration_s)
+            self._child(self.queue_wait, job.type).observe(max(0.0, job.claimed_at - job.due_at))
+        self._child(self.duration, job.type).observe(duration_s)
         if isinstance(outcome, TimedOut):
             self.failures.labels(job.type, "timeout").inc()
         elif isinstance(outcome, Failed):
             self.failures.labels(job.type, "permanent" if outcome.permanent else "error").inc()
         if status is not None and status in (JobStatus.SUCCEEDED, JobStatus.FATAL,
                                              JobStatus.CANCELLED):
-            self.jobs_finished.labels(job.tenant_id, job.type, status.value).inc()
+            self._child(self.jobs_finished, job.tenant_id, job.type, status.value).inc()
 
     def delivery_attempted(self, outcome: str, duration_s: float) -> None:
-        self.deliveries.labels(outcome).inc()
+        self._child(self.deliveries, outcome).inc()
         self.delivery_duration.observe(duration_s)
 
     # scrape ----------------------------------------------------------------------------

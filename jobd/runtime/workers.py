@@ -53,6 +53,7 @@ class WorkerPool:
         self.owner = owner
         self._rng = rng or random.Random()
         self._running: dict[str, _Running] = {}
+        self._recording: set[asyncio.Task[None]] = set()  # outcome known, being written
         self._wake = asyncio.Event()
         self._next_due: float | None = None
         self._after_tenant: str | None = None
@@ -72,6 +73,11 @@ class WorkerPool:
 
     def running_ids(self) -> list[str]:
         return list(self._running)
+
+    @property
+    def idle(self) -> bool:
+        """No job running and no outcome waiting to be written."""
+        return not self._running and not self._recording
 
     def cancel(self, job_id: str, reason: str = "cancel") -> bool:
         entry = self._running.get(job_id)
@@ -140,6 +146,12 @@ class WorkerPool:
                 current.uncancel()
             outcome = (Cancelled("cancelled while running") if entry.stop_reason == "cancel"
                        else Interrupted("interrupted by shutdown; put back in the queue"))
+        # The slot is free as soon as the outcome is known: the next claim then joins the
+        # same group commit as this job's outcome (one fsync per round, not two). The claim
+        # is queued after the outcome, so it already sees this job as finished.
+        task = self._running.pop(job.id).task
+        self._recording.add(task)
+        self._wake.set()
         try:
             status = await self._record(job, outcome)
             for listener in self.listeners:
@@ -147,8 +159,7 @@ class WorkerPool:
         except Exception:
             log.exception("could not record the outcome of job %s; its lease will expire", job.id)
         finally:
-            self._running.pop(job.id, None)
-            self._wake.set()
+            self._recording.discard(task)
 
     async def _record(self, job: ClaimedJob, outcome: Outcome) -> JobStatus | None:
         now = self._clock.now()
@@ -196,7 +207,7 @@ class WorkerPool:
         leftover = list(self._running)
         for job_id in leftover:
             self.cancel(job_id, reason="shutdown")
-        remaining = [entry.task for entry in self._running.values()]
+        remaining = [entry.task for entry in self._running.values()] + list(self._recording)
         if remaining:
             await asyncio.wait(remaining)
         if leftover:

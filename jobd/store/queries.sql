@@ -77,7 +77,8 @@ SELECT t.id, t.max_concurrency,
 FROM tenants t WHERE t.max_concurrency IS NOT NULL;
 
 -- name: due_jobs_of_tenant
-SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds, next_run_at
+SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds, next_run_at,
+       webhook_url
 FROM jobs
 WHERE tenant_id = ? AND status IN ('queued', 'retry') AND next_run_at <= ?
 ORDER BY priority DESC, next_run_at
@@ -102,6 +103,16 @@ UPDATE jobs SET status = :status, result = :result, last_error = :error,
 WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner
 RETURNING id, tenant_id, type, payload, status, attempts, webhook_url, result, last_error,
           completed_at;
+
+-- The same for many jobs without a webhook at once (executemany, nothing returned).
+-- name: job_finish_running_quiet
+UPDATE jobs SET status = :status, result = :result, last_error = :error,
+                errors = CASE WHEN :error IS NULL THEN errors ELSE json_insert(
+                    coalesce(errors, '[]'), '$[#]',
+                    json_object('attempt', attempts, 'at', :now, 'error', :error)) END,
+                completed_at = :now, next_run_at = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner;
 
 -- name: job_retry_running
 UPDATE jobs SET status = 'retry', next_run_at = :next_run_at, last_error = :error,
@@ -191,7 +202,12 @@ ORDER BY seq DESC
 LIMIT :limit;
 
 -- `queued` or `retry`: every waiting job (jobs_due), sorted by seq. Costs as much as
--- the backlog is long, never as much as the history.
+-- the backlog is long, never as much as the history; list_jobs walks seq instead
+-- (job_list) when more than :cap jobs are queued, as they then fill the newest rows.
+-- name: waiting_jobs_capped
+SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_due
+                      WHERE status IN ('queued', 'retry') LIMIT :cap + 1);
+
 -- name: job_list_waiting
 SELECT * FROM jobs INDEXED BY jobs_due
 WHERE status IN ('queued', 'retry') AND status = :status

@@ -79,7 +79,7 @@ async def submit(store, clock, job_type: str, *, tenant: str = "acme", key: str,
 async def settle(pool: WorkerPool) -> None:
     """Wait (with a deadline) until the pool has no running jobs."""
     deadline = time.monotonic() + 5
-    while pool.running_ids():
+    while not pool.idle:
         assert time.monotonic() < deadline, "jobs still running"
         await asyncio.sleep(0.001)
 
