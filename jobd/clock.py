@@ -43,7 +43,7 @@ def to_rfc3339(ts: float | None) -> str | None:
     """Format unix seconds as RFC 3339 UTC with milliseconds and a ``Z``."""
     if ts is None:
         return None
-    millis = int(round(ts * 1000))
+    millis = round(ts * 1000)
     second, ms = divmod(millis, 1000)
     global _last_second
     cached_second, text = _last_second

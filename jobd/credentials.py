@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import threading
 import secrets
+import threading
 
 API_KEY_PREFIX = "jobd_sk_"
 WEBHOOK_SECRET_PREFIX = "whsec_"

@@ -21,9 +21,9 @@ from jobd.api.app import create_app
 from jobd.api.context import ApiContext
 from jobd.clock import Clock, SystemClock
 from jobd.config import Config
+from jobd.errors import StartupError
 from jobd.handlers.base import Services
 from jobd.handlers.registry import build_registry
-from jobd.errors import StartupError
 from jobd.models import NewJob
 from jobd.netguard import guarded_connector
 from jobd.runtime.dispatcher import Dispatcher

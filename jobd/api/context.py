@@ -29,7 +29,7 @@ class ApiContext:
     limiter: RateLimiter = field(default_factory=RateLimiter)
     tenants: TenantDirectory = field(init=False)
     on_job_created: Callable[[NewJob], None] = _nothing    # wakes the scheduler, counts it
-    on_cancel_requested: Callable[[str], None] = _nothing  # cancels a running job now
+    on_cancel_requested: Callable[[str], object] = _nothing  # cancels a running job now
     on_rate_limited: Callable[[str], None] = _nothing      # metrics
     ready: bool = False
 

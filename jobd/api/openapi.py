@@ -38,7 +38,8 @@ RATE_HEADERS = {name: {"schema": {"type": "integer"}} for name in
 
 
 def build_openapi() -> dict[str, Any]:
-    models = [JobCreateRequest, JobCreatedResponse, JobResponse, Problem, FieldError, Health]
+    models: list[type[BaseModel]] = [JobCreateRequest, JobCreatedResponse, JobResponse, Problem,
+                                     FieldError, Health]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     job_id_param = {"name": "jobId", "in": "path", "required": True, "schema": {"type": "string"}}
     created = _json_body(JobCreatedResponse, "Created, after the job was committed.")

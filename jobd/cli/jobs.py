@@ -22,6 +22,11 @@ JobArg = Annotated[str, typer.Argument(help="Job id (job_...).")]
 _clock = SystemClock()
 
 
+def _short_time(ts: float | None) -> str:
+    """``08-20 10:00:00`` (UTC) for an 80-column table; --json has RFC 3339 times."""
+    return "-" if ts is None else (to_rfc3339(ts) or "")[5:19].replace("T", " ")
+
+
 def job_doc(job: Job) -> dict[str, Any]:
     doc = orjson.loads(orjson.dumps(job_view(job)))
     doc["tenantId"] = job.tenant_id
@@ -61,17 +66,27 @@ def list_(tenant: Annotated[str | None, typer.Option("--tenant", help="Only this
           limit: Annotated[int, typer.Option("--limit", min=1, max=10_000,
                                              help="Most jobs to print.")] = 50,
           json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """List jobs, newest first. Example: jobd jobs list --status fatal --limit 20"""
+    """List jobs, newest first.
+
+    Example: jobd jobs list --status fatal --limit 20
+    """
     with open_db(config) as db:
         jobs = db.read(store_jobs.list_jobs, tenant_id=tenant,
                        status=status.value if status else None, job_type=job_type, limit=limit)
     if json:
         print_json([job_doc(j) for j in jobs])
         return
-    table = Table("id", "tenant", "type", "status", "attempts", "next run", "updated")
+    table = Table(title=f"{len(jobs)} job(s), newest first", box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=max((len(j.id) for j in jobs), default=2))
+    table.add_column("tenant", overflow="fold")
+    table.add_column("type", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("tries", no_wrap=True)
+    table.add_column("due/updated", no_wrap=True)
     for j in jobs:
+        when = j.next_run_at if j.status in (JobStatus.QUEUED, JobStatus.RETRY) else j.updated_at
         table.add_row(j.id, j.tenant_id, j.type, j.status.value, f"{j.attempts}/{j.max_attempts}",
-                      to_rfc3339(j.next_run_at) or "-", to_rfc3339(j.updated_at))
+                      _short_time(when))
     out.print(table)
 
 
@@ -111,20 +126,28 @@ def _transition(config: Any, fn: Any, job_id: str, json: bool, verb: str) -> Non
         job = db.write(fn, job_id, tenant_id=None, now=_clock.now())
     if json:
         print_json(job_doc(job))
+    elif job.status is JobStatus.RUNNING and job.cancel_requested:
+        out.print(f"job {job.id} is running: cancellation requested, the daemon will stop it",
+                  soft_wrap=True)
     else:
-        extra = " (the daemon will stop it)" if job.cancel_requested else ""
-        out.print(f"job {job.id} {verb}: now {job.status.value}{extra}")
+        out.print(f"job {job.id} {verb}: now {job.status.value}", soft_wrap=True)
 
 
 @app.command("cancel")
 def cancel(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Cancel a job: at once if waiting, cooperatively if running. Example: jobd jobs cancel job_abc"""
+    """Cancel a job: at once if waiting, cooperatively if running.
+
+    Example: jobd jobs cancel job_abc
+    """
     _transition(config, store_jobs.cancel_job, job_id, json, "cancelled")
 
 
 @app.command("retry")
 def retry(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Run a fatal or cancelled job again. Example: jobd jobs retry job_abc123"""
+    """Run a fatal or cancelled job again.
+
+    Example: jobd jobs retry job_abc123
+    """
     _transition(config, store_jobs.retry_job, job_id, json, "queued again")
 
 

@@ -43,8 +43,11 @@ app.command("prune")(ops.prune)
 
 
 @app.command("version")
-def version() -> None:
-    """Print the version. Example: jobd version"""
+def version(config: ConfigOpt = None) -> None:
+    """Print the version.
+
+    Example: jobd version
+    """
     typer.echo(__version__)
 
 

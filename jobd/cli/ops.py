@@ -101,6 +101,7 @@ def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")
     cutoff = now - days * 86_400
     with Database(cfg.database, must_exist=True) as db:
         total = db.read(retention.count_prunable_jobs, cutoff=cutoff)
+        result: dict[str, object]
         if dry_run:
             result = {"dryRun": True, "jobs": total,
                       "deliveries": db.read(retention.count_prunable_deliveries, cutoff=cutoff),

@@ -89,7 +89,10 @@ def create(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
 
 @app.command("list")
 def list_(json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """List tenants. Example: jobd tenants list --json"""
+    """List tenants.
+
+    Example: jobd tenants list --json
+    """
     with open_db(config) as db:
         tenants = db.read(store_tenants.list_tenants)
     if json:
@@ -105,7 +108,10 @@ def list_(json: JsonOpt = False, config: ConfigOpt = None) -> None:
 
 @app.command("show")
 def show(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Show a tenant, its limits and its webhook secret. Example: jobd tenants show acme"""
+    """Show a tenant, its limits and its webhook secret.
+
+    Example: jobd tenants show acme
+    """
     with open_db(config) as db:
         tenant = db.read(store_tenants.get_tenant, tenant_id)
     _print_tenant(tenant, json)
@@ -129,18 +135,27 @@ def update(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
 
 @app.command("disable")
 def disable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Refuse the tenant's API key (401) until enabled again. Example: jobd tenants disable acme"""
+    """Refuse the tenant's API key (401) until enabled again.
+
+    Example: jobd tenants disable acme
+    """
     _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=True), json)
 
 
 @app.command("enable")
 def enable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Accept the tenant's API key again. Example: jobd tenants enable acme"""
+    """Accept the tenant's API key again.
+
+    Example: jobd tenants enable acme
+    """
     _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=False), json)
 
 
 @app.command("rotate-key")
 def rotate_key(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Issue a new API key; the old one stops working. Example: jobd tenants rotate-key acme"""
+    """Issue a new API key; the old one stops working.
+
+    Example: jobd tenants rotate-key acme
+    """
     _print_credentials(_write(config, store_tenants.rotate_api_key, tenant_id), json,
                        f"new API key for {tenant_id}")

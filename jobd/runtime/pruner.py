@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from jobd.clock import Clock
 from jobd.config import Config
@@ -38,10 +39,10 @@ class Pruner:
                      "%(idempotency_keys)d idempotency keys", counts)
         return counts
 
-    async def _drain(self, fn: object, **kwargs: float) -> int:
+    async def _drain(self, fn: Callable[..., int], **kwargs: float) -> int:
         done = 0
         while not self._stop.is_set():
-            n = await self._store.write(fn, **kwargs)  # type: ignore[arg-type]
+            n = await self._store.write(fn, **kwargs)
             if not n:
                 break
             done += n

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from jobd.clock import Clock
 from jobd.config import Config
@@ -214,7 +215,7 @@ class WorkerPool:
             log.info("put %d unfinished job(s) back in the queue", len(leftover))
 
 
-class JobListener:
+class JobListener(Protocol):
     """Called after each attempt is recorded (metrics, logs)."""
 
     def __call__(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,

@@ -10,9 +10,9 @@ import fcntl
 import os
 import sqlite3
 import time
-from typing import IO
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 from jobd.errors import StoreUnavailable
 
@@ -43,7 +43,7 @@ def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0
 def hold_daemon_lock(path: str) -> IO[bytes]:
     """An exclusive lock on ``<path>.lock`` for as long as the returned file is open."""
     if path == ":memory:":
-        return open(os.devnull, "rb")  # noqa: SIM115 - closed by the caller
+        return open(os.devnull, "rb")
     lock_file = open(f"{path}.lock", "a+b")  # noqa: SIM115 - closed by the caller
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

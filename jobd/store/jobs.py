@@ -104,14 +104,20 @@ def list_jobs(conn: sqlite3.Connection, *, tenant_id: str | None = None,
 
     Each status is read through the index that holds it (see ``job_list*`` in
     queries.sql), so a rare status is found without scanning a million rows."""
-    rows = conn.execute(Q[_list_query(tenant_id, status)], {
+    rows = conn.execute(Q[_list_query(conn, tenant_id, status)], {
         "tenant_id": tenant_id, "status": status, "type": job_type, "limit": limit,
         "before": before_seq if before_seq is not None else 2**63 - 1,
     }).fetchall()
     return [row_to_job(r) for r in rows]
 
 
-def _list_query(tenant_id: str | None, status: str | None) -> str:
+SORT_WAITING_MAX = 10_000  # a backlog up to this long is sorted; a longer one, walked
+
+
+def _list_query(conn: sqlite3.Connection, tenant_id: str | None, status: str | None) -> str:
+    if status == JobStatus.QUEUED and conn.execute(
+            Q["waiting_jobs_capped"], {"cap": SORT_WAITING_MAX}).fetchall()[0][0] > SORT_WAITING_MAX:
+        return "job_list" if tenant_id is None else "job_list_of_tenant"
     if status in (JobStatus.QUEUED, JobStatus.RETRY):
         return "job_list_waiting"
     if status == JobStatus.RUNNING:

@@ -36,7 +36,8 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
     tenants = _rotation([r[0] for r in conn.execute(Q["tenants_with_waiting_jobs"])], after_tenant)
     room = {r["id"]: max(0, r["max_concurrency"] - r["running"])
             for r in conn.execute(Q["tenant_concurrency_caps"]).fetchall()}
-    per_tenant, last_tenant = [], after_tenant
+    per_tenant: list[list[sqlite3.Row]] = []
+    last_tenant = after_tenant
     for tenant_id in tenants:
         if len(per_tenant) >= limit:
             break

@@ -36,6 +36,7 @@ class Store:
         self._reader: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
         self._finishing: list[tuple[scheduling.Finish, str, asyncio.Future[None]]] = []
+        self._flushes: set[asyncio.Future[int]] = set()
 
     # lifecycle -----------------------------------------------------------------
     def open(self, *, daemon_lock: bool = False) -> None:
@@ -132,8 +133,10 @@ class Store:
         pending, self._finishing = self._finishing, []
         for owner in {owner for _item, owner, _done in pending}:
             batch = [(item, done) for item, o, done in pending if o == owner]
-            task = asyncio.ensure_future(self.write(scheduling.finish_jobs, [i for i, _ in batch],
+            task = asyncio.ensure_future(self.write(scheduling.finish_jobs, [i for i, _ in batch],  # noqa: RUF006 - kept in self._flushes
                                                     owner=owner))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
             task.add_done_callback(functools.partial(_settle, [d for _, d in batch]))
 
     async def schedule_retry(self, job: ClaimedJob, *, owner: str, now: float,
