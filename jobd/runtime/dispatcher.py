@@ -157,6 +157,7 @@ class Dispatcher:
         self._session = session
         self._own_session = session is None
         self._sending: dict[str, asyncio.Task[None]] = {}
+        self._recording: set[asyncio.Task[None]] = set()  # answer in, outcome being written
         self._wake = asyncio.Event()
         self._claiming = True
         self._next_rescue_at = float("-inf")
@@ -211,8 +212,9 @@ class Dispatcher:
 
     async def wait_idle(self) -> None:
         """Wait until every send started so far is sent and recorded."""
-        while self._sending:
-            await asyncio.gather(*self._sending.values(), return_exceptions=True)
+        while self._sending or self._recording:
+            await asyncio.gather(*self._sending.values(), *self._recording,
+                                 return_exceptions=True)
 
     async def run(self) -> None:
         while self._claiming:
@@ -247,16 +249,31 @@ class Dispatcher:
         return self._session
 
     async def _deliver(self, delivery: ClaimedDelivery, attempted_at: float) -> None:
+        task = asyncio.current_task()
+        result: AttemptResult | None = None
         try:
             result = await send(self._http(), delivery, timestamp=int(attempted_at),
                                 timeout_s=self._webhooks.timeout,
                                 allow_private=self._webhooks.allow_private_networks)
+        except Exception:
+            log.exception("webhook delivery %s failed unexpectedly; its lease will expire",
+                          delivery.id)
+        finally:
+            # The slot is free once the answer is in: the next claim then shares a commit
+            # with this outcome (it is queued after it, so it sees the delivery settled).
+            self._sending.pop(delivery.id, None)
+            self._wake.set()
+        if result is None:
+            return
+        if task is not None:
+            self._recording.add(task)
+        try:
             await self._record(delivery, attempted_at, result)
         except Exception:
             log.exception("could not record webhook delivery %s; its lease will expire", delivery.id)
         finally:
-            self._sending.pop(delivery.id, None)
-            self._wake.set()
+            if task is not None:
+                self._recording.discard(task)
 
     async def _record(self, delivery: ClaimedDelivery, attempted_at: float,
                       result: AttemptResult) -> None:
@@ -292,6 +309,8 @@ class Dispatcher:
         for task in self._sending.values():
             task.cancel()
         remaining = list(self._sending.values())
+        if self._recording:
+            await asyncio.wait(list(self._recording))
         if remaining:
             await asyncio.wait(remaining)
             try:  # nothing else sends from this database, so every `sending` one was ours
