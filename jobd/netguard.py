@@ -246,3 +246,16 @@ def guarded_connector(allow_private: bool, **kwargs: Any) -> aiohttp.TCPConnecto
         raise TypeError("guarded_connector() sets its own resolver")
     resolver = GuardedResolver(allow_private=allow_private)
     return _GuardedConnector(allow_private=allow_private, resolver=resolver, **kwargs)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of an outbound response's body: an answer is never read whole."""
+    chunks: list[bytes] = []
+    remaining = max_bytes
+    while remaining > 0:
+        chunk = await resp.content.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

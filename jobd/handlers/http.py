@@ -124,18 +124,6 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-async def _read_excerpt(resp: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    remaining = MAX_READ_BYTES
-    while remaining > 0:
-        chunk = await resp.content.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 async def run_http(payload: HttpPayload, ctx: JobContext) -> dict[str, Any]:
     config = ctx.services.config
     allow_private = config.webhooks.allow_private_networks
@@ -167,7 +155,7 @@ async def run_http(payload: HttpPayload, ctx: JobContext) -> dict[str, Any]:
     try:
         async with session.request(payload.method, payload.url, **kwargs) as resp:
             status = resp.status
-            raw = await _read_excerpt(resp)
+            raw = await netguard.read_capped(resp, MAX_READ_BYTES)
     except netguard.BlockedAddress as exc:
         raise PermanentError(f"refused URL: {exc}") from None
     except TimeoutError as exc:  # asyncio.TimeoutError is TimeoutError on 3.11

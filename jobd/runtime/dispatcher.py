@@ -98,18 +98,6 @@ class AttemptResult:
     duration_ms: float
 
 
-async def _read_excerpt(resp: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    remaining = MAX_READ_BYTES
-    while remaining > 0:
-        chunk = await resp.content.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 async def send(session: aiohttp.ClientSession, delivery: ClaimedDelivery, *, timestamp: int,
                timeout_s: float, allow_private: bool) -> AttemptResult:
     """POST one delivery; never raises for a failed attempt."""
@@ -127,7 +115,7 @@ async def send(session: aiohttp.ClientSession, delivery: ClaimedDelivery, *, tim
                                 allow_redirects=False, raise_for_status=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             status = resp.status
-            excerpt = await _read_excerpt(resp)
+            excerpt = await netguard.read_capped(resp, MAX_READ_BYTES)
     except Exception as exc:  # any failure to get an answer is a failed attempt
         return result(None, describe_failure(exc, timeout_s))
     if 200 <= status < 300:
