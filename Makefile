@@ -28,7 +28,8 @@ lint: install  ## ruff and mypy
 	$(BIN)/mypy jobd
 
 bench: install  ## print throughput and latency figures (see bench/README.md)
-	$(BIN)/python bench/run.py
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/run.py --runs 3
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
