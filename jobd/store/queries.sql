@@ -89,9 +89,6 @@ UPDATE jobs SET status = 'running', attempts = attempts + 1, next_run_at = NULL,
                 lease_owner = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
 WHERE seq = ?;
 
--- name: next_due_time
-SELECT min(next_run_at) FROM jobs WHERE status IN ('queued', 'retry');
-
 -- Fenced: only the current attempt of a running job held by this owner.
 -- name: job_finish_running
 UPDATE jobs SET status = :status, result = :result, last_error = :error,

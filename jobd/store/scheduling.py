@@ -66,11 +66,6 @@ def _rotation(tenants: list[str], after: str | None) -> list[str]:
     return later + [t for t in tenants if t <= after]
 
 
-def next_due_time(conn: sqlite3.Connection) -> float | None:
-    rows = conn.execute(Q["next_due_time"]).fetchall()
-    return rows[0][0] if rows else None
-
-
 def finish_job(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, status: JobStatus,
                now: float, result_json: str | None = None, error: str | None = None) -> bool:
     """Move the job to a final status (and queue its webhook); False if fenced out."""

@@ -115,9 +115,6 @@ class Store:
         return await self.write(scheduling.claim_due_jobs, now=now, limit=limit, owner=owner,
                                 lease_s=lease_s, after_tenant=after_tenant)
 
-    def next_due_time(self) -> float | None:
-        return self.read(scheduling.next_due_time)
-
     async def finish_job(self, job: ClaimedJob, *, owner: str, status: JobStatus, now: float,
                          result_json: str | None = None, error: str | None = None) -> None:
         """Finish a job (queueing its webhook). Outcomes of the same loop turn are written
