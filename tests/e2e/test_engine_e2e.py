@@ -170,37 +170,50 @@ def test_sigterm_during_a_job_puts_it_back_and_it_finishes_later(make_env, targe
     assert env.client.wait_status(job_id, "succeeded")["status"] == "succeeded"
 
 
+class Burst:
+    """Threads POSTing noop jobs until stopped (or the daemon goes away); keeps every
+    jobId that got a 201."""
+
+    def __init__(self, client: Any, tag: str, threads: int = 4) -> None:
+        self.client = client
+        self.tag = tag
+        self.acked: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._post, args=(t,)) for t in range(threads)]
+
+    def __enter__(self) -> Burst:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _post(self, thread_no: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                status, _, body = self.client.submit("noop", key=f"{self.tag}-t{thread_no}-{n}")
+            except OSError:
+                return
+            if status == 201:
+                self.acked.append(body["jobId"])
+
+
 def test_kill9_during_a_burst_loses_no_acknowledged_job(make_env):
     env = make_env()
     rounds, acknowledged = int(os.environ.get("JOBD_CRASH_ROUNDS", "3")), []
     rng = random.Random(7)
     env.daemon.start()
     for round_no in range(rounds):
-        stop = threading.Event()
-        acked: list[str] = []
-
-        def burst(thread_no: int, stop: threading.Event = stop, acked: list[str] = acked,
-                  round_no: int = round_no) -> None:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    status, _, body = env.client.submit("noop", key=f"r{round_no}-t{thread_no}-{n}")
-                except OSError:
-                    return
-                if status == 201:
-                    acked.append(body["jobId"])
-
-        threads = [threading.Thread(target=burst, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        wait_for(lambda acked=acked: len(acked) > 20, what="some jobs acknowledged")
-        time.sleep(rng.uniform(0.0, 0.3))  # a random moment in the burst
-        env.daemon.kill9()
-        stop.set()
-        for thread in threads:
-            thread.join()
-        acknowledged.extend(acked)
+        with Burst(env.client, f"r{round_no}") as burst:
+            wait_for(lambda burst=burst: len(burst.acked) > 20, what="some jobs acknowledged")
+            time.sleep(rng.uniform(0.0, 0.3))  # a random moment in the burst
+            env.daemon.kill9()
+        acknowledged.extend(burst.acked)
         env.daemon.start()
     for job_id in acknowledged:
         env.client.wait_status(job_id, "succeeded", timeout_s=20)
@@ -211,31 +224,12 @@ def test_kill9_during_a_burst_loses_no_acknowledged_job(make_env):
 def test_sigterm_under_load_leaves_nothing_running(make_env):
     env = make_env()
     env.daemon.start()
-    stop = threading.Event()
-    acked: list[str] = []
-
-    def burst(thread_no: int) -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                status, _, body = env.client.submit("noop", key=f"t{thread_no}-{n}")
-            except OSError:
-                return
-            if status == 201:
-                acked.append(body["jobId"])
-
-    threads = [threading.Thread(target=burst, args=(t,)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: len(acked) > 200, what="a few hundred jobs acknowledged")
-    assert env.daemon.terminate() == 0
-    stop.set()
-    for thread in threads:
-        thread.join()
+    with Burst(env.client, "sigterm") as burst:
+        wait_for(lambda: len(burst.acked) > 200, what="a few hundred jobs acknowledged")
+        assert env.daemon.terminate() == 0
     assert cli_json(env.config, "jobs", "list", "--status", "running") == []
     env.daemon.start()
-    for job_id in acked:
+    for job_id in burst.acked:
         env.client.wait_status(job_id, "succeeded", timeout_s=20)
 
 
