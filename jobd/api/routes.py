@@ -65,7 +65,9 @@ async def create_job(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     ctx = request.app[API]
     tenant = authenticate(request, ctx.tenants).tenant
-    return _json(200, orjson.dumps(job_view(_tenant_job(ctx, request, tenant.id))))
+    job = _tenant_job(ctx, request, tenant.id)
+    deliveries = ctx.store.deliveries_of_job(job.id) if job.webhook_url else None
+    return _json(200, orjson.dumps(job_view(job, deliveries)))
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -61,6 +61,15 @@ class JobCreatedResponse(BaseModel):
     createdAt: datetime
 
 
+class WebhookSummary(BaseModel):
+    deliveryId: str
+    status: Literal["pending", "sending", "succeeded", "dead"]
+    attempts: int
+    lastError: str | None
+    lastStatusCode: int | None
+    deliveredAt: datetime | None
+
+
 class JobResponse(BaseModel):
     jobId: str
     status: JobStatusName
@@ -78,6 +87,8 @@ class JobResponse(BaseModel):
     result: Any = None
     cancelRequested: bool
     webhookUrl: str | None
+    webhook: WebhookSummary | None = Field(
+        None, description="The latest webhook delivery for this job, once it finished.")
 
 
 class FieldError(BaseModel):

@@ -7,13 +7,13 @@ from typing import Any
 import orjson
 
 from jobd.clock import to_rfc3339
-from jobd.models import Job, JobStatus
+from jobd.models import Delivery, Job, JobStatus
 
 _SCHEDULED = (JobStatus.QUEUED, JobStatus.RETRY)
 
 
-def job_view(job: Job) -> dict[str, Any]:
-    return {
+def job_view(job: Job, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
         "jobId": job.id,
         "status": job.status.value,
         "attempts": job.attempts,
@@ -31,6 +31,14 @@ def job_view(job: Job) -> dict[str, Any]:
         "cancelRequested": job.cancel_requested,
         "webhookUrl": job.webhook_url,
     }
+    if deliveries:
+        latest = deliveries[-1]
+        view["webhook"] = {
+            "deliveryId": latest.id, "status": latest.status.value, "attempts": latest.attempts,
+            "lastError": latest.last_error, "lastStatusCode": latest.last_status_code,
+            "deliveredAt": to_rfc3339(latest.delivered_at),
+        }
+    return view
 
 
 def created_body(job_id: str, created_at: float) -> bytes:

@@ -106,6 +106,9 @@ class Store:
     def find_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         return self.read(jobs.find_job, job_id, tenant_id)
 
+    def deliveries_of_job(self, job_id: str) -> list[deliveries.Delivery]:
+        return self.read(deliveries.deliveries_of_job, job_id)
+
     async def cancel_job(self, job_id: str, *, tenant_id: str | None, now: float) -> Job:
         return await self.write(jobs.cancel_job, job_id, tenant_id=tenant_id, now=now)
 

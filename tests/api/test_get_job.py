@@ -147,3 +147,14 @@ async def test_cancel_is_not_rate_limited(api: Api) -> None:
     job_id = r.json["jobId"]
     assert (await api.get_job(job_id, api_key=slow.api_key)).status == 200
     assert (await api.delete_job(job_id, api_key=slow.api_key)).status == 200
+
+
+async def test_get_shows_the_webhook_once_the_job_finished(api: Api) -> None:
+    job_id = await _create(api, webhookUrl="http://127.0.0.1:9/hook")
+    assert (await api.get_job(job_id)).json.get("webhook") is None
+    assert (await api.delete_job(job_id)).status == 200  # cancelled: a final status
+    webhook = (await api.get_job(job_id)).json["webhook"]
+    assert webhook["deliveryId"].startswith("msg_")
+    assert webhook["status"] == "pending"
+    assert webhook["attempts"] == 0
+    assert webhook["deliveredAt"] is None
