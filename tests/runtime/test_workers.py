@@ -84,6 +84,18 @@ async def settle(pool: WorkerPool) -> None:
         await asyncio.sleep(0.001)
 
 
+async def start_holding(store, pool, clock, behaviour, new_tenant) -> str:
+    """Submit one ``hold`` job, claim it and return once its handler runs."""
+    new_tenant()
+    job_id = await submit(store, clock, "hold", key="a")
+    await pool.run_once()
+    deadline = time.monotonic() + 5
+    while not behaviour.started:
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.001)
+    return job_id
+
+
 def job(db, job_id):
     return db.read(store_jobs.get_job, job_id)
 
@@ -140,11 +152,7 @@ async def test_timeout_counts_as_a_failure(store, db, pool, clock, new_tenant):
 
 
 async def test_cancel_running_job_cooperatively(store, db, pool, clock, behaviour, new_tenant):
-    new_tenant()
-    job_id = await submit(store, clock, "hold", key="a")
-    await pool.run_once()
-    while not behaviour.started:
-        await asyncio.sleep(0.001)
+    job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
     assert pool.cancel(job_id)
     await settle(pool)
     assert job(db, job_id).status is JobStatus.CANCELLED
@@ -152,11 +160,7 @@ async def test_cancel_running_job_cooperatively(store, db, pool, clock, behaviou
 
 async def test_cancel_requested_from_cli_is_noticed_by_the_lifeline(store, db, pool, clock, config,
                                                                     behaviour, new_tenant):
-    new_tenant()
-    job_id = await submit(store, clock, "hold", key="a")
-    await pool.run_once()
-    while not behaviour.started:
-        await asyncio.sleep(0.001)
+    job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
     db.write(store_jobs.cancel_job, job_id, tenant_id=None, now=clock.now())  # what the CLI does
     assert job(db, job_id).status is JobStatus.RUNNING
     lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
@@ -166,11 +170,7 @@ async def test_cancel_requested_from_cli_is_noticed_by_the_lifeline(store, db, p
 
 
 async def test_shutdown_puts_unfinished_jobs_back(store, db, pool, clock, behaviour, new_tenant):
-    new_tenant()
-    job_id = await submit(store, clock, "hold", key="a")
-    await pool.run_once()
-    while not behaviour.started:
-        await asyncio.sleep(0.001)
+    job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
     await pool.shutdown(grace_s=0.01)
     back = job(db, job_id)
     assert back.status is JobStatus.QUEUED
@@ -180,11 +180,7 @@ async def test_shutdown_puts_unfinished_jobs_back(store, db, pool, clock, behavi
 
 
 async def test_shutdown_lets_jobs_finish_within_grace(store, db, pool, clock, behaviour, new_tenant):
-    new_tenant()
-    job_id = await submit(store, clock, "hold", key="a")
-    await pool.run_once()
-    while not behaviour.started:
-        await asyncio.sleep(0.001)
+    job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
     asyncio.get_running_loop().call_later(0.02, behaviour.release.set)
     await pool.shutdown(grace_s=5)
     assert job(db, job_id).status is JobStatus.SUCCEEDED
