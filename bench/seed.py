@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import secrets
 import sqlite3
 import sys
 import time
@@ -26,6 +25,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jobd.credentials import new_job_id
 from jobd.store.connection import connect, migrate
 from jobd.store.tenants import create_tenant
 
@@ -36,17 +36,12 @@ INSERT INTO jobs (id, tenant_id, type, payload, status, priority, attempts, max_
                   created_at, started_at, completed_at, updated_at)
 VALUES (?, ?, ?, ?, ?, 0, ?, 5, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-INSERT_KEY = """
-INSERT INTO idempotency_keys (tenant_id, key, body_hash, job_id, response_status,
-                              response_body, expires_at)
-VALUES (?, ?, ?, ?, 201, ?, ?)
-"""
 PAYLOAD = orjson.dumps({"to": "user@example.com", "subject": "Hello", "body": "Welcome!"}).decode()
 RESULT = orjson.dumps({"ok": True}).decode()
 
 
 def job_id() -> str:
-    return "job_" + secrets.token_hex(12)
+    return new_job_id()
 
 
 def finished_rows(n: int, *, fatal: int, tenants: list[str], start: float, end: float,
@@ -76,13 +71,6 @@ def queued_rows(n: int, *, tenants: list[str], now: float,
                created, created, None, None, None, f"q{i}", created, None, None, created)
 
 
-def key_rows(n: int, *, tenants: list[str], now: float) -> Iterator[tuple[object, ...]]:
-    """Idempotency keys that expired an hour ago (what ``prune`` deletes)."""
-    for i in range(n):
-        yield (tenants[i % len(tenants)], f"expired-{i}", b"\0" * 32, f"job_gone{i}",
-               b'{"jobId":"job_gone"}', now - 3600)
-
-
 def write_chunks(conn: sqlite3.Connection, sql: str, rows: Iterator[tuple[object, ...]],
                  label: str) -> int:
     total = 0
@@ -106,8 +94,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tenants", type=int, default=3, help="tenants t0, t1, ...")
     parser.add_argument("--age-days", type=float, default=14.0,
                         help="finished jobs spread over this many days back")
-    parser.add_argument("--expired-keys", type=int, default=0,
-                        help="expired idempotency keys")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -126,8 +112,6 @@ def main(argv: list[str] | None = None) -> None:
         end=now - 60, types=types), "finished jobs")
     n += write_chunks(conn, INSERT_JOB, queued_rows(args.queued, tenants=tenants, now=now,
                                                     types=types), "queued jobs")
-    write_chunks(conn, INSERT_KEY, key_rows(args.expired_keys, tenants=tenants, now=now),
-                 "expired idempotency keys")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     elapsed = time.perf_counter() - started

@@ -91,7 +91,9 @@ def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")
           older_than_days: Annotated[float | None, typer.Option(
               "--older-than-days", min=0, help="Default: jobs.retention_days.")] = None,
           json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Delete finished jobs past retention and expired idempotency keys, in small batches.
+    """Delete finished jobs and delivered webhooks past retention, in small batches.
+
+    A job whose Idempotency-Key is still live (idempotency.ttl_hours) is kept.
 
     Example: jobd prune --dry-run
     """
@@ -99,23 +101,22 @@ def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")
     days = cfg.jobs.retention_days if older_than_days is None else older_than_days
     now = _clock.now()
     cutoff = now - days * 86_400
+    jobs_before = retention.job_cutoff(now, retention_s=days * 86_400,
+                                       idempotency_ttl_s=cfg.idempotency.ttl_hours * 3600)
     with Database(cfg.database, must_exist=True) as db:
-        total = db.read(retention.count_prunable_jobs, cutoff=cutoff)
+        total = db.read(retention.count_prunable_jobs, cutoff=jobs_before)
         result: dict[str, object]
         if dry_run:
             result = {"dryRun": True, "jobs": total,
                       "deliveries": db.read(retention.count_prunable_deliveries, cutoff=cutoff),
-                      "idempotencyKeys": db.read(retention.count_expired_idempotency_keys, now=now),
                       "cutoff": to_rfc3339(cutoff)}
         else:
             started = time.perf_counter()
-            jobs = _prune_with_progress(db, cutoff, total, show=not json)
+            jobs = _prune_with_progress(db, jobs_before, total, show=not json)
             deliveries = _drain(db, retention.prune_deliveries_batch, cutoff=cutoff)
-            keys = _drain(db, retention.prune_idempotency_batch, now=now)
             elapsed = time.perf_counter() - started
             result = {"dryRun": False, "jobs": jobs, "deliveries": deliveries,
-                      "idempotencyKeys": keys, "cutoff": to_rfc3339(cutoff),
-                      "seconds": round(elapsed, 3)}
+                      "cutoff": to_rfc3339(cutoff), "seconds": round(elapsed, 3)}
     if json:
         print_json(result)
     else:

@@ -1,5 +1,6 @@
 """Retention in the background: finished jobs past ``jobs.retention_days``, delivered
-webhooks of the same age and expired idempotency keys, a small batch per transaction."""
+webhooks of the same age, a small batch per transaction. A job holds its
+Idempotency-Key, so a job whose key is still live is kept."""
 
 from __future__ import annotations
 
@@ -28,15 +29,17 @@ class Pruner:
 
     async def run_once(self) -> dict[str, int]:
         now = self._clock.now()
-        cutoff = now - self._config.jobs.retention_days * 86_400
+        retention_s = self._config.jobs.retention_days * 86_400
+        jobs_before = retention.job_cutoff(
+            now, retention_s=retention_s,
+            idempotency_ttl_s=self._config.idempotency.ttl_hours * 3600)
         counts = {
-            "jobs": await self._drain(retention.prune_jobs_batch, cutoff=cutoff),
-            "deliveries": await self._drain(retention.prune_deliveries_batch, cutoff=cutoff),
-            "idempotency_keys": await self._drain(retention.prune_idempotency_batch, now=now),
+            "jobs": await self._drain(retention.prune_jobs_batch, cutoff=jobs_before),
+            "deliveries": await self._drain(retention.prune_deliveries_batch,
+                                            cutoff=now - retention_s),
         }
         if any(counts.values()):
-            log.info("pruned %(jobs)d jobs, %(deliveries)d deliveries, "
-                     "%(idempotency_keys)d idempotency keys", counts)
+            log.info("pruned %(jobs)d jobs, %(deliveries)d deliveries", counts)
         return counts
 
     async def _drain(self, fn: Callable[..., int], **kwargs: float) -> int:

@@ -4,57 +4,97 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, row_to_job
 from jobd.store.outbox import enqueue_delivery
 from jobd.store.queries import Q
+from jobd.store.writer import Outcome, in_savepoint
 
 RenderCreated = Callable[[str, float], bytes]
 
 
-def lookup_idempotent(conn: sqlite3.Connection, tenant_id: str, key: str, body_hash: bytes,
-                      now: float) -> IdempotentResult | None:
-    """The stored answer for ``key`` if it is still live; 409 if the body differs."""
-    rows = conn.execute(Q["idempotency_get"], (tenant_id, key)).fetchall()
-    if not rows or rows[0]["expires_at"] <= now:
-        return None
-    row = rows[0]
-    if row["body_hash"] != body_hash:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was already used with a different request body")
-    return IdempotentResult(status=row["response_status"], body=row["response_body"],
-                            job_id=row["job_id"], replayed=True)
+@dataclass(frozen=True, slots=True)
+class Creation:
+    """One ``POST /jobs`` waiting for the writer. With ``api_key_hash`` the key is
+    checked again inside the transaction, so a key rotated or a tenant disabled a
+    moment ago cannot slip through the API's cache."""
+
+    job: NewJob
+    body_hash: bytes
+    now: float
+    api_key_hash: str | None = None
+
+
+def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_ttl_s: float,
+                render: RenderCreated) -> list[Outcome]:
+    """Create many jobs, one outcome per item (a result, or the error for that item).
+
+    The common case (live keys, no Idempotency-Key seen before) is one ``executemany``.
+    If any row was not inserted (a key in use, the same key twice in the batch) or
+    failed, that attempt is undone and every item goes through :func:`insert_job`
+    on its own, in its own savepoint."""
+    live = {pair: _key_is_live(conn, *pair) for pair in
+            {(c.job.tenant_id, c.api_key_hash) for c in items if c.api_key_hash is not None}}
+    if not all(live.values()):
+        return [_isolated(conn, c, idempotency_ttl_s, render) for c in items]
+    ids = [new_job_id() for _ in items]
+    conn.execute("SAVEPOINT insert_jobs")
+    try:
+        inserted = conn.executemany(Q["job_insert"], [
+            _row(job_id, c.job, c.body_hash, c.now) for job_id, c in zip(ids, items, strict=True)
+        ]).rowcount
+    except sqlite3.IntegrityError:
+        inserted = -1
+    if inserted != len(items):
+        conn.execute("ROLLBACK TO insert_jobs")
+        conn.execute("RELEASE insert_jobs")
+        return [_isolated(conn, c, idempotency_ttl_s, render) for c in items]
+    conn.execute("RELEASE insert_jobs")
+    return [(True, IdempotentResult(status=201, body=render(job_id, c.now), job_id=job_id,
+                                    replayed=False))
+            for job_id, c in zip(ids, items, strict=True)]
+
+
+def _isolated(conn: sqlite3.Connection, item: Creation, ttl_s: float,
+              render: RenderCreated) -> Outcome:
+    return in_savepoint(conn, insert_job, item.job, body_hash=item.body_hash, now=item.now,
+                        idempotency_ttl_s=ttl_s, render=render, api_key_hash=item.api_key_hash)
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: float,
                idempotency_ttl_s: float, render: RenderCreated,
                api_key_hash: str | None = None) -> IdempotentResult:
-    """Create the job unless its Idempotency-Key already answered; one transaction.
-
-    With ``api_key_hash`` the key is checked again inside the transaction, so a key
-    rotated or a tenant disabled a moment ago cannot slip through a cache."""
-    if api_key_hash is not None and not conn.execute(
-            Q["tenant_key_is_live"], (job.tenant_id, api_key_hash)).fetchall():
+    """Create the job unless its Idempotency-Key already answered (then replay, or 409
+    for a different body). A key older than ``idempotency_ttl_s`` is taken over."""
+    if api_key_hash is not None and not _key_is_live(conn, job.tenant_id, api_key_hash):
         raise Unauthorized("the API key is unknown or was revoked, or the tenant is disabled")
     job_id = new_job_id()
-    body = render(job_id, now)
-    claimed = conn.execute(Q["idempotency_claim"], {
-        "tenant_id": job.tenant_id, "key": job.idempotency_key, "body_hash": body_hash,
-        "job_id": job_id, "status": 201, "body": body, "expires_at": now + idempotency_ttl_s,
-        "now": now,
-    }).rowcount
-    if not claimed:
-        existing = lookup_idempotent(conn, job.tenant_id, job.idempotency_key, body_hash, now)
-        assert existing is not None, "a live idempotency row must exist when the claim fails"
-        return existing
-    conn.execute(Q["job_insert"], (
-        job_id, job.tenant_id, job.type, job.payload, job.priority, job.max_attempts,
-        job.timeout_seconds, job.run_at, job.run_at, job.webhook_url, job.idempotency_key,
-        now, now,
-    ))
-    return IdempotentResult(status=201, body=body, job_id=job_id, replayed=False)
+    row = _row(job_id, job, body_hash, now)
+    if not conn.execute(Q["job_insert"], row).rowcount:
+        holder = conn.execute(Q["job_holding_key"], (job.tenant_id, job.idempotency_key)).fetchall()[0]
+        if holder["created_at"] + idempotency_ttl_s > now:
+            if holder["body_hash"] != body_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {job.idempotency_key!r} was already used with a different "
+                    "request body")
+            return IdempotentResult(status=201, body=render(holder["id"], holder["created_at"]),
+                                    job_id=holder["id"], replayed=True)
+        conn.execute(Q["job_release_key"], (holder["id"],))
+        conn.execute(Q["job_insert"], row)
+    return IdempotentResult(status=201, body=render(job_id, now), job_id=job_id, replayed=False)
+
+
+def _key_is_live(conn: sqlite3.Connection, tenant_id: str, api_key_hash: str | None) -> bool:
+    return bool(conn.execute(Q["tenant_key_is_live"], (tenant_id, api_key_hash)).fetchall())
+
+
+def _row(job_id: str, job: NewJob, body_hash: bytes, now: float) -> tuple[object, ...]:
+    return (job_id, job.tenant_id, job.type, job.payload, job.priority, job.max_attempts,
+            job.timeout_seconds, job.run_at, job.run_at, job.webhook_url, job.idempotency_key,
+            body_hash, now, now)
 
 
 def find_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job | None:

@@ -29,30 +29,23 @@ UPDATE tenants SET api_key_hash = :api_key_hash, api_key_prefix = :api_key_prefi
                    updated_at = :now
 WHERE id = :id;
 
--- name: idempotency_get
-SELECT body_hash, job_id, response_status, response_body, expires_at
-FROM idempotency_keys WHERE tenant_id = ? AND key = ?;
-
 -- name: tenant_key_is_live
 SELECT 1 FROM tenants WHERE id = ? AND api_key_hash = ? AND disabled = 0;
 
--- Claims the key for a new job: inserts it, or takes over an expired row.
--- No row changes when a live row holds the key (then the caller replays it or says 409).
--- name: idempotency_claim
-INSERT INTO idempotency_keys (tenant_id, key, body_hash, job_id, response_status,
-                              response_body, expires_at)
-VALUES (:tenant_id, :key, :body_hash, :job_id, :status, :body, :expires_at)
-ON CONFLICT (tenant_id, key) DO UPDATE SET
-    body_hash = excluded.body_hash, job_id = excluded.job_id,
-    response_status = excluded.response_status, response_body = excluded.response_body,
-    expires_at = excluded.expires_at
-WHERE idempotency_keys.expires_at <= :now;
-
+-- A new job; nothing is inserted when a job of this tenant already holds the key
+-- (then the caller replays it, says 409, or takes over an expired key).
 -- name: job_insert
 INSERT INTO jobs (id, tenant_id, type, payload, status, priority, attempts, max_attempts,
                   timeout_seconds, run_at, next_run_at, webhook_url, idempotency_key,
-                  created_at, updated_at)
-VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?);
+                  body_hash, created_at, updated_at)
+VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
+
+-- name: job_holding_key
+SELECT id, body_hash, created_at FROM jobs WHERE tenant_id = ? AND idempotency_key = ?;
+
+-- name: job_release_key
+UPDATE jobs SET idempotency_key = NULL WHERE id = ?;
 
 -- name: job_get
 SELECT * FROM jobs WHERE id = ?;
@@ -380,12 +373,5 @@ RETURNING id;
 -- name: count_prunable_deliveries
 SELECT count(*) FROM deliveries WHERE status = 'succeeded' AND delivered_at < :cutoff;
 
--- name: count_expired_idempotency_keys
-SELECT count(*) FROM idempotency_keys WHERE expires_at < :now;
-
 -- name: delete_delivery_attempts
 DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT value FROM json_each(?));
-
--- name: prune_idempotency_batch
-DELETE FROM idempotency_keys WHERE (tenant_id, key) IN (
-    SELECT tenant_id, key FROM idempotency_keys WHERE expires_at < :now LIMIT :batch);

@@ -19,8 +19,10 @@ def count_prunable_deliveries(conn: sqlite3.Connection, *, cutoff: float) -> int
     return int(conn.execute(Q["count_prunable_deliveries"], {"cutoff": cutoff}).fetchall()[0][0])
 
 
-def count_expired_idempotency_keys(conn: sqlite3.Connection, *, now: float) -> int:
-    return int(conn.execute(Q["count_expired_idempotency_keys"], {"now": now}).fetchall()[0][0])
+def job_cutoff(now: float, *, retention_s: float, idempotency_ttl_s: float) -> float:
+    """Finished jobs completed before this go. A job holds its Idempotency-Key, so it is
+    kept at least as long as the key is live, even with a retention shorter than that."""
+    return now - max(retention_s, idempotency_ttl_s)
 
 
 def prune_jobs_batch(conn: sqlite3.Connection, *, cutoff: float, batch: int = BATCH) -> int:
@@ -35,7 +37,3 @@ def prune_deliveries_batch(conn: sqlite3.Connection, *, cutoff: float, batch: in
     if ids:
         conn.execute(Q["delete_delivery_attempts"], (orjson.dumps(ids).decode(),))
     return len(ids)
-
-
-def prune_idempotency_batch(conn: sqlite3.Connection, *, now: float, batch: int = BATCH) -> int:
-    return conn.execute(Q["prune_idempotency_batch"], {"now": now, "batch": batch}).rowcount

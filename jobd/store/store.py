@@ -37,6 +37,8 @@ class Store:
         self._lock: IO[bytes] | None = None
         self._finishing: list[tuple[scheduling.Finish, str, asyncio.Future[None]]] = []
         self._flushes: set[asyncio.Future[int]] = set()
+        # one partial per (ttl, renderer), so that the writer groups their items together
+        self._insert_groups: dict[tuple[float, RenderCreated], Callable[..., Any]] = {}
 
     # lifecycle -----------------------------------------------------------------
     def open(self, *, daemon_lock: bool = False) -> None:
@@ -99,9 +101,15 @@ class Store:
     async def insert_job(self, job: NewJob, *, body_hash: bytes, now: float,
                          idempotency_ttl_s: float, render: RenderCreated,
                          api_key_hash: str | None = None) -> IdempotentResult:
-        return await self.write(jobs.insert_job, job, body_hash=body_hash, now=now,
-                                idempotency_ttl_s=idempotency_ttl_s, render=render,
-                                api_key_hash=api_key_hash)
+        """Create a job (or replay its key). The jobs created in one batch of the
+        writer are inserted together, by one ``executemany``."""
+        group = self._insert_groups.get((idempotency_ttl_s, render))
+        if group is None:
+            group = self._insert_groups[(idempotency_ttl_s, render)] = functools.partial(
+                jobs.insert_jobs, idempotency_ttl_s=idempotency_ttl_s, render=render)
+        result: IdempotentResult = await self._writer.call_grouped(
+            group, jobs.Creation(job, body_hash, now, api_key_hash))
+        return result
 
     def find_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         return self.read(jobs.find_job, job_id, tenant_id)

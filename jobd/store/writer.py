@@ -7,6 +7,10 @@ them raises, the batch is rolled back and run again with each function in its
 own savepoint, so only the failing one is undone. A result is
 therefore never seen before it is durable, and many small writes share one
 fsync.
+
+``call_grouped`` is for writes that are cheaper together (one ``executemany``
+for many new jobs): every item handed in with the same function in one batch
+goes to a single ``fn(conn, items)`` call, which answers one outcome per item.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ log = logging.getLogger("jobd.store")
 
 T = TypeVar("T")
 TxFn = Callable[..., Any]
-_Item = tuple[TxFn, tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
+_Item = tuple[TxFn, tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop, bool]
+Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
+GroupFn = Callable[[sqlite3.Connection, list[Any]], list[Outcome]]
 _STOP = object()
 
 
@@ -55,12 +61,21 @@ class GroupCommitWriter:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in the next group transaction; return after COMMIT."""
+        return await self._submit(fn, args, grouped=False)
+
+    async def call_grouped(self, fn: GroupFn, item: Any) -> Any:
+        """Run ``fn(conn, [item, ...])`` once for every item of this batch with the same
+        ``fn``. ``fn`` returns one ``(ok, value)`` per item, in order; a failed item must
+        leave no write behind (the others are kept). Returns or raises this item's outcome."""
+        return await self._submit(fn, (item,), grouped=True)
+
+    def _submit(self, fn: TxFn, args: tuple[Any, ...], *, grouped: bool) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         if not self._outbox:
             loop.call_soon(self._hand_over)
-        self._outbox.append((fn, args, future, loop))
-        return await future
+        self._outbox.append((fn, args, future, loop, grouped))
+        return future
 
     def _hand_over(self) -> None:
         """Pass everything written in this turn of the event loop to the thread in one go:
@@ -118,33 +133,55 @@ class GroupCommitWriter:
 
     @staticmethod
     def _transaction(conn: sqlite3.Connection, batch: list[_Item],
-                     *, isolate: bool) -> list[tuple[bool, Any]]:
+                     *, isolate: bool) -> list[Outcome]:
         """One BEGIN IMMEDIATE ... COMMIT around the batch. Without ``isolate`` the
         first failing unit rolls everything back (the cheap, common path)."""
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        groups: dict[TxFn, list[int]] = {}
+        for i, item in enumerate(batch):
+            if item[4]:
+                groups.setdefault(item[0], []).append(i)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for fn, args, _future, _loop in batch:
-                if isolate:
-                    outcomes.append(_run_unit(conn, fn, args))
-                    continue
-                try:
-                    outcomes.append((True, fn(conn, *args)))
-                except Exception as exc:
+            for i, (fn, args, _future, _loop, grouped) in enumerate(batch):
+                if outcomes[i] is not None:
+                    continue  # answered with its group
+                members = groups[fn] if grouped else [i]
+                call_args = ([batch[j][1][0] for j in members],) if grouped else args
+                ok, value = _run_unit(conn, fn, call_args) if isolate else _run_plain(fn, conn, call_args)
+                if not ok and not isolate:
                     conn.execute("ROLLBACK")
-                    return [(False, exc)]
+                    return [(False, value)]
+                if grouped and ok:
+                    for j, outcome in zip(members, value, strict=True):
+                        outcomes[j] = outcome
+                else:
+                    for j in members:
+                        outcomes[j] = (ok, value)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return outcomes
+        return [o for o in outcomes if o is not None]
 
 
-def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> tuple[bool, Any]:
+def _run_plain(fn: TxFn, conn: sqlite3.Connection, args: tuple[Any, ...]) -> Outcome:
+    try:
+        return True, fn(conn, *args)
+    except Exception as exc:
+        return False, exc
+
+
+def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> Outcome:
+    return in_savepoint(conn, fn, *args)
+
+
+def in_savepoint(conn: sqlite3.Connection, fn: TxFn, *args: Any, **kwargs: Any) -> Outcome:
+    """``fn(conn, ...)`` in its own savepoint: if it raises, only its writes are undone."""
     conn.execute("SAVEPOINT unit")
     try:
-        result = fn(conn, *args)
+        result = fn(conn, *args, **kwargs)
     except Exception as exc:
         conn.execute("ROLLBACK TO unit")
         conn.execute("RELEASE unit")
@@ -155,7 +192,7 @@ def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> tupl
 
 def _resolve(batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for (_fn, _args, future, loop), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_fn, _args, future, loop, _grouped), (ok, value) in zip(batch, outcomes, strict=True):
         by_loop.setdefault(loop, []).append((future, ok, value))
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more

@@ -78,7 +78,8 @@ def jobd(cfg: Path, monkeypatch: pytest.MonkeyPatch) -> InProcessCli:
 @pytest.fixture
 def cfg(tmp_path: Path, db: Database) -> Path:
     """A config on the ``db`` fixture's file (tmp_path / "jobd.db")."""
-    return write_config(tmp_path / "jobd.toml", tmp_path, 0, jobs={"retention_days": 1})
+    return write_config(tmp_path / "jobd.toml", tmp_path, 0, jobs={"retention_days": 1},
+                        idempotency={"ttl_hours": KEY_TTL_S / 3600})
 
 
 class Seeder:

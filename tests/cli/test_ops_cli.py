@@ -99,8 +99,9 @@ def remaining(db: Database) -> set[str]:
     return {j.id for j in db.read(store_jobs.list_jobs, limit=100)}
 
 
-def live_keys(db: Database) -> int:
-    return db.read(lambda c: c.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0])
+def held_keys(db: Database) -> int:
+    return db.read(lambda c: c.execute(
+        "SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL").fetchone()[0])
 
 
 def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged):
@@ -109,27 +110,27 @@ def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged):
     assert doc["dryRun"] is True
     assert doc["jobs"] == 5             # 3 succeeded, 1 fatal, 1 cancelled, all 3 days old
     assert doc["deliveries"] == 3       # delivered 3 days ago; the dead one stays in the DLQ
-    assert doc["idempotencyKeys"] == 8  # every job but the one created now
+    assert "idempotencyKeys" not in doc  # keys live on their jobs and go with them
     assert doc["cutoff"].endswith("Z")
     assert remaining(db) == before
-    assert live_keys(db) == 9
+    assert held_keys(db) == 9
     assert "dryRun: True" in jobd("prune", "--dry-run").stdout
 
 
-def test_prune_deletes_only_finished_jobs_past_retention_and_expired_keys(jobd, db, aged):
+def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db, aged):
     doc = jobd.json("prune")
     assert doc["dryRun"] is False
-    assert (doc["jobs"], doc["deliveries"], doc["idempotencyKeys"]) == (5, 3, 8)
+    assert (doc["jobs"], doc["deliveries"]) == (5, 3)
     assert doc["seconds"] >= 0
     assert remaining(db) == {aged["recent_succeeded"], aged["old_running"], aged["old_queued"],
                              aged["new_queued"]}
     dead = db.read(store_deliveries.get_delivery, aged["dead_delivery"])
     assert dead.status is DeliveryStatus.DEAD  # the DLQ is purged only by `dlq purge`
     assert jobd.json("dlq", "list")[0]["deliveryId"] == aged["dead_delivery"]
-    assert live_keys(db) == 1
+    assert held_keys(db) == 4  # the jobs that are left keep theirs
 
     again = jobd.json("prune")
-    assert (again["jobs"], again["deliveries"], again["idempotencyKeys"]) == (0, 0, 0)
+    assert (again["jobs"], again["deliveries"]) == (0, 0)
     assert "jobs: 0" in jobd("prune").stdout
 
     # --older-than-days overrides jobs.retention_days

@@ -19,7 +19,7 @@ from jobd.store import jobs as store_jobs
 from jobd.store import retention, scheduling
 from jobd.store.database import Database
 from jobd.store.store import Store
-from tests.conftest import T0
+from tests.conftest import T0, make_config
 
 DAY = 86_400.0
 KEY_TTL_S = 3600.0
@@ -56,10 +56,6 @@ def _job_ids(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT id FROM jobs")}
 
 
-def _key_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0])
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
@@ -93,21 +89,30 @@ async def test_run_once_deletes_in_small_batches_only_what_is_past_retention(
     db.write(scheduling.claim_due_jobs, now=old + 2, limit=1, owner="w", lease_s=60)
     [waiting] = db.write(_insert, 1, at=old + 3, run_at=T0 + 3600)
     [fresh] = db.write(_insert, 1, at=T0)
-    assert db.read(_key_count) == len(many) + len(failed) + len(recent) + 3
 
     pruner = Pruner(store=store, clock=clock, config=config)
     counts = await pruner.run_once()
 
-    assert counts == {"jobs": len(many) + len(failed), "deliveries": 0,
-                      "idempotency_keys": len(many) + len(failed) + len(recent) + 2}
+    assert counts == {"jobs": len(many) + len(failed), "deliveries": 0}
     assert db.read(_job_ids) == {*recent, running, waiting, fresh}
-    assert db.read(_key_count) == 1  # only the key made "now" is still live
     job_batches = [n for name, n in writes if name == "prune_jobs_batch"]
     assert job_batches == [retention.BATCH, retention.BATCH, 203 + len(failed), 0]
-    key_batches = [n for name, n in writes if name == "prune_idempotency_batch"]
-    assert max(key_batches) <= retention.BATCH and key_batches[-1] == 0
 
-    assert await pruner.run_once() == {"jobs": 0, "deliveries": 0, "idempotency_keys": 0}
+    assert await pruner.run_once() == {"jobs": 0, "deliveries": 0}
+
+
+async def test_a_job_is_kept_while_its_idempotency_key_is_live(
+        db: Database, new_tenant: Any, store: Store, clock: FakeClock, tmp_path: Any) -> None:
+    """A retention shorter than the key's life must not let a retried request run twice."""
+    config = make_config(tmp_path, jobs={"retention_days": 0.01}, idempotency={"ttl_hours": 2})
+    new_tenant("acme")
+    done = db.write(_finished, 3, at=T0)
+    pruner = Pruner(store=store, clock=clock, config=config)
+    clock.advance(3600)                   # past retention (864 s), the keys live 2 h
+    assert (await pruner.run_once())["jobs"] == 0
+    assert db.read(_job_ids) == set(done)
+    clock.advance(3601)
+    assert (await pruner.run_once())["jobs"] == 3
 
 
 async def test_jobs_become_prunable_as_the_clock_moves(db: Database, new_tenant: Any,
@@ -123,7 +128,7 @@ async def test_jobs_become_prunable_as_the_clock_moves(db: Database, new_tenant:
     assert db.read(_job_ids) == set(done)
 
     clock.advance(2)
-    assert await pruner.run_once() == {"jobs": 4, "deliveries": 0, "idempotency_keys": 0}
+    assert await pruner.run_once() == {"jobs": 4, "deliveries": 0}
     assert db.read(_job_ids) == set()
 
 

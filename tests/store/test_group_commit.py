@@ -82,7 +82,7 @@ async def test_200_concurrent_inserts_all_commit_in_fewer_batches(
     ids = {r.job_id for r in results}
     assert len(ids) == 200
     assert job_ids(observer) == ids
-    keys = {r[0] for r in observer.execute("SELECT key FROM idempotency_keys")}
+    keys = {r[0] for r in observer.execute("SELECT idempotency_key FROM jobs")}
     assert keys == {f"k{i}" for i in range(200)}
 
     batches, units = store.writer_stats
@@ -101,6 +101,57 @@ async def test_units_queued_while_the_writer_is_busy_share_one_batch(
     assert await gate_task == "gate"
     await asyncio.gather(*tasks)
     assert store.writer_stats == (batches0 + 2, units0 + 51)
+
+
+# grouped units ----------------------------------------------------------------------
+
+
+class Recorder:
+    """A grouped unit: records each call's items, answers each item on its own."""
+
+    def __init__(self, fail_all: bool = False) -> None:
+        self.calls: list[list[Any]] = []
+        self.fail_all = fail_all
+
+    def __call__(self, conn: sqlite3.Connection, items: list[Any]) -> list[tuple[bool, Any]]:
+        self.calls.append(list(items))
+        conn.execute("UPDATE tenants SET burst = burst + ? WHERE id = 'acme'", (len(items),))
+        if self.fail_all:
+            raise Boom("the whole group")
+        return [(False, Boom(f"item {i}")) if i < 0 else (True, i * 10) for i in items]
+
+
+async def test_grouped_items_of_one_batch_share_one_call(store: Store,
+                                                         observer: sqlite3.Connection) -> None:
+    group = Recorder()
+    gate = WriterGate()
+    gate_task = asyncio.create_task(store.write(gate.unit))
+    await gate.wait_entered()
+    tasks = await enqueue(*(store._writer.call_grouped(group, i) for i in (1, 2, -3, 4)))
+    gate.release.set()
+    await gate_task
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert group.calls == [[1, 2, -3, 4]]
+    assert outcomes[:2] == [10, 20] and outcomes[3] == 40
+    assert isinstance(outcomes[2], Boom) and str(outcomes[2]) == "item -3"
+    assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1004
+
+
+async def test_a_group_that_raises_fails_its_items_and_nothing_else(
+        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    group = Recorder(fail_all=True)
+    gate = WriterGate()
+    gate_task = asyncio.create_task(store.write(gate.unit))
+    await gate.wait_entered()
+    tasks = await enqueue(insert(store, new_job(key="kept")),
+                          *(store._writer.call_grouped(group, i) for i in (1, 2)))
+    gate.release.set()
+    await gate_task
+    kept, *failed = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(kept, IdempotentResult)
+    assert all(isinstance(f, Boom) for f in failed)
+    assert job_ids(observer) == {kept.job_id}
+    assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
 
 
 # one failure fails alone ------------------------------------------------------------
@@ -140,7 +191,7 @@ async def test_a_failing_unit_is_rolled_back_alone(store: Store, new_job: NewJob
 
     committed = job_ids(observer)
     assert committed == {r.job_id for r in good if isinstance(r, IdempotentResult)}
-    assert observer.execute("SELECT count(*) FROM idempotency_keys WHERE key = 'doomed'"
+    assert observer.execute("SELECT count(*) FROM jobs WHERE idempotency_key = 'doomed'"
                             ).fetchone()[0] == 0
     assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
 

@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from jobd.api.views import created_body
 from jobd.clock import to_rfc3339
-from jobd.errors import IdempotencyConflict, InvalidState, NotFound
+from jobd.credentials import hash_api_key
+from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import ClaimedJob, IdempotentResult, Job, JobStatus, NewJob, NewTenant
 from jobd.store import deliveries as store_deliveries
 from jobd.store import jobs as store_jobs
@@ -89,17 +91,56 @@ def test_replay_returns_the_same_job_without_a_second_row(db: Database, submit: 
     assert again.body == first.body          # same createdAt, not the replay's time
     assert again.status == 201
     assert count(db, "jobs") == 1
-    assert count(db, "idempotency_keys") == 1
+    assert holder_of(db, "same") == first.job_id
 
 
-def test_lookup_idempotent_sees_the_stored_answer(db: Database, submit: Submit,
-                                                  new_job: NewJobFactory) -> None:
-    job = new_job(key="k")
-    first = submit(job, body_hash=b"h1")
-    found = db.read(store_jobs.lookup_idempotent, "acme", "k", b"h1", T0 + 1)
-    assert found == IdempotentResult(status=201, body=first.body, job_id=first.job_id,
-                                     replayed=True)
-    assert db.read(store_jobs.lookup_idempotent, "acme", "other", b"h1", T0 + 1) is None
+def holder_of(db: Database, key: str) -> str | None:
+    rows = db.read(lambda c: c.execute("SELECT id FROM jobs WHERE idempotency_key = ?",
+                                       (key,)).fetchall())
+    assert len(rows) <= 1
+    return rows[0][0] if rows else None
+
+
+def creation(job: NewJob, *, now: float = T0, body_hash: bytes = b"h",
+             api_key_hash: str | None = None) -> store_jobs.Creation:
+    return store_jobs.Creation(job, body_hash, now, api_key_hash)
+
+
+def insert_many(db: Database, items: list[store_jobs.Creation]) -> list[tuple[bool, Any]]:
+    return db.write(store_jobs.insert_jobs, items, idempotency_ttl_s=TTL_S,
+                    render=created_body)
+
+
+def test_insert_jobs_creates_a_batch_in_order(db: Database, new_job: NewJobFactory,
+                                              acme: NewTenant) -> None:
+    jobs = [new_job(key=f"b{i}") for i in range(20)]
+    outcomes = insert_many(db, [creation(j, api_key_hash=hash_api_key(acme.api_key)) for j in jobs])
+    assert all(ok and not r.replayed for ok, r in outcomes)
+    assert [holder_of(db, f"b{i}") for i in range(20)] == [r.job_id for _, r in outcomes]
+    prefixes = [r.job_id[:13] for _, r in outcomes]  # job_ + 9 characters of milliseconds
+    assert prefixes == sorted(prefixes)
+
+
+def test_insert_jobs_answers_each_item_on_its_own(db: Database, submit: Submit,
+                                                  new_job: NewJobFactory,
+                                                  acme: NewTenant) -> None:
+    earlier = submit(new_job(key="used"), body_hash=b"h")
+    outcomes = insert_many(db, [
+        creation(new_job(key="fresh")),
+        creation(new_job(key="used"), body_hash=b"h"),            # replay
+        creation(new_job(key="used"), body_hash=b"other"),        # 409
+        creation(new_job(key="twice")),
+        creation(new_job(key="twice")),                           # same key in one batch
+        creation(new_job(key="dead-key"), api_key_hash="not-the-key"),
+    ])
+    (ok0, fresh), (ok1, replay), (ok2, conflict), (ok3, twice), (ok4, again), (ok5, denied) = outcomes
+    assert ok0 and not fresh.replayed and holder_of(db, "fresh") == fresh.job_id
+    assert ok1 and replay.replayed and replay.job_id == earlier.job_id
+    assert not ok2 and isinstance(conflict, IdempotencyConflict)
+    assert ok3 and ok4 and again.replayed and again.job_id == twice.job_id
+    assert not ok5 and isinstance(denied, Unauthorized)
+    assert holder_of(db, "dead-key") is None
+    assert count(db, "jobs") == 3
 
 
 def test_same_key_different_body_conflicts(db: Database, submit: Submit,
@@ -120,7 +161,7 @@ def test_expired_key_creates_a_new_job(db: Database, submit: Submit,
     assert not later.replayed
     assert later.job_id != first.job_id
     assert count(db, "jobs") == 2
-    assert count(db, "idempotency_keys") == 1  # the expired entry was replaced
+    assert holder_of(db, "old") == later.job_id  # the old job let go of the expired key
     # ... and the new entry now answers for the key
     assert submit(job, now=T0 + TTL_S + 1).job_id == later.job_id
 

@@ -50,8 +50,30 @@ def test_fresh_file_migrates_to_the_latest_version(fresh: sqlite3.Connection) ->
     assert migrate(fresh) == len(migrations())
     assert user_version(fresh) == len(migrations())
     tables = {r[0] for r in fresh.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"tenants", "jobs", "idempotency_keys", "deliveries", "delivery_attempts"} <= tables
+    assert {"tenants", "jobs", "deliveries", "delivery_attempts"} <= tables
+    assert "idempotency_keys" not in tables  # since 0004 a key lives on its job
     assert not fresh.in_transaction
+
+
+def test_0004_moves_live_idempotency_keys_onto_their_jobs(fresh: sqlite3.Connection) -> None:
+    for number, _name, sql in migrations()[:3]:
+        fresh.executescript(sql)
+        fresh.execute(f"PRAGMA user_version = {number}")
+    fresh.execute("INSERT INTO tenants (id, api_key_hash, api_key_prefix, webhook_secret, rate, "
+                  "burst, created_at, updated_at) VALUES ('acme', 'h', 'p', 's', 1, 1, 0, 0)")
+    for job_id, key in (("job_live", "k1"), ("job_pruned_key", "k2"), ("job_reused", "k3"),
+                        ("job_new", "k3")):
+        fresh.execute("INSERT INTO jobs (id, tenant_id, type, payload, status, max_attempts, "
+                      "run_at, idempotency_key, created_at, updated_at) "
+                      "VALUES (?, 'acme', 'noop', '{}', 'queued', 1, 0, ?, 0, 0)", (job_id, key))
+    for job_id, key in (("job_live", "k1"), ("job_new", "k3")):
+        fresh.execute("INSERT INTO idempotency_keys VALUES ('acme', ?, ?, ?, 201, x'00', 9e9)",
+                      (key, f"hash-{key}".encode(), job_id))
+    assert migrate(fresh) == len(migrations())
+    rows = {r[0]: (r[1], r[2]) for r in fresh.execute(
+        "SELECT id, idempotency_key, body_hash FROM jobs")}
+    assert rows == {"job_live": ("k1", b"hash-k1"), "job_pruned_key": (None, None),
+                    "job_reused": (None, None), "job_new": ("k3", b"hash-k3")}
 
 
 def test_migrating_twice_is_a_no_op(fresh: sqlite3.Connection) -> None:
@@ -193,7 +215,7 @@ PARAMS: dict[str, Any] = {
     "job_get_for_tenant": ("job_x", "acme"),
     "tenant_by_key_hash": ("deadbeef",),
     "jobs_lease_expired": {"now": 1.0},
-    "idempotency_get": ("acme", "key-1"),
+    "job_holding_key": ("acme", "key-1"),
     "job_finish_running": {"id": "job_x", "status": "succeeded", "result": None, "error": None,
                            "now": 1.0, "attempt": 1, "owner": "w"},
     "tenants_with_waiting_jobs": (),
@@ -241,10 +263,11 @@ def test_jobs_lease_expired_uses_jobs_running(migrated: sqlite3.Connection) -> N
     assert not any(s.startswith("SCAN jobs") for s in steps), steps
 
 
-def test_idempotency_get_uses_the_primary_key(migrated: sqlite3.Connection) -> None:
-    steps = plan(migrated, "idempotency_get")
-    assert any("SEARCH idempotency_keys USING PRIMARY KEY (tenant_id=? AND key=?)" in s
-               for s in steps), steps
+def test_the_holder_of_a_key_is_found_through_its_unique_index(
+        migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "job_holding_key")
+    assert any("SEARCH jobs USING INDEX jobs_idempotency (tenant_id=? AND idempotency_key=?)"
+               in s for s in steps), steps
 
 
 def test_tenants_with_waiting_jobs_seeks_the_due_index(migrated: sqlite3.Connection) -> None:
