@@ -75,7 +75,7 @@ async def serve(config: Config, *, clock: Clock | None = None,
 
     ctx = ApiContext(config=config, store=store, registry=registry, clock=clock,
                      on_job_created=job_created, on_cancel_requested=pool.cancel,
-                     on_rate_limited=lambda tenant: metrics.rate_limited.labels(tenant).inc())
+                     on_rate_limited=metrics.request_rate_limited)
     app = create_app(ctx, extra_routes=[web.get("/metrics", metrics_handler(store, metrics),
                                                 allow_head=False)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -1,0 +1,76 @@
+"""Metrics kept as plain counts and rendered as Prometheus text at scrape time."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobd.models import ClaimedJob, JobStatus
+from jobd.runtime.execution import Failed, Succeeded, TimedOut
+from jobd.runtime.metrics import Metrics
+
+
+def samples(metrics: Metrics, counts: dict[str, object] | None = None) -> dict[tuple, float]:
+    text = metrics.render(counts or {}).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def claimed(job_type: str = "noop", *, due_at: float = 100.0) -> ClaimedJob:
+    return ClaimedJob(id="job_x", tenant_id="acme", type=job_type, payload="{}", attempt=1,
+                      max_attempts=3, timeout_seconds=None, webhook_url=None, due_at=due_at,
+                      claimed_at=due_at + 0.02)
+
+
+def test_attempts_failures_and_final_statuses_are_counted() -> None:
+    m = Metrics()
+    m.attempt_recorded(claimed(), Succeeded("{}"), JobStatus.SUCCEEDED, 0.003)
+    m.attempt_recorded(claimed(), Failed("boom"), JobStatus.RETRY, 0.2)
+    m.attempt_recorded(claimed(), TimedOut("slow"), JobStatus.FATAL, 2.0)
+    m.attempt_recorded(claimed("email"), Failed("no", permanent=True), JobStatus.FATAL, 0.01)
+    s = samples(m)
+    assert s[("jobd_job_attempts_total", (("type", "noop"),))] == 3
+    assert s[("jobd_job_failures_total", (("reason", "error"), ("type", "noop")))] == 1
+    assert s[("jobd_job_failures_total", (("reason", "timeout"), ("type", "noop")))] == 1
+    assert s[("jobd_job_failures_total", (("reason", "permanent"), ("type", "email")))] == 1
+    finished = {k[1]: v for k, v in s.items() if k[0] == "jobd_jobs_finished_total"}
+    assert finished == {
+        (("status", "succeeded"), ("tenant", "acme"), ("type", "noop")): 1,
+        (("status", "fatal"), ("tenant", "acme"), ("type", "noop")): 1,
+        (("status", "fatal"), ("tenant", "acme"), ("type", "email")): 1,
+    }  # a retry is not final
+
+
+def test_histogram_buckets_are_cumulative_upper_bounds() -> None:
+    m = Metrics()
+    for seconds in (0.001, 0.003, 0.2, 400.0):
+        m.attempt_recorded(claimed(), Succeeded("{}"), JobStatus.SUCCEEDED, seconds)
+    s = samples(m)
+
+    def bucket(le: str) -> float:
+        return s[("jobd_job_duration_seconds_bucket", (("le", le), ("type", "noop")))]
+    assert bucket("0.001") == 1          # le is inclusive
+    assert bucket("0.005") == 2
+    assert bucket("0.1") == 2
+    assert bucket("0.5") == 3
+    assert bucket("300.0") == 3
+    assert bucket("+Inf") == 4
+    assert s[("jobd_job_duration_seconds_count", (("type", "noop"),))] == 4
+    assert abs(s[("jobd_job_duration_seconds_sum", (("type", "noop"),))] - 400.204) < 1e-9
+    assert s[("jobd_job_queue_wait_seconds_count", (("type", "noop"),))] == 4
+
+
+def test_api_webhook_and_store_figures() -> None:
+    m = Metrics()
+    m.job_created("acme", "noop")
+    m.job_created("acme", "noop")
+    m.request_rate_limited("acme")
+    m.delivery_attempted("succeeded", 0.02)
+    m.delivery_attempted("failed", 0.5)
+    s = samples(m, {"jobs": {"queued": 3, "running": 1}, "dlq": 2})
+    assert s[("jobd_jobs_created_total", (("tenant", "acme"), ("type", "noop")))] == 2
+    assert s[("jobd_rate_limited_requests_total", (("tenant", "acme"),))] == 1
+    assert s[("jobd_webhook_deliveries_total", (("outcome", "failed"),))] == 1
+    assert s[("jobd_webhook_delivery_duration_seconds_count", ())] == 2
+    assert s[("jobd_jobs", (("status", "queued"),))] == 3
+    assert s[("jobd_jobs", (("status", "fatal"),))] == 0
+    assert s[("jobd_dlq_size", ())] == 2
