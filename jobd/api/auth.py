@@ -19,7 +19,7 @@ from jobd.models import Tenant
 from jobd.store.store import Store
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Caller:
     tenant: Tenant
     key_hash: str

@@ -91,7 +91,7 @@ def describe_status(status: int, excerpt: bytes) -> str:
 
 # one attempt ---------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptResult:
     status_code: int | None
     error: str | None  # None: delivered

@@ -40,7 +40,7 @@ def attempts_of_delivery(conn: sqlite3.Connection, delivery_id: str) -> list[Del
 
 # dispatcher --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedDelivery:
     """A delivery the dispatcher now holds (``sending``): what it needs to sign and send it.
 

@@ -16,7 +16,7 @@ from jobd.store.writer import Outcome, in_savepoint
 RenderCreated = Callable[[str, float], bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Creation:
     """One ``POST /jobs`` waiting for the writer. With ``api_key_hash`` the key is
     checked again inside the transaction, so a key rotated or a tenant disabled a

@@ -17,7 +17,7 @@ from jobd.store.outbox import enqueue_delivery
 from jobd.store.queries import Q
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimRound:
     jobs: list[ClaimedJob]
     last_tenant: str | None  # where the next round's rotation starts after
@@ -50,12 +50,9 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
     chosen = [row for rank in zip_longest(*per_tenant) for row in rank if row is not None][:limit]
     expires = now + lease_s
     conn.executemany(Q["job_mark_running"],
-                     [(owner, expires, now, now, row["seq"]) for row in chosen])
-    jobs = [ClaimedJob(id=r["id"], tenant_id=r["tenant_id"], type=r["type"],
-                       payload=r["payload"], attempt=r["attempts"] + 1,
-                       max_attempts=r["max_attempts"], timeout_seconds=r["timeout_seconds"],
-                       due_at=r["next_run_at"], claimed_at=now, webhook_url=r["webhook_url"])
-            for r in chosen]
+                     [(owner, expires, now, now, row[0]) for row in chosen])
+    jobs = [ClaimedJob(r[1], r[2], r[3], r[4], r[5] + 1, r[6], r[7], r[8], now, r[9])
+            for r in chosen]  # by position (see due_jobs_of_tenant): faster than by name
     return ClaimRound(jobs, last_tenant)
 
 
@@ -78,7 +75,7 @@ def finish_job(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, status:
     return bool(rows)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     job: ClaimedJob
     status: JobStatus
