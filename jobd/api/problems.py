@@ -13,6 +13,8 @@ from jobd.errors import JobdError, RateLimited, Unauthorized
 log = logging.getLogger("jobd.api")
 
 PROBLEM_TYPE_BASE = "https://jobd.dev/problems/"
+# RateLimit-* headers of this request, for an error response raised after the bucket was
+# taken (a successful POST /jobs puts them in its own response)
 RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers", dict)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -58,6 +60,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = problem_response(500, "internal_error", "Internal error",
                                     "the server failed to handle this request; see its log")
+    else:
+        return response  # a handler's own answer carries its own headers
     rate_headers = request.get(RATE_HEADERS)
     if rate_headers:
         response.headers.update(rate_headers)

@@ -39,7 +39,7 @@ async def create_job(request: web.Request) -> web.Response:
     tenant = caller.tenant
     now = ctx.clock.now()
     decision = ctx.limiter.take(tenant.id, tenant.rate, tenant.burst, now)
-    request[RATE_HEADERS] = decision.headers()
+    headers = request[RATE_HEADERS] = decision.headers()  # errors get them from the middleware
     if not decision.allowed:
         ctx.on_rate_limited(tenant.id)
         raise RateLimited(f"rate limit of {tenant.rate:g}/s (burst {tenant.burst}) exceeded",
@@ -56,10 +56,11 @@ async def create_job(request: web.Request) -> web.Response:
         render=created_body, api_key_hash=caller.key_hash)
     if not result.replayed:
         ctx.on_job_created(job)
-    headers = {"Location": f"/jobs/{result.job_id}"}
+    headers["Content-Type"] = JSON
+    headers["Location"] = f"/jobs/{result.job_id}"
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return _json(result.status, result.body, headers)
+    return web.Response(status=result.status, body=result.body, headers=headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
