@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 import secrets
@@ -34,10 +35,6 @@ class _RandomPool:
 _pool = _RandomPool()
 
 
-def _token(nbytes: int) -> str:
-    return base64.b32encode(_pool.take(nbytes)).decode("ascii").lower().rstrip("=")
-
-
 def new_api_key() -> str:
     """256 random bits behind a recognisable prefix."""
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
@@ -58,21 +55,28 @@ def new_webhook_secret() -> str:
     return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
+# base64 with its 64 symbols re-assigned in ASCII order, so that text order is value order
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_SORTABLE = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+_TO_SORTABLE = bytes.maketrans(_B64, _SORTABLE)
+
+
 def _ordered_token() -> str:
-    """48 bits of milliseconds then 80 random bits, in base32hex (whose alphabet sorts
-    like its values), so ids made later sort later. New rows then land at the right
-    edge of the id index instead of at random pages: measured, that halves the cost
-    of inserting a job. 80 random bits per millisecond keep ids unguessable."""
-    millis = int(time.time() * 1000) & 0xFFFF_FFFF_FFFF
-    raw = millis.to_bytes(6, "big") + _pool.take(10)
-    return base64.b32hexencode(raw).decode("ascii").lower().rstrip("=")
+    """42 bits of milliseconds (until 2109) then 86 random bits, as 22 URL-safe
+    characters whose text order is their value order, so ids made later sort later.
+    New rows then land at the right edge of the id index instead of at random pages:
+    measured, that halves the cost of inserting a job. 86 random bits per millisecond
+    keep ids unguessable. (The stdlib's base32 is pure Python and cost ~3 us an id.)"""
+    millis = int(time.time() * 1000) & (1 << 42) - 1
+    raw = ((millis << 86) | (int.from_bytes(_pool.take(11), "big") >> 2)).to_bytes(16, "big")
+    return binascii.b2a_base64(raw, newline=False)[:22].translate(_TO_SORTABLE).decode("ascii")
 
 
 def new_job_id() -> str:
-    """``job_`` + 26 characters: creation time (ms) and 80 random bits."""
+    """``job_`` + 22 characters: creation time (ms) and 86 random bits."""
     return "job_" + _ordered_token()
 
 
 def new_delivery_id() -> str:
-    """``msg_`` + 26 characters, ordered like job ids."""
+    """``msg_`` + 22 characters, ordered like job ids."""
     return "msg_" + _ordered_token()

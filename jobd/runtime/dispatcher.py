@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -98,6 +99,11 @@ class AttemptResult:
     duration_ms: float
 
 
+@functools.lru_cache(maxsize=8)
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total_s)
+
+
 async def send(session: aiohttp.ClientSession, delivery: ClaimedDelivery, *, timestamp: int,
                timeout_s: float, allow_private: bool) -> AttemptResult:
     """POST one delivery; never raises for a failed attempt."""
@@ -113,7 +119,7 @@ async def send(session: aiohttp.ClientSession, delivery: ClaimedDelivery, *, tim
         async with session.post(delivery.url, data=delivery.body,
                                 headers=request_headers(delivery, delivery.secret, timestamp),
                                 allow_redirects=False, raise_for_status=False,
-                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                                timeout=_timeout(timeout_s)) as resp:
             status = resp.status
             excerpt = await netguard.read_capped(resp, MAX_READ_BYTES)
     except Exception as exc:  # any failure to get an answer is a failed attempt
