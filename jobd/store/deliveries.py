@@ -15,6 +15,7 @@ import orjson
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
 from jobd.store.queries import Q
+from jobd.store.writer import Outcome, in_savepoint
 
 
 def row_to_delivery(row: Any) -> Delivery:
@@ -113,6 +114,42 @@ def record_delivery_attempt(conn: sqlite3.Connection, delivery: ClaimedDelivery,
     else:
         query, status = Q["delivery_dead_letter"], DeliveryStatus.DEAD
     return status if conn.execute(query, params).rowcount == 1 else None
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """The arguments of :func:`record_delivery_attempt`, for a group of them."""
+
+    delivery: ClaimedDelivery
+    now: float
+    attempted_at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    retry_at: float | None
+
+
+def record_delivery_attempts(conn: sqlite3.Connection,
+                             items: list[AttemptRecord]) -> list[Outcome]:
+    """:func:`record_delivery_attempt` for many deliveries, one outcome each. When all
+    of them were delivered and still hold their claims (the common case), that is two
+    ``executemany``; otherwise each is recorded on its own."""
+    if all(i.error is None for i in items):
+        conn.execute("SAVEPOINT record_attempts")
+        conn.executemany(Q["delivery_attempt_insert"], [
+            {"id": i.delivery.id, "attempted_at": i.attempted_at, "status_code": i.status_code,
+             "error": None, "duration_ms": i.duration_ms} for i in items])
+        updated = conn.executemany(Q["delivery_succeeded"], [
+            {"id": i.delivery.id, "now": i.now, "status_code": i.status_code, "error": None,
+             "lease_expires_at": i.delivery.lease_expires_at} for i in items]).rowcount
+        if updated == len(items):
+            conn.execute("RELEASE record_attempts")
+            return [(True, DeliveryStatus.SUCCEEDED)] * len(items)
+        conn.execute("ROLLBACK TO record_attempts")
+        conn.execute("RELEASE record_attempts")
+    return [in_savepoint(conn, record_delivery_attempt, i.delivery, now=i.now,
+                         attempted_at=i.attempted_at, status_code=i.status_code, error=i.error,
+                         duration_ms=i.duration_ms, retry_at=i.retry_at) for i in items]
 
 
 # dead-letter queue ---------------------------------------------------------------------

@@ -13,8 +13,9 @@ from itertools import zip_longest
 import orjson
 
 from jobd.models import ClaimedJob, JobStatus
-from jobd.store.outbox import enqueue_delivery
+from jobd.store.outbox import delivery_row, enqueue_delivery
 from jobd.store.queries import Q
+from jobd.webhook_body import build_body
 
 
 @dataclass(slots=True)
@@ -85,17 +86,30 @@ class Finish:
 
 
 def finish_jobs(conn: sqlite3.Connection, items: list[Finish], *, owner: str) -> int:
-    """:func:`finish_job` for many jobs in one go; jobs without a webhook share one
-    ``executemany``. Returns how many were finished (fenced-out ones are not)."""
-    quiet = [{"id": f.job.id, "attempt": f.job.attempt, "owner": owner, "status": f.status.value,
-              "now": f.now, "error": f.error, "result": f.result_json}
-             for f in items if f.job.webhook_url is None]
-    done = conn.executemany(Q["job_finish_running_quiet"], quiet).rowcount if quiet else 0
-    for f in items:
-        if f.job.webhook_url is not None:
-            done += finish_job(conn, f.job, owner=owner, status=f.status, now=f.now,
-                               result_json=f.result_json, error=f.error)
-    return done
+    """:func:`finish_job` for many jobs in one go: one ``executemany`` for the jobs and
+    one for their webhooks. If any job was fenced out (its claim is no longer current),
+    that is undone and each goes through :func:`finish_job`, which skips it.
+    Returns how many were finished."""
+    conn.execute("SAVEPOINT finish_jobs")
+    done = conn.executemany(Q["job_finish_running_quiet"], [
+        {"id": f.job.id, "attempt": f.job.attempt, "owner": owner, "status": f.status.value,
+         "now": f.now, "error": f.error, "result": f.result_json} for f in items]).rowcount
+    if done == len(items):
+        hooks = [f for f in items if f.job.webhook_url is not None]
+        if hooks:
+            conn.executemany(Q["delivery_insert"], [delivery_row(
+                job_id=f.job.id, tenant_id=f.job.tenant_id, url=f.job.webhook_url, now=f.now,
+                body=build_body(job_id=f.job.id, job_type=f.job.type, status=f.status.value,
+                                attempts=f.job.attempt, payload_json=f.job.payload,
+                                completed_at=f.now, result_json=f.result_json,
+                                error=f.error if f.status is not JobStatus.SUCCEEDED else None),
+            ) for f in hooks if f.job.webhook_url is not None])
+        conn.execute("RELEASE finish_jobs")
+        return done
+    conn.execute("ROLLBACK TO finish_jobs")
+    conn.execute("RELEASE finish_jobs")
+    return sum(finish_job(conn, f.job, owner=owner, status=f.status, now=f.now,
+                          result_json=f.result_json, error=f.error) for f in items)
 
 
 def schedule_retry(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, now: float,

@@ -178,9 +178,11 @@ class Store:
                                       attempted_at: float, status_code: int | None,
                                       error: str | None, duration_ms: float,
                                       retry_at: float | None) -> DeliveryStatus | None:
-        return await self.write(deliveries.record_delivery_attempt, delivery, now=now,
-                                attempted_at=attempted_at, status_code=status_code, error=error,
-                                duration_ms=duration_ms, retry_at=retry_at)
+        """The attempts recorded in one writer batch share two ``executemany``."""
+        status: DeliveryStatus | None = await self._writer.call_grouped(
+            deliveries.record_delivery_attempts, deliveries.AttemptRecord(
+                delivery, now, attempted_at, status_code, error, duration_ms, retry_at))
+        return status
 
     async def redeliver_dead(self, delivery_ids: list[str], *, now: float) -> list[str]:
         return await self.write(deliveries.redeliver_dead, delivery_ids, now=now)

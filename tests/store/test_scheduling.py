@@ -443,6 +443,51 @@ def test_success_writes_exactly_one_delivery(db: Database, submit: Submit) -> No
     assert len(deliveries(db, job_id)) == 1
 
 
+def _finish_each(db: Database, jobs: list[ClaimedJob], *, now: float) -> None:
+    for job in jobs:
+        db.write(scheduling.finish_job, job, owner="w1", status=JobStatus.SUCCEEDED, now=now,
+                 result_json='{"ok": true}')
+
+
+def _finish_many(db: Database, jobs: list[ClaimedJob], *, now: float,
+                 statuses: list[JobStatus] | None = None) -> int:
+    statuses = statuses or [JobStatus.SUCCEEDED] * len(jobs)
+    return db.write(scheduling.finish_jobs, [
+        scheduling.Finish(job, status, now, '{"ok": true}' if status is JobStatus.SUCCEEDED
+                          else None, None if status is JobStatus.SUCCEEDED else "boom")
+        for job, status in zip(jobs, statuses, strict=True)], owner="w1")
+
+
+def test_finishing_many_writes_what_finishing_each_writes(db: Database, submit: Submit) -> None:
+    """The batched path (one executemany for jobs, one for webhooks) and the one-by-one
+    path leave the same rows behind, webhook bodies included."""
+    def run(finish: Callable[..., Any]) -> list[tuple[Any, ...]]:
+        ids = [submit(webhook_url=HOOK if i % 2 else None, payload=f'{{"n": {i}}}').job_id
+               for i in range(6)]
+        finish(db, claim(db, now=T0).jobs, now=T0 + 5)
+        return [(get(db, i).status, get(db, i).result, get(db, i).completed_at,
+                 [orjson.loads(d.body) | {"jobId": "-"} for d in deliveries(db, i)]) for i in ids]
+
+    one_by_one = run(_finish_each)
+    batched = run(_finish_many)
+    assert batched == one_by_one
+    assert sum(len(r[3]) for r in batched) == 3
+
+
+def test_finishing_many_with_one_fenced_out_finishes_the_others(db: Database,
+                                                               submit: Submit) -> None:
+    ids = [submit(webhook_url=HOOK).job_id for _ in range(4)]
+    jobs = claim(db, now=T0).jobs
+    _finish_each(db, jobs[1:2], now=T0 + 1)              # finished already: fenced out below
+    assert _finish_many(db, jobs, now=T0 + 2,
+                        statuses=[JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FATAL,
+                                  JobStatus.SUCCEEDED]) == 3
+    assert [len(deliveries(db, i)) for i in ids] == [1, 1, 1, 1]   # no second webhook
+    assert get(db, ids[1]).completed_at == T0 + 1
+    assert get(db, ids[2]).status is JobStatus.FATAL
+    assert orjson.loads(deliveries(db, ids[2])[0].body)["error"] == "boom"
+
+
 def test_fatal_delivery_carries_the_error(db: Database, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK).job_id
     claimed = claim_one(db, now=T0)
