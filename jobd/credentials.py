@@ -7,32 +7,10 @@ import binascii
 import hashlib
 import os
 import secrets
-import threading
 import time
 
 API_KEY_PREFIX = "jobd_sk_"
 WEBHOOK_SECRET_PREFIX = "whsec_"
-
-
-class _RandomPool:
-    """Cryptographic random bytes drawn from the OS 4 KiB at a time (one syscall, not one per id)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._buf = b""
-        self._pos = 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bytes:
-        with self._lock:
-            if self._pos + n > len(self._buf):
-                self._buf, self._pos = os.urandom(self._size), 0
-            chunk = self._buf[self._pos:self._pos + n]
-            self._pos += n
-            return chunk
-
-
-_pool = _RandomPool()
 
 
 def new_api_key() -> str:
@@ -62,18 +40,18 @@ _TO_SORTABLE = bytes.maketrans(_B64, _SORTABLE)
 
 
 def _ordered_token() -> str:
-    """42 bits of milliseconds (until 2109) then 86 random bits, as 22 URL-safe
+    """42 bits of milliseconds (until 2109) then 80 random bits, as 22 URL-safe
     characters whose text order is their value order, so ids made later sort later.
     New rows then land at the right edge of the id index instead of at random pages:
-    measured, that halves the cost of inserting a job. 86 random bits per millisecond
+    measured, that halves the cost of inserting a job. 80 random bits per millisecond
     keep ids unguessable. (The stdlib's base32 is pure Python and cost ~3 us an id.)"""
-    millis = int(time.time() * 1000) & (1 << 42) - 1
-    raw = ((millis << 86) | (int.from_bytes(_pool.take(11), "big") >> 2)).to_bytes(16, "big")
+    millis = (time.time_ns() // 1_000_000 << 6) & 0xFFFF_FFFF_FFC0  # 42 bits, top of 48
+    raw = millis.to_bytes(6, "big") + os.urandom(10)
     return binascii.b2a_base64(raw, newline=False)[:22].translate(_TO_SORTABLE).decode("ascii")
 
 
 def new_job_id() -> str:
-    """``job_`` + 22 characters: creation time (ms) and 86 random bits."""
+    """``job_`` + 22 characters: creation time (ms) and 80 random bits."""
     return "job_" + _ordered_token()
 
 
