@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HERE, daemon, free_port, percentile, seed_jobs, wait_until, wrk
+from harness import HERE, cpu_seconds, daemon, free_port, percentile, seed_jobs, wait_until, wrk
 
 Row = tuple[str, str, str]
 
@@ -57,18 +57,26 @@ def bench_create(seconds: int, *, run_at: str = "") -> dict[str, float]:
         d.start()
         env = {"JOBD_API_KEY": tenant["apiKey"], "JOBD_TENANT": tenant["tenantId"],
                "JOBD_RUN_AT": run_at}
+        assert d.proc is not None
+        cpu0 = cpu_seconds(d.proc.pid)
         jobd = wrk(d.base + "/jobs", script="post_jobs.lua", env=env, seconds=seconds)
+        jobd_cpu = cpu_seconds(d.proc.pid) - cpu0
         created = d.query("SELECT count(*) FROM jobs")[0][0]
     hello_proc, port = background("hello.py")
     try:
+        cpu0 = cpu_seconds(hello_proc.pid)
         hello = wrk(f"http://127.0.0.1:{port}/jobs", script="post_jobs.lua",
                     env={"JOBD_API_KEY": "x", "JOBD_TENANT": "bench"}, seconds=seconds)
+        hello_cpu = cpu_seconds(hello_proc.pid) - cpu0
     finally:
         hello_proc.terminate()
         hello_proc.wait()
     return {"rps": jobd["rps"], "p50_ms": jobd["p50_ms"], "p99_ms": jobd["p99_ms"],
             "non2xx": jobd["non2xx"], "hello_rps": hello["rps"], "ratio": jobd["rps"] / hello["rps"],
-            "rows": created}
+            "rows": created,
+            # CPU time per request (all threads): steadier than req/s on a noisy VM
+            "cpu_us_per_req": jobd_cpu / (jobd["rps"] * seconds) * 1e6,
+            "hello_cpu_us_per_req": hello_cpu / (hello["rps"] * seconds) * 1e6}
 
 
 def submit(base: str, total: int, *, env: dict[str, str], done: Callable[[], bool]) -> None:
