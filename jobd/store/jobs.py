@@ -10,7 +10,7 @@ from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, row_to_job
 from jobd.store.outbox import enqueue_delivery
-from jobd.store.queries import Q
+from jobd.store.queries import Q, run_rows
 from jobd.store.writer import Outcome, in_savepoint
 
 RenderCreated = Callable[[str, float], bytes]
@@ -32,7 +32,7 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
                 render: RenderCreated) -> list[Outcome]:
     """Create many jobs, one outcome per item (a result, or the error for that item).
 
-    The common case (live keys, no Idempotency-Key seen before) is one ``executemany``.
+    The common case (live keys, no Idempotency-Key seen before) is one multi-row INSERT.
     If any row was not inserted (a key in use, the same key twice in the batch) or
     failed, that attempt is undone and every item goes through :func:`insert_job`
     on its own, in its own savepoint."""
@@ -43,9 +43,9 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
     ids = [new_job_id() for _ in items]
     conn.execute("SAVEPOINT insert_jobs")
     try:
-        inserted = conn.executemany(Q["job_insert"], [
+        inserted = run_rows(conn, "job_insert", [
             _row(job_id, c.job, c.body_hash, c.now) for job_id, c in zip(ids, items, strict=True)
-        ]).rowcount
+        ])
     except sqlite3.IntegrityError:
         inserted = -1
     if inserted != len(items):

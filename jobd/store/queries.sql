@@ -69,18 +69,23 @@ SELECT t.id, t.max_concurrency,
        (SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.tenant_id = t.id) AS running
 FROM tenants t WHERE t.max_concurrency IS NOT NULL;
 
--- name: due_jobs_of_tenant
-SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds, next_run_at,
-       webhook_url
-FROM jobs
-WHERE tenant_id = ? AND status IN ('queued', 'retry') AND next_run_at <= ?
-ORDER BY priority DESC, next_run_at
-LIMIT ?;
+-- A tenant's due jobs, best first, packed into one JSON array: one row, so the writer
+-- steps it once (see jobd.store.queries.run_rows); the rows keep the inner order.
+-- name: due_jobs_of_tenant_packed
+SELECT json_group_array(json_array(seq, id, tenant_id, type, payload, attempts, max_attempts,
+                                   timeout_seconds, next_run_at, webhook_url))
+FROM (SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds,
+             next_run_at, webhook_url
+      FROM jobs
+      WHERE tenant_id = ? AND status IN ('queued', 'retry') AND next_run_at <= ?
+      ORDER BY priority DESC, next_run_at
+      LIMIT ?);
 
--- name: job_mark_running
+-- name: jobs_mark_running
 UPDATE jobs SET status = 'running', attempts = attempts + 1, next_run_at = NULL,
-                lease_owner = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
-WHERE seq = ?;
+                lease_owner = :owner, lease_expires_at = :expires, started_at = :now,
+                updated_at = :now
+WHERE seq IN (SELECT value FROM json_each(:seqs));
 
 -- Fenced: only the current attempt of a running job held by this owner.
 -- name: job_finish_running
@@ -94,15 +99,19 @@ WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = 
 RETURNING id, tenant_id, type, payload, status, attempts, webhook_url, result, last_error,
           completed_at;
 
--- The same for many jobs without a webhook at once (executemany, nothing returned).
--- name: job_finish_running_quiet
-UPDATE jobs SET status = :status, result = :result, last_error = :error,
-                errors = CASE WHEN :error IS NULL THEN errors ELSE json_insert(
-                    coalesce(errors, '[]'), '$[#]',
-                    json_object('attempt', attempts, 'at', :now, 'error', :error)) END,
-                completed_at = :now, next_run_at = NULL, lease_owner = NULL,
-                lease_expires_at = NULL, updated_at = :now
-WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner;
+-- The same for many jobs at once: one VALUES row (id, status, result, error, now, attempt)
+-- per job, repeated by jobd.store.queries.run_rows; the last parameter is the owner.
+-- name: jobs_finish_running_many
+UPDATE jobs SET status = v.column2, result = v.column3, last_error = v.column4,
+                errors = CASE WHEN v.column4 IS NULL THEN jobs.errors ELSE json_insert(
+                    coalesce(jobs.errors, '[]'), '$[#]',
+                    json_object('attempt', jobs.attempts, 'at', v.column5, 'error', v.column4))
+                    END,
+                completed_at = v.column5, next_run_at = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, updated_at = v.column5
+FROM (VALUES (?, ?, ?, ?, ?, ?)) AS v
+WHERE jobs.id = v.column1 AND jobs.status = 'running' AND jobs.attempts = v.column6
+  AND jobs.lease_owner = ?;
 
 -- name: job_retry_running
 UPDATE jobs SET status = 'retry', next_run_at = :next_run_at, last_error = :error,

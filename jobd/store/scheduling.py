@@ -14,7 +14,7 @@ import orjson
 
 from jobd.models import ClaimedJob, JobStatus
 from jobd.store.outbox import delivery_row, enqueue_delivery
-from jobd.store.queries import Q
+from jobd.store.queries import Q, run_rows
 from jobd.webhook_body import build_body
 
 
@@ -44,16 +44,17 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
             break
         last_tenant = tenant_id
         allowance = min(limit, room.get(tenant_id, limit))
-        rows = conn.execute(Q["due_jobs_of_tenant"], (tenant_id, now, allowance)).fetchall() \
-            if allowance > 0 else []
+        rows = orjson.loads(conn.execute(Q["due_jobs_of_tenant_packed"], (
+            tenant_id, now, allowance)).fetchone()[0]) if allowance > 0 else []
         if rows:  # tenants with nothing due or no room do not use up the round
             per_tenant.append(rows)
     chosen = [row for rank in zip_longest(*per_tenant) for row in rank if row is not None][:limit]
     expires = now + lease_s
-    conn.executemany(Q["job_mark_running"],
-                     [(owner, expires, now, now, row[0]) for row in chosen])
+    if chosen:
+        conn.execute(Q["jobs_mark_running"], {"owner": owner, "expires": expires, "now": now,
+                                              "seqs": orjson.dumps([r[0] for r in chosen])})
     jobs = [ClaimedJob(r[1], r[2], r[3], r[4], r[5] + 1, r[6], r[7], r[8], now, r[9])
-            for r in chosen]  # by position (see due_jobs_of_tenant): faster than by name
+            for r in chosen]  # by position, as due_jobs_of_tenant_packed lists them
     return ClaimRound(jobs, last_tenant)
 
 
@@ -86,18 +87,18 @@ class Finish:
 
 
 def finish_jobs(conn: sqlite3.Connection, items: list[Finish], *, owner: str) -> int:
-    """:func:`finish_job` for many jobs in one go: one ``executemany`` for the jobs and
-    one for their webhooks. If any job was fenced out (its claim is no longer current),
+    """:func:`finish_job` for many jobs in one go: one statement for the jobs and one
+    for their webhooks. If any job was fenced out (its claim is no longer current),
     that is undone and each goes through :func:`finish_job`, which skips it.
     Returns how many were finished."""
     conn.execute("SAVEPOINT finish_jobs")
-    done = conn.executemany(Q["job_finish_running_quiet"], [
-        {"id": f.job.id, "attempt": f.job.attempt, "owner": owner, "status": f.status.value,
-         "now": f.now, "error": f.error, "result": f.result_json} for f in items]).rowcount
+    done = run_rows(conn, "jobs_finish_running_many", [
+        (f.job.id, f.status.value, f.result_json, f.error, f.now, f.job.attempt) for f in items
+    ], owner)
     if done == len(items):
         hooks = [f for f in items if f.job.webhook_url is not None]
         if hooks:
-            conn.executemany(Q["delivery_insert"], [delivery_row(
+            run_rows(conn, "delivery_insert", [delivery_row(
                 job_id=f.job.id, tenant_id=f.job.tenant_id, url=f.job.webhook_url, now=f.now,
                 body=build_body(job_id=f.job.id, job_type=f.job.type, status=f.status.value,
                                 attempts=f.job.attempt, payload_json=f.job.payload,

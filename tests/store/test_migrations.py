@@ -12,7 +12,7 @@ import pytest
 
 from jobd.store.connection import connect, migrate, migrations
 from jobd.store.database import Database
-from jobd.store.queries import Q
+from jobd.store.queries import Q, _multi_row
 from jobd.store.store import Store
 from tests.conftest import make_config
 
@@ -210,7 +210,7 @@ def test_busy_timeout_follows_config(tmp_path: Path) -> None:
 # query plans ------------------------------------------------------------------------
 
 PARAMS: dict[str, Any] = {
-    "due_jobs_of_tenant": ("acme", 1.0, 10),
+    "due_jobs_of_tenant_packed": ("acme", 1.0, 10),
     "job_get": ("job_x",),
     "job_get_for_tenant": ("job_x", "acme"),
     "tenant_by_key_hash": ("deadbeef",),
@@ -237,7 +237,7 @@ def migrated(fresh: sqlite3.Connection) -> sqlite3.Connection:
 
 
 def test_due_jobs_of_tenant_uses_jobs_due(migrated: sqlite3.Connection) -> None:
-    steps = plan(migrated, "due_jobs_of_tenant")
+    steps = plan(migrated, "due_jobs_of_tenant_packed")
     assert any("USING INDEX jobs_due" in s and "tenant_id=?" in s for s in steps), steps
     assert not any(s.startswith("SCAN jobs") for s in steps), steps
     assert not any("TEMP B-TREE" in s for s in steps), steps  # ORDER BY comes from the index
@@ -248,6 +248,17 @@ def test_job_get_uses_the_unique_id_index(migrated: sqlite3.Connection) -> None:
         steps = plan(migrated, name)
         assert any("SEARCH jobs USING INDEX sqlite_autoindex_jobs_" in s and "(id=?)" in s
                    for s in steps), (name, steps)
+
+
+def test_batched_finish_and_mark_seek_each_job(migrated: sqlite3.Connection) -> None:
+    finish = migrated.execute("EXPLAIN QUERY PLAN " + _multi_row("jobs_finish_running_many", 3),
+                              ["job_x", "succeeded", None, None, 1.0, 1] * 3 + ["w"]).fetchall()
+    assert any("SEARCH jobs USING INDEX sqlite_autoindex_jobs_" in r[3] and "(id=?)" in r[3]
+               for r in finish), finish
+    assert not any(r[3].startswith("SCAN jobs") for r in finish), finish
+    mark = migrated.execute("EXPLAIN QUERY PLAN " + Q["jobs_mark_running"], {
+        "owner": "w", "expires": 1.0, "now": 1.0, "seqs": "[1, 2]"}).fetchall()
+    assert any("SEARCH jobs USING INTEGER PRIMARY KEY" in r[3] for r in mark), mark
 
 
 def test_tenant_by_key_hash_uses_an_index(migrated: sqlite3.Connection) -> None:
