@@ -14,7 +14,7 @@ import orjson
 
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
-from jobd.store.queries import Q
+from jobd.store.queries import Q, run_rows
 from jobd.store.writer import Outcome, in_savepoint
 
 
@@ -64,13 +64,16 @@ def claim_due_deliveries(conn: sqlite3.Connection, *, now: float, limit: int,
     """Move up to ``limit`` due ``pending`` deliveries to ``sending``, earliest due first."""
     if limit <= 0:
         return []
-    rows = conn.execute(Q["deliveries_due"], {"now": now, "limit": limit}).fetchall()
+    rows = orjson.loads(conn.execute(Q["deliveries_due_packed"],
+                                     {"now": now, "limit": limit}).fetchone()[0])
+    if not rows:
+        return []
     expires = now + lease_s
-    conn.executemany(Q["delivery_mark_sending"],
-                     [{"seq": r["seq"], "lease_expires_at": expires, "now": now} for r in rows])
-    return [ClaimedDelivery(id=r["id"], job_id=r["job_id"], tenant_id=r["tenant_id"], url=r["url"],
-                            body=bytes(r["body"]), secret=r["webhook_secret"],
-                            attempts=r["attempts"], lease_expires_at=expires)
+    conn.execute(Q["deliveries_mark_sending"], {
+        "seqs": orjson.dumps([r[0] for r in rows]), "lease_expires_at": expires, "now": now})
+    return [ClaimedDelivery(id=r[1], job_id=r[2], tenant_id=r[3], url=r[4],
+                            body=r[5].encode("utf-8"), secret=r[7], attempts=r[6],
+                            lease_expires_at=expires)
             for r in rows]
 
 
@@ -100,10 +103,8 @@ def record_delivery_attempt(conn: sqlite3.Connection, delivery: ClaimedDelivery,
     None. Returns the new status, or None when the claim was no longer current
     (the attempt is still recorded).
     """
-    conn.execute(Q["delivery_attempt_insert"], {
-        "id": delivery.id, "attempted_at": attempted_at, "status_code": status_code,
-        "error": error, "duration_ms": duration_ms,
-    })
+    conn.execute(Q["delivery_attempt_insert"],
+                 (delivery.id, attempted_at, status_code, error, duration_ms))
     params: dict[str, Any] = {"id": delivery.id, "now": now, "status_code": status_code,
                               "error": error, "lease_expires_at": delivery.lease_expires_at}
     if error is None:
@@ -133,15 +134,13 @@ def record_delivery_attempts(conn: sqlite3.Connection,
                              items: list[AttemptRecord]) -> list[Outcome]:
     """:func:`record_delivery_attempt` for many deliveries, one outcome each. When all
     of them were delivered and still hold their claims (the common case), that is two
-    ``executemany``; otherwise each is recorded on its own."""
+    statements; otherwise each is recorded on its own."""
     if all(i.error is None for i in items):
         conn.execute("SAVEPOINT record_attempts")
-        conn.executemany(Q["delivery_attempt_insert"], [
-            {"id": i.delivery.id, "attempted_at": i.attempted_at, "status_code": i.status_code,
-             "error": None, "duration_ms": i.duration_ms} for i in items])
-        updated = conn.executemany(Q["delivery_succeeded"], [
-            {"id": i.delivery.id, "now": i.now, "status_code": i.status_code, "error": None,
-             "lease_expires_at": i.delivery.lease_expires_at} for i in items]).rowcount
+        run_rows(conn, "delivery_attempt_insert", [
+            (i.delivery.id, i.attempted_at, i.status_code, None, i.duration_ms) for i in items])
+        updated = run_rows(conn, "deliveries_succeeded_many", [
+            (i.delivery.id, i.status_code, i.now, i.delivery.lease_expires_at) for i in items])
         if updated == len(items):
             conn.execute("RELEASE record_attempts")
             return [(True, DeliveryStatus.SUCCEEDED)] * len(items)

@@ -244,17 +244,22 @@ SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id;
 
 -- webhooks: dispatcher ------------------------------------------------------------
 
--- name: deliveries_due
-SELECT d.seq, d.id, d.job_id, d.tenant_id, d.url, d.body, d.attempts, t.webhook_secret
-FROM deliveries d LEFT JOIN tenants t ON t.id = d.tenant_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= :now
-ORDER BY d.next_attempt_at
-LIMIT :limit;
+-- Packed into one JSON row (one step for the writer); the body is JSON text, so it
+-- travels as a string.
+-- name: deliveries_due_packed
+SELECT json_group_array(json_array(seq, id, job_id, tenant_id, url, body, attempts,
+                                   webhook_secret))
+FROM (SELECT d.seq, d.id, d.job_id, d.tenant_id, d.url, CAST(d.body AS TEXT) AS body,
+             d.attempts, t.webhook_secret
+      FROM deliveries d LEFT JOIN tenants t ON t.id = d.tenant_id
+      WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+      ORDER BY d.next_attempt_at
+      LIMIT :limit);
 
--- name: delivery_mark_sending
+-- name: deliveries_mark_sending
 UPDATE deliveries SET status = 'sending', next_attempt_at = NULL,
                       lease_expires_at = :lease_expires_at, updated_at = :now
-WHERE seq = :seq AND status = 'pending';
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 'pending';
 
 -- name: delivery_next_due_time
 SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending';
@@ -273,7 +278,7 @@ WHERE status = 'sending' AND lease_expires_at < :now;
 
 -- name: delivery_attempt_insert
 INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, error, duration_ms)
-VALUES (:id, :attempted_at, :status_code, :error, :duration_ms);
+VALUES (?, ?, ?, ?, ?);
 
 -- Fenced: only the claim that is still current (same lease) may record an outcome.
 -- name: delivery_succeeded
@@ -281,6 +286,16 @@ UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, lease_expir
                       next_attempt_at = NULL, last_error = NULL,
                       last_status_code = :status_code, delivered_at = :now, updated_at = :now
 WHERE id = :id AND status = 'sending' AND lease_expires_at = :lease_expires_at;
+
+-- Many deliveries at once: one VALUES row (id, status_code, now, lease_expires_at) each.
+-- name: deliveries_succeeded_many
+UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, lease_expires_at = NULL,
+                      next_attempt_at = NULL, last_error = NULL,
+                      last_status_code = v.column2, delivered_at = v.column3,
+                      updated_at = v.column3
+FROM (VALUES (?, ?, ?, ?)) AS v
+WHERE deliveries.id = v.column1 AND deliveries.status = 'sending'
+  AND deliveries.lease_expires_at = v.column4;
 
 -- name: delivery_retry_later
 UPDATE deliveries SET status = 'pending', attempts = attempts + 1, lease_expires_at = NULL,

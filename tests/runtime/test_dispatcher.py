@@ -151,7 +151,7 @@ def test_retry_at_with_no_delays_dead_letters_at_once():
 
 def test_claim_query_uses_the_due_index(db):
     plan = " ".join(str(tuple(r)) for r in db.read(
-        lambda conn: conn.execute("EXPLAIN QUERY PLAN " + Q["deliveries_due"],
+        lambda conn: conn.execute("EXPLAIN QUERY PLAN " + Q["deliveries_due_packed"],
                                   {"now": T0, "limit": 10}).fetchall()))
     assert "deliveries_due" in plan, plan
 
