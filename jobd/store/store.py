@@ -102,7 +102,7 @@ class Store:
                          idempotency_ttl_s: float, render: RenderCreated,
                          api_key_hash: str | None = None) -> IdempotentResult:
         """Create a job (or replay its key). The jobs created in one batch of the
-        writer are inserted together, by one ``executemany``."""
+        writer are inserted together, by one multi-row INSERT."""
         group = self._insert_groups.get((idempotency_ttl_s, render))
         if group is None:
             group = self._insert_groups[(idempotency_ttl_s, render)] = functools.partial(
@@ -129,7 +129,7 @@ class Store:
     async def finish_job(self, job: ClaimedJob, *, owner: str, status: JobStatus, now: float,
                          result_json: str | None = None, error: str | None = None) -> None:
         """Finish a job (queueing its webhook). Outcomes of the same loop turn are written
-        by one transaction function, most of them with a single ``executemany``."""
+        by one transaction function, with one statement for all of them."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         if not self._finishing:
@@ -178,7 +178,7 @@ class Store:
                                       attempted_at: float, status_code: int | None,
                                       error: str | None, duration_ms: float,
                                       retry_at: float | None) -> DeliveryStatus | None:
-        """The attempts recorded in one writer batch share two ``executemany``."""
+        """The attempts recorded in one writer batch share two statements."""
         status: DeliveryStatus | None = await self._writer.call_grouped(
             deliveries.record_delivery_attempts, deliveries.AttemptRecord(
                 delivery, now, attempted_at, status_code, error, duration_ms, retry_at))

@@ -8,7 +8,7 @@ own savepoint, so only the failing one is undone. A result is
 therefore never seen before it is durable, and many small writes share one
 fsync.
 
-``call_grouped`` is for writes that are cheaper together (one ``executemany``
+``call_grouped`` is for writes that are cheaper together (one multi-row INSERT
 for many new jobs): every item handed in with the same function in one batch
 goes to a single ``fn(conn, items)`` call, which answers one outcome per item.
 """
