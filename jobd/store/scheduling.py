@@ -86,6 +86,14 @@ class Finish:
     error: str | None = None
 
 
+def _webhook_body(f: Finish) -> bytes:
+    """What :func:`enqueue_delivery` builds from the finished row, from what we know."""
+    return build_body(job_id=f.job.id, job_type=f.job.type, status=f.status.value,
+                      attempts=f.job.attempt, payload_json=f.job.payload, completed_at=f.now,
+                      result_json=f.result_json,
+                      error=f.error if f.status is not JobStatus.SUCCEEDED else None)
+
+
 def finish_jobs(conn: sqlite3.Connection, items: list[Finish], *, owner: str) -> int:
     """:func:`finish_job` for many jobs in one go: one statement for the jobs and one
     for their webhooks. If any job was fenced out (its claim is no longer current),
@@ -96,15 +104,11 @@ def finish_jobs(conn: sqlite3.Connection, items: list[Finish], *, owner: str) ->
         (f.job.id, f.status.value, f.result_json, f.error, f.now, f.job.attempt) for f in items
     ], owner)
     if done == len(items):
-        hooks = [f for f in items if f.job.webhook_url is not None]
-        if hooks:
-            run_rows(conn, "delivery_insert", [delivery_row(
-                job_id=f.job.id, tenant_id=f.job.tenant_id, url=f.job.webhook_url, now=f.now,
-                body=build_body(job_id=f.job.id, job_type=f.job.type, status=f.status.value,
-                                attempts=f.job.attempt, payload_json=f.job.payload,
-                                completed_at=f.now, result_json=f.result_json,
-                                error=f.error if f.status is not JobStatus.SUCCEEDED else None),
-            ) for f in hooks if f.job.webhook_url is not None])
+        webhooks = [delivery_row(job_id=f.job.id, tenant_id=f.job.tenant_id, url=url,
+                                 body=_webhook_body(f), now=f.now)
+                    for f in items if (url := f.job.webhook_url) is not None]
+        if webhooks:
+            run_rows(conn, "delivery_insert", webhooks)
         conn.execute("RELEASE finish_jobs")
         return done
     conn.execute("ROLLBACK TO finish_jobs")
