@@ -147,8 +147,9 @@ class GroupCommitWriter:
                 if outcomes[i] is not None:
                     continue  # answered with its group
                 members = groups[fn] if grouped else [i]
-                call_args = ([batch[j][1][0] for j in members],) if grouped else args
-                ok, value = _run_unit(conn, fn, call_args) if isolate else _run_plain(fn, conn, call_args)
+                if grouped:
+                    fn, args = _call_group, (fn, [batch[j][1][0] for j in members])
+                ok, value = _run_unit(conn, fn, args) if isolate else _run_plain(conn, fn, args)
                 if not ok and not isolate:
                     conn.execute("ROLLBACK")
                     return [(False, value)]
@@ -166,7 +167,14 @@ class GroupCommitWriter:
         return [o for o in outcomes if o is not None]
 
 
-def _run_plain(fn: TxFn, conn: sqlite3.Connection, args: tuple[Any, ...]) -> Outcome:
+def _call_group(conn: sqlite3.Connection, fn: GroupFn, items: list[Any]) -> list[Outcome]:
+    outcomes = fn(conn, items)
+    if len(outcomes) != len(items):  # a bug in fn: fail the group, keep the writer alive
+        raise RuntimeError(f"{fn!r} gave {len(outcomes)} outcomes for {len(items)} items")
+    return outcomes
+
+
+def _run_plain(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> Outcome:
     try:
         return True, fn(conn, *args)
     except Exception as exc:

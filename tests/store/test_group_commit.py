@@ -154,6 +154,26 @@ async def test_a_group_that_raises_fails_its_items_and_nothing_else(
     assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
 
 
+async def test_a_group_answering_the_wrong_count_fails_and_the_writer_lives_on(
+        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    def short(conn: sqlite3.Connection, items: list[Any]) -> list[tuple[bool, Any]]:
+        conn.execute("UPDATE tenants SET burst = 1 WHERE id = 'acme'")
+        return [(True, "only one")]
+
+    gate = WriterGate()
+    gate_task = asyncio.create_task(store.write(gate.unit))
+    await gate.wait_entered()
+    tasks = await enqueue(insert(store, new_job(key="kept")),
+                          *(store._writer.call_grouped(short, i) for i in (1, 2)))
+    gate.release.set()
+    await gate_task
+    kept, *failed = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(kept, IdempotentResult)
+    assert all(isinstance(f, RuntimeError) and "2 items" in str(f) for f in failed)
+    assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
+    assert isinstance(await insert(store, new_job(key="after")), IdempotentResult)
+
+
 # one failure fails alone ------------------------------------------------------------
 
 
