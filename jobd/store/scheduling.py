@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from itertools import zip_longest
+from typing import Any
 
 import orjson
 
@@ -84,6 +85,13 @@ class Finish:
     now: float
     result_json: str | None = None
     error: str | None = None
+
+
+def finish_each(conn: sqlite3.Connection, items: list[Finish], *,
+                owner: str) -> list[tuple[bool, Any]]:
+    """:func:`finish_jobs` as a group of the group-commit writer: one outcome per item."""
+    finish_jobs(conn, items, owner=owner)
+    return [(True, None)] * len(items)
 
 
 def _webhook_body(f: Finish) -> bytes:

@@ -35,10 +35,10 @@ class Store:
         self._checkpointer = Checkpointer(self._open)
         self._reader: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
-        self._finishing: list[tuple[scheduling.Finish, str, asyncio.Future[None]]] = []
-        self._flushes: set[asyncio.Future[int]] = set()
-        # one partial per (ttl, renderer), so that the writer groups their items together
+        # one partial per (ttl, renderer) and per owner, so that the writer groups their
+        # items together
         self._insert_groups: dict[tuple[float, RenderCreated], Callable[..., Any]] = {}
+        self._finish_groups: dict[str, Callable[..., Any]] = {}
 
     # lifecycle -----------------------------------------------------------------
     def open(self, *, daemon_lock: bool = False) -> None:
@@ -128,24 +128,14 @@ class Store:
 
     async def finish_job(self, job: ClaimedJob, *, owner: str, status: JobStatus, now: float,
                          result_json: str | None = None, error: str | None = None) -> None:
-        """Finish a job (queueing its webhook). Outcomes of the same loop turn are written
-        by one transaction function, with one statement for all of them."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        if not self._finishing:
-            loop.call_soon(self._flush_finishing)
-        self._finishing.append((scheduling.Finish(job, status, now, result_json, error), owner, done))
-        await done
-
-    def _flush_finishing(self) -> None:
-        pending, self._finishing = self._finishing, []
-        for owner in {owner for _item, owner, _done in pending}:
-            batch = [(item, done) for item, o, done in pending if o == owner]
-            task = asyncio.ensure_future(self.write(scheduling.finish_jobs, [i for i, _ in batch],  # noqa: RUF006 - kept in self._flushes
-                                                    owner=owner))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-            task.add_done_callback(functools.partial(_settle, [d for _, d in batch]))
+        """Finish a job (queueing its webhook). The outcomes that reach one batch of the
+        writer are written together, with one statement for all of them."""
+        group = self._finish_groups.get(owner)
+        if group is None:
+            group = self._finish_groups[owner] = functools.partial(scheduling.finish_each,
+                                                                   owner=owner)
+        await self._writer.call_grouped(
+            group, scheduling.Finish(job, status, now, result_json, error))
 
     async def schedule_retry(self, job: ClaimedJob, *, owner: str, now: float,
                              next_run_at: float, error: str) -> bool:
@@ -186,14 +176,3 @@ class Store:
 
     async def redeliver_dead(self, delivery_ids: list[str], *, now: float) -> list[str]:
         return await self.write(deliveries.redeliver_dead, delivery_ids, now=now)
-
-
-def _settle(waiters: list[asyncio.Future[None]], task: asyncio.Future[int]) -> None:
-    error = asyncio.CancelledError() if task.cancelled() else task.exception()
-    for waiter in waiters:
-        if waiter.done():
-            continue
-        if error is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(error)
