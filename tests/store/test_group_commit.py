@@ -106,6 +106,18 @@ async def test_units_queued_while_the_writer_is_busy_share_one_batch(
 # grouped units ----------------------------------------------------------------------
 
 
+async def one_batch(store: Store, *coros: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run ``coros`` as one batch of the writer (queued while a gate holds it); return
+    each one's result or exception."""
+    gate = WriterGate()
+    gate_task = asyncio.create_task(store.write(gate.unit))
+    await gate.wait_entered()
+    tasks = await enqueue(*coros)
+    gate.release.set()
+    await gate_task
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Recorder:
     """A grouped unit: records each call's items, answers each item on its own."""
 
@@ -124,13 +136,8 @@ class Recorder:
 async def test_grouped_items_of_one_batch_share_one_call(store: Store,
                                                          observer: sqlite3.Connection) -> None:
     group = Recorder()
-    gate = WriterGate()
-    gate_task = asyncio.create_task(store.write(gate.unit))
-    await gate.wait_entered()
-    tasks = await enqueue(*(store._writer.call_grouped(group, i) for i in (1, 2, -3, 4)))
-    gate.release.set()
-    await gate_task
-    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    outcomes = await one_batch(store, *(store._writer.call_grouped(group, i)
+                                        for i in (1, 2, -3, 4)))
     assert group.calls == [[1, 2, -3, 4]]
     assert outcomes[:2] == [10, 20] and outcomes[3] == 40
     assert isinstance(outcomes[2], Boom) and str(outcomes[2]) == "item -3"
@@ -140,14 +147,8 @@ async def test_grouped_items_of_one_batch_share_one_call(store: Store,
 async def test_a_group_that_raises_fails_its_items_and_nothing_else(
         store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
     group = Recorder(fail_all=True)
-    gate = WriterGate()
-    gate_task = asyncio.create_task(store.write(gate.unit))
-    await gate.wait_entered()
-    tasks = await enqueue(insert(store, new_job(key="kept")),
-                          *(store._writer.call_grouped(group, i) for i in (1, 2)))
-    gate.release.set()
-    await gate_task
-    kept, *failed = await asyncio.gather(*tasks, return_exceptions=True)
+    kept, *failed = await one_batch(store, insert(store, new_job(key="kept")),
+                                    *(store._writer.call_grouped(group, i) for i in (1, 2)))
     assert isinstance(kept, IdempotentResult)
     assert all(isinstance(f, Boom) for f in failed)
     assert job_ids(observer) == {kept.job_id}
@@ -160,14 +161,8 @@ async def test_a_group_answering_the_wrong_count_fails_and_the_writer_lives_on(
         conn.execute("UPDATE tenants SET burst = 1 WHERE id = 'acme'")
         return [(True, "only one")]
 
-    gate = WriterGate()
-    gate_task = asyncio.create_task(store.write(gate.unit))
-    await gate.wait_entered()
-    tasks = await enqueue(insert(store, new_job(key="kept")),
-                          *(store._writer.call_grouped(short, i) for i in (1, 2)))
-    gate.release.set()
-    await gate_task
-    kept, *failed = await asyncio.gather(*tasks, return_exceptions=True)
+    kept, *failed = await one_batch(store, insert(store, new_job(key="kept")),
+                                    *(store._writer.call_grouped(short, i) for i in (1, 2)))
     assert isinstance(kept, IdempotentResult)
     assert all(isinstance(f, RuntimeError) and "2 items" in str(f) for f in failed)
     assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
