@@ -26,25 +26,31 @@ class Caller:
 
 
 class TenantDirectory:
+    """Finds the tenant of an API key. ``fresh=False`` may answer from a cache whose
+    entries live ``ttl_s``; it is keyed by the key as sent, so a hit costs no hashing
+    (the keys are in this process's memory for that second anyway, as each request is)."""
+
     def __init__(self, store: Store, ttl_s: float = 1.0) -> None:
         self._store = store
         self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[Tenant, float]] = {}
+        self._cache: dict[str, tuple[Caller, float]] = {}
 
-    def lookup(self, key_hash: str, *, fresh: bool) -> Tenant | None:
+    def lookup(self, key: str, *, fresh: bool) -> Caller | None:
         now = time.monotonic()
         if not fresh:
-            hit = self._cache.get(key_hash)
+            hit = self._cache.get(key)
             if hit is not None and now - hit[1] < self._ttl_s:
                 return hit[0]
+        key_hash = hash_api_key(key)
         tenant = self._store.tenant_for_key_hash(key_hash)
         if tenant is None:
-            self._cache.pop(key_hash, None)
-        else:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key_hash] = (tenant, now)
-        return tenant
+            self._cache.pop(key, None)
+            return None
+        caller = Caller(tenant, key_hash)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (caller, now)
+        return caller
 
 
 def authenticate(request: web.Request, directory: TenantDirectory, *, fresh: bool = True) -> Caller:
@@ -53,10 +59,9 @@ def authenticate(request: web.Request, directory: TenantDirectory, *, fresh: boo
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise Unauthorized("send 'Authorization: Bearer <apiKey>'")
-    key_hash = hash_api_key(key)
-    tenant = directory.lookup(key_hash, fresh=fresh)
-    if tenant is None:
+    caller = directory.lookup(key, fresh=fresh)
+    if caller is None:
         raise Unauthorized("the API key is unknown or was revoked")
-    if tenant.disabled:
-        raise Unauthorized(f"tenant {tenant.id!r} is disabled")
-    return Caller(tenant, key_hash)
+    if caller.tenant.disabled:
+        raise Unauthorized(f"tenant {caller.tenant.id!r} is disabled")
+    return caller
