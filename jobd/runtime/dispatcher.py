@@ -8,9 +8,9 @@ as a fallback -- which is how deliveries written by the API's cancel, by the
 lifeline's rescue or by ``jobd dlq retry`` are noticed.
 
 One attempt: ``netguard.check_url``, then one POST of the stored body bytes
-through a guarded connector, no redirects, no proxies from the environment,
-``webhooks.timeout`` in total, at most :data:`MAX_READ_BYTES` of the answer
-read. A 2xx is delivered; anything else is a failure, retried after
+through :class:`~jobd.runtime.poster.Poster` (kept-alive connections, every
+address checked, no redirects, no proxies), ``webhooks.timeout`` in total, at
+most :data:`MAX_READ_BYTES` of the answer kept. A 2xx is delivered; anything else is a failure, retried after
 ``webhooks.retry_delays`` and then dead-lettered (see :func:`retry_at`).
 """
 
@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import aiohttp
 
 from jobd import __version__, netguard
 from jobd.clock import Clock
 from jobd.config import Config
 from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
 from jobd.runtime.execution import Outcome
+from jobd.runtime.poster import Poster
 from jobd.runtime.workers import JobListener
 from jobd.signing import signature_headers
 from jobd.store.deliveries import ClaimedDelivery
@@ -74,7 +72,7 @@ def _shorten(text: str, limit: int) -> str:
 def describe_failure(exc: BaseException, timeout_s: float) -> str:
     """A one-line reason for a request that got no usable answer (no URL, no secrets)."""
     seen: BaseException | None = exc
-    while seen is not None:  # the guard may sit under aiohttp's own wrappers
+    while seen is not None:  # a refusal may come wrapped in another error
         if isinstance(seen, netguard.BlockedAddress):
             return _shorten(f"refused URL: {seen}", MAX_ERROR_CHARS)
         seen = seen.__cause__ or seen.__context__
@@ -99,12 +97,7 @@ class AttemptResult:
     duration_ms: float
 
 
-@functools.lru_cache(maxsize=8)
-def _timeout(total_s: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total_s)
-
-
-async def send(session: aiohttp.ClientSession, delivery: ClaimedDelivery, *, timestamp: int,
+async def send(poster: Poster, delivery: ClaimedDelivery, *, timestamp: int,
                timeout_s: float, allow_private: bool) -> AttemptResult:
     """POST one delivery; never raises for a failed attempt."""
     started = time.perf_counter()
@@ -116,12 +109,9 @@ async def send(session: aiohttp.ClientSession, delivery: ClaimedDelivery, *, tim
         return result(None, f"tenant {delivery.tenant_id!r} does not exist; cannot sign")
     try:
         netguard.check_url(delivery.url, allow_private=allow_private)
-        async with session.post(delivery.url, data=delivery.body,
-                                headers=request_headers(delivery, delivery.secret, timestamp),
-                                allow_redirects=False, raise_for_status=False,
-                                timeout=_timeout(timeout_s)) as resp:
-            status = resp.status
-            excerpt = await netguard.read_capped(resp, MAX_READ_BYTES)
+        headers = request_headers(delivery, delivery.secret, timestamp)
+        status, excerpt = await poster.post(delivery.url, delivery.body, headers.items(),
+                                            timeout_s=timeout_s, read_limit=MAX_READ_BYTES)
     except Exception as exc:  # any failure to get an answer is a failed attempt
         return result(None, describe_failure(exc, timeout_s))
     if 200 <= status < 300:
@@ -142,14 +132,12 @@ class _WakeOnFinalJob(JobListener):
 # the loop ------------------------------------------------------------------------------
 
 class Dispatcher:
-    def __init__(self, *, store: Store, clock: Clock, config: Config,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, *, store: Store, clock: Clock, config: Config) -> None:
         self._store = store
         self._clock = clock
         self._webhooks = config.webhooks
         self._poll_interval_s = config.workers.poll_interval
-        self._session = session
-        self._own_session = session is None
+        self._poster = Poster(allow_private=config.webhooks.allow_private_networks)
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()  # answer in, outcome being written
         self._wake = asyncio.Event()
@@ -234,19 +222,11 @@ class Dispatcher:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     # one delivery --------------------------------------------------------------------
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = netguard.guarded_connector(self._webhooks.allow_private_networks,
-                                                   limit=self._webhooks.concurrency)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
-                                                  cookie_jar=aiohttp.DummyCookieJar())
-        return self._session
-
     async def _deliver(self, delivery: ClaimedDelivery, attempted_at: float) -> None:
         task = asyncio.current_task()
         result: AttemptResult | None = None
         try:
-            result = await send(self._http(), delivery, timestamp=int(attempted_at),
+            result = await send(self._poster, delivery, timestamp=int(attempted_at),
                                 timeout_s=self._webhooks.timeout,
                                 allow_private=self._webhooks.allow_private_networks)
         except Exception:
@@ -315,11 +295,9 @@ class Dispatcher:
                      len(remaining))
 
     async def close(self) -> None:
-        """Cancel sends still in flight (after a failed start) and close the HTTP session."""
+        """Cancel sends still in flight (after a failed start) and close the connections."""
         for task in self._sending.values():
             task.cancel()
         if self._sending:
             await asyncio.wait(list(self._sending.values()))
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._poster.close()
