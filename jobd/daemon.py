@@ -19,6 +19,7 @@ from aiohttp import web
 from jobd import __version__
 from jobd.api.app import create_app
 from jobd.api.context import ApiContext
+from jobd.api.fastlane import FastLane
 from jobd.clock import Clock, SystemClock
 from jobd.config import Config
 from jobd.errors import StartupError
@@ -80,18 +81,22 @@ async def serve(config: Config, *, clock: Clock | None = None,
                                                 allow_head=False)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     background: list[asyncio.Task[None]] = []
+    listener: asyncio.Server | None = None
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=2048)
+        assert runner.server is not None
+        lane = FastLane(ctx, fallback=runner.server)  # POST /jobs; aiohttp for the rest
         try:
-            await site.start()
+            listener = await loop.create_server(lane, config.server.host, config.server.port,
+                                                backlog=2048)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: "
                                    f"{exc.strerror or exc}") from None
         await lifeline.recover_at_startup()
         await dispatcher.recover_at_startup()
-        address = _bound_address(runner, config)
+        address = _bound_address(listener, config)
         background = [asyncio.create_task(pool.run(), name="scheduler"),
+                      asyncio.create_task(lane.run_idle_sweeper(), name="idle-connections"),
                       asyncio.create_task(lifeline.run(), name="lifeline"),
                       asyncio.create_task(dispatcher.run(), name="dispatcher"),
                       asyncio.create_task(pruner.run(), name="pruner")]
@@ -102,7 +107,8 @@ async def serve(config: Config, *, clock: Clock | None = None,
         await stop.wait()
         log.info("shutting down: no new requests, no new claims")
         ctx.ready = False
-        await site.stop()
+        listener.close()
+        await lane.shutdown(config.workers.shutdown_grace)
         await pool.shutdown(config.workers.shutdown_grace)
         await dispatcher.shutdown(min(config.workers.shutdown_grace, config.webhooks.timeout))
     finally:
@@ -111,6 +117,8 @@ async def serve(config: Config, *, clock: Clock | None = None,
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         await http.close()
         await dispatcher.close()
@@ -127,10 +135,12 @@ def metrics_handler(store: Store, metrics: Metrics) -> Callable[[web.Request], A
     return handle
 
 
-def _bound_address(runner: web.AppRunner, config: Config) -> str:
-    for server in runner.addresses:
-        if isinstance(server, tuple):
-            return f"http://{server[0]}:{server[1]}"
+def _bound_address(listener: asyncio.Server, config: Config) -> str:
+    for sock in listener.sockets:
+        address = sock.getsockname()
+        if isinstance(address, tuple):
+            host = f"[{address[0]}]" if ":" in address[0] else address[0]
+            return f"http://{host}:{address[1]}"
     return f"http://{config.server.host}:{config.server.port}"
 
 

@@ -54,7 +54,11 @@ class TenantDirectory:
 
 
 def authenticate(request: web.Request, directory: TenantDirectory, *, fresh: bool = True) -> Caller:
-    header = request.headers.get("Authorization", "")
+    return authenticate_key(request.headers.get("Authorization", ""), directory, fresh=fresh)
+
+
+def authenticate_key(header: str, directory: TenantDirectory, *, fresh: bool = True) -> Caller:
+    """The caller named by an ``Authorization`` header's value."""
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:

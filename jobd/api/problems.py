@@ -17,27 +17,42 @@ PROBLEM_TYPE_BASE = "https://jobd.dev/problems/"
 # taken (a successful POST /jobs puts them in its own response)
 RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers", dict)
 
+PROBLEM_JSON = "application/problem+json"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+INTERNAL_ERROR = JobdError("the server failed to handle this request; see its log")
+
+
+def problem_body(status: int, code: str, title: str, detail: str,
+                 errors: list[dict[str, object]] | None = None) -> bytes:
+    body: dict[str, object] = {"type": PROBLEM_TYPE_BASE + code, "title": title,
+                               "status": status, "detail": detail, "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    return orjson.dumps(body)
 
 
 def problem_response(status: int, code: str, title: str, detail: str,
                      errors: list[dict[str, object]] | None = None,
                      headers: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, object] = {"type": PROBLEM_TYPE_BASE + code, "title": title,
-                               "status": status, "detail": detail, "code": code}
-    if errors is not None:
-        body["errors"] = errors
-    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
-                        content_type="application/problem+json")
+    return web.Response(status=status, body=problem_body(status, code, title, detail, errors),
+                        headers=headers, content_type=PROBLEM_JSON)
+
+
+def error_headers(exc: JobdError) -> dict[str, str]:
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="jobd"'}
+    return {}
+
+
+def error_body(exc: JobdError) -> bytes:
+    return problem_body(exc.status, exc.code, exc.title, exc.detail, exc.errors)
 
 
 def from_error(exc: JobdError) -> web.Response:
-    headers: dict[str, str] | None = None
-    if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(exc.retry_after_s)}
-    elif isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": 'Bearer realm="jobd"'}
-    return problem_response(exc.status, exc.code, exc.title, exc.detail, exc.errors, headers)
+    return web.Response(status=exc.status, body=error_body(exc),
+                        headers=error_headers(exc) or None, content_type=PROBLEM_JSON)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,8 +73,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                                     headers=kept or None)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = problem_response(500, "internal_error", "Internal error",
-                                    "the server failed to handle this request; see its log")
+        response = from_error(INTERNAL_ERROR)
     else:
         return response  # a handler's own answer carries its own headers
     rate_headers = request.get(RATE_HEADERS)

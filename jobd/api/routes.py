@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from jobd.api.auth import authenticate
+from jobd.api.auth import authenticate, authenticate_key
 from jobd.api.context import API, ApiContext
 from jobd.api.problems import RATE_HEADERS
 from jobd.api.schemas import JobCreateRequest
@@ -33,19 +35,33 @@ def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> we
     return web.Response(status=status, body=body, content_type=JSON, headers=headers)
 
 
-async def create_job(request: web.Request) -> web.Response:
-    ctx = request.app[API]
-    caller = authenticate(request, ctx.tenants, fresh=False)
+@dataclass(slots=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def submit_job(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
+                     content_length: int | None, read: Callable[[], Awaitable[bytes]],
+                     rate_headers: dict[str, str]) -> Answer:
+    """``POST /jobs`` apart from HTTP itself, for the aiohttp route and the fast lane.
+    Raises a :class:`~jobd.errors.JobdError` for a refusal; ``rate_headers`` is filled
+    as soon as the bucket was taken, for the error answer to carry them too."""
+    caller = authenticate_key(authorization, ctx.tenants, fresh=False)
     tenant = caller.tenant
     now = ctx.clock.now()
     decision = ctx.limiter.take(tenant.id, tenant.rate, tenant.burst, now)
-    headers = request[RATE_HEADERS] = decision.headers()  # errors get them from the middleware
+    rate_headers.update(decision.headers())
     if not decision.allowed:
         ctx.on_rate_limited(tenant.id)
         raise RateLimited(f"rate limit of {tenant.rate:g}/s (burst {tenant.burst}) exceeded",
                           retry_after_s=decision.retry_after_s)
-    key = _idempotency_key(request)
-    data = await _read_json_object(request, ctx.config.server.max_body_bytes)
+    key = _idempotency_key(idempotency_key)
+    max_bytes = ctx.config.server.max_body_bytes
+    if content_length is not None and content_length > max_bytes:
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
+    data = _json_object(await read())
     claimed_tenant = data.get("tenantId")
     if isinstance(claimed_tenant, str) and claimed_tenant != tenant.id:
         raise Unauthorized("tenantId does not match the API key's tenant")
@@ -56,11 +72,25 @@ async def create_job(request: web.Request) -> web.Response:
         render=created_body, api_key_hash=caller.key_hash)
     if not result.replayed:
         ctx.on_job_created(job)
+    headers = dict(rate_headers)
     headers["Content-Type"] = JSON
     headers["Location"] = f"/jobs/{result.job_id}"
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return web.Response(status=result.status, body=result.body, headers=headers)
+    return Answer(result.status, headers, result.body)
+
+
+async def create_job(request: web.Request) -> web.Response:
+    ctx = request.app[API]
+    rate_headers: dict[str, str] = {}
+    request[RATE_HEADERS] = rate_headers  # errors get them from the middleware
+    answer = await submit_job(
+        ctx, authorization=request.headers.get("Authorization", ""),
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        content_length=request.content_length,
+        read=functools.partial(_read_body, request, ctx.config.server.max_body_bytes),
+        rate_headers=rate_headers)
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -89,8 +119,7 @@ def _tenant_job(ctx: ApiContext, request: web.Request, tenant_id: str) -> Job:
     return job
 
 
-def _idempotency_key(request: web.Request) -> str:
-    key = request.headers.get("Idempotency-Key")
+def _idempotency_key(key: str | None) -> str:
     if key is None or key == "":
         raise MissingIdempotencyKey("send an Idempotency-Key header (1-255 printable ASCII)")
     if len(key) > 255 or not (key.isascii() and key.isprintable()):
@@ -98,13 +127,14 @@ def _idempotency_key(request: web.Request) -> str:
     return key
 
 
-async def _read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes") from None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

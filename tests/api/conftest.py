@@ -11,11 +11,12 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -23,6 +24,7 @@ from multidict import CIMultiDictProxy
 
 from jobd.api.app import create_app
 from jobd.api.context import ApiContext
+from jobd.api.fastlane import FastLane
 from jobd.clock import FakeClock
 from jobd.config import Config
 from jobd.handlers.registry import build_registry
@@ -93,7 +95,7 @@ class Reply:
 
 @dataclass
 class Api:
-    client: TestClient
+    client: TestClient | aiohttp.ClientSession  # the app alone, or the fast lane before it
     ctx: ApiContext
     store: Store
     db: Database
@@ -104,6 +106,7 @@ class Api:
     created: list[float] = field(default_factory=list)       # on_job_created(due)
     cancels: list[str] = field(default_factory=list)         # on_cancel_requested(job_id)
     rate_limited: list[str] = field(default_factory=list)    # on_rate_limited(tenant_id)
+    lane: FastLane | None = None
 
     @property
     def key(self) -> str:
@@ -165,9 +168,13 @@ def clock() -> FakeClock:
     return FakeClock(NOW0)
 
 
-@pytest.fixture
-async def api(aiohttp_client: Any, config: Config, store: Store, db: Database,
-              new_tenant: Callable[..., NewTenant], clock: FakeClock) -> Api:
+@pytest.fixture(params=["aiohttp", "fastlane"])
+async def api(request: pytest.FixtureRequest, aiohttp_client: Any, config: Config, store: Store,
+              db: Database, new_tenant: Callable[..., NewTenant],
+              clock: FakeClock) -> AsyncIterator[Api]:
+    """Every API test runs twice: against the aiohttp app alone, and through the fast
+    lane in front of it as the daemon serves it (POST /jobs by the lane, the rest
+    handed to aiohttp)."""
     tenant = new_tenant("acme")
     holder: dict[str, Api] = {}
     ctx = ApiContext(
@@ -178,7 +185,17 @@ async def api(aiohttp_client: Any, config: Config, store: Store, db: Database,
     )
     ctx.ready = True
     client = await aiohttp_client(create_app(ctx))
-    api = Api(client=client, ctx=ctx, store=store, db=db, config=config, clock=clock,
-              tenant=tenant, make_tenant=new_tenant)
-    holder["api"] = api
-    return api
+    if request.param == "aiohttp":
+        api = holder["api"] = Api(client=client, ctx=ctx, store=store, db=db, config=config,
+                                  clock=clock, tenant=tenant, make_tenant=new_tenant)
+        yield api
+        return
+    lane = FastLane(ctx, fallback=client.server.runner.server)
+    listener = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
+        api = holder["api"] = Api(client=session, ctx=ctx, store=store, db=db, config=config,
+                                  clock=clock, tenant=tenant, make_tenant=new_tenant, lane=lane)
+        yield api
+    listener.close()
+    await lane.shutdown(1)

@@ -1,0 +1,301 @@
+"""``POST /jobs`` served without aiohttp's per-request machinery; everything else by aiohttp.
+
+Why: on this machine aiohttp's server costs ~85 us of the event loop per request
+before a handler runs (its "hello" tops out near 10k req/s, a bare httptools one
+near 55k; ``bench/README.md``), and ``POST /jobs`` is the one hot endpoint. The
+job logic is the same function either way (:func:`jobd.api.routes.submit_job`),
+and so are the error bodies (:mod:`jobd.api.problems`).
+
+The listening socket's protocol is :class:`FastLaneProtocol`. It answers a request
+itself only when its head is ``POST /jobs HTTP/1.1`` with one ``Content-Length``
+of at most ``server.max_body_bytes`` and none of ``Transfer-Encoding``,
+``Content-Encoding``, ``Expect`` or ``Upgrade``, and llhttp (httptools) parses
+exactly that head and body as one valid request. Anything else -- another path
+or method, HTTP/1.0, a chunked or oversized body, a malformed request -- and the
+connection is handed over, with every byte not yet answered, to aiohttp's own
+protocol for the rest of its life, so aiohttp gives those their usual answers
+(404, 413, 400 ...). Requests on one connection are answered one at a time, in
+order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import cast
+
+import httptools
+
+from jobd.api.context import ApiContext
+from jobd.api.problems import INTERNAL_ERROR, PROBLEM_JSON, error_body, error_headers
+from jobd.api.routes import Answer, submit_job
+from jobd.errors import JobdError
+
+log = logging.getLogger("jobd.api")
+
+REQUEST_LINE = b"POST /jobs HTTP/1.1\r\n"
+MAX_HEAD_BYTES = 16 * 1024     # a longer head goes to aiohttp (which refuses it)
+PAUSE_BYTES = 1024 * 1024      # unanswered bytes buffered before reading pauses
+IDLE_TIMEOUT_S = 75.0          # as aiohttp's keep-alive timeout
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+@dataclass(slots=True)
+class _Request:
+    authorization: str
+    idempotency_key: str | None
+    body: bytes
+    keep_alive: bool
+
+
+class _Collector:
+    """httptools callbacks for one request."""
+
+    __slots__ = ("body", "complete", "headers", "keep_alive", "parser", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.setdefault(name.lower(), value)  # the first one, as aiohttp's .get()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()  # (llhttp forgets it afterwards)
+
+
+class FastLane:
+    """The protocol factory for the API's listening socket, and what its connections share."""
+
+    def __init__(self, ctx: ApiContext, fallback: Callable[[], asyncio.BaseProtocol]) -> None:
+        self.ctx = ctx
+        self.fallback = fallback  # aiohttp's protocol factory (``AppRunner.server``)
+        self.connections: set[FastLaneProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.served = 0
+        self.handed_over = 0
+        self._date = (0, b"")
+
+    def __call__(self) -> FastLaneProtocol:
+        return FastLaneProtocol(self)
+
+    def http_date(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    async def answer(self, request: _Request) -> Answer:
+        rate_headers: dict[str, str] = {}
+
+        async def read() -> bytes:
+            return request.body
+
+        try:
+            return await submit_job(self.ctx, authorization=request.authorization,
+                                    idempotency_key=request.idempotency_key,
+                                    content_length=len(request.body), read=read,
+                                    rate_headers=rate_headers)
+        except JobdError as exc:
+            error = exc
+        except Exception:
+            log.exception("unhandled error on POST /jobs")
+            error = INTERNAL_ERROR
+        headers = {"Content-Type": PROBLEM_JSON, **error_headers(error), **rate_headers}
+        return Answer(error.status, headers, error_body(error))
+
+    def close_idle(self, idle_s: float = IDLE_TIMEOUT_S) -> None:
+        """Close connections with nothing in flight for ``idle_s`` (0: all idle ones)."""
+        now = time.monotonic()
+        for conn in list(self.connections):
+            if not conn.busy and now - conn.last_active >= idle_s:
+                conn.close()
+
+    async def run_idle_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_TIMEOUT_S / 4)
+            self.close_idle()
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """After the listener closed: let answers in flight finish, then close everything."""
+        self.close_idle(0)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout_s)
+        for conn in list(self.connections):
+            conn.close()
+
+
+class FastLaneProtocol(asyncio.Protocol):
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._paused = False
+        self._close_after = False
+        self.busy = False
+        self.last_active = time.monotonic()
+
+    # connection ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._lane.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._lane.connections.discard(self)
+
+    def eof_received(self) -> bool:
+        if self.busy:  # answer what was asked, then close
+            self._close_after = True
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self.busy:
+            self._advance()
+        elif len(self._buffer) > PAUSE_BYTES and self._transport is not None:
+            self._transport.pause_reading()
+            self._paused = True
+
+    # requests -----------------------------------------------------------------------
+    def _advance(self) -> None:
+        if self._transport is None or self.busy:
+            return
+        request = self._take_request()
+        if request is None:
+            return
+        self.busy = True
+        task = asyncio.get_running_loop().create_task(self._serve(request))
+        self._lane.tasks.add(task)
+        task.add_done_callback(self._lane.tasks.discard)
+
+    def _take_request(self) -> _Request | None:
+        """The next request if it is one for this lane and complete; None to wait for
+        more bytes, or after handing the connection to aiohttp."""
+        buf = self._buffer
+        if not buf:
+            return None
+        if not buf.startswith(REQUEST_LINE):
+            if not REQUEST_LINE.startswith(bytes(buf[:len(REQUEST_LINE)])):
+                self._hand_over()
+            return None  # (or the request line is still arriving)
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                self._hand_over()
+            return None
+        length = _content_length(bytes(buf[len(REQUEST_LINE):end]))
+        if length is None or length > self._lane.ctx.config.server.max_body_bytes:
+            self._hand_over()
+            return None
+        total = end + 4 + length
+        if len(buf) < total:
+            return None
+        raw = bytes(buf[:total])
+        collector = _Collector()
+        try:
+            assert collector.parser is not None
+            collector.parser.feed_data(raw)
+        except httptools.HttpParserError:
+            collector.complete = False
+        finally:
+            collector.parser = None  # no reference cycle left behind
+        if not (collector.complete and collector.url == b"/jobs"):
+            self._hand_over()  # aiohttp answers it (a 400 for a malformed one)
+            return None
+        del buf[:total]
+        authorization = collector.headers.get(b"authorization", b"")
+        key = collector.headers.get(b"idempotency-key")
+        return _Request(authorization=authorization.decode("latin-1"),
+                        idempotency_key=None if key is None else key.decode("latin-1"),
+                        body=b"".join(collector.body), keep_alive=collector.keep_alive)
+
+    async def _serve(self, request: _Request) -> None:
+        answer = await self._lane.answer(request)
+        self._lane.served += 1
+        transport = self._transport
+        if transport is None:  # the client left; the job (if any) is created all the same
+            return
+        keep_alive = request.keep_alive and not self._close_after
+        transport.write(self._render(answer, keep_alive))
+        if not keep_alive:
+            transport.close()
+            return
+        self.busy = False
+        self.last_active = time.monotonic()
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._advance()
+
+    def _render(self, answer: Answer, keep_alive: bool) -> bytes:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _REASONS.get(answer.status, b""))]
+        lines.extend(f"{name}: {value}\r\n".encode("latin-1")
+                     for name, value in answer.headers.items())
+        lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (len(answer.body),
+                                                            self._lane.http_date()))
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(answer.body)
+        return b"".join(lines)
+
+    def _hand_over(self) -> None:
+        """aiohttp's protocol takes this connection, and every byte not yet answered."""
+        transport = self._transport
+        assert transport is not None and not self.busy
+        self._transport = None
+        self._lane.connections.discard(self)
+        self._lane.handed_over += 1
+        protocol = self._lane.fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        if data:
+            with contextlib.suppress(Exception):  # aiohttp closes what it cannot parse
+                cast(asyncio.Protocol, protocol).data_received(data)
+
+
+def _content_length(headers: bytes) -> int | None:
+    """The Content-Length of a head (its header lines, without the last CRLF) that this
+    lane may take, or None (then aiohttp takes it)."""
+    length: int | None = None
+    for line in headers.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            return None
+        name = name.lower()
+        if name == b"content-length":
+            value = value.strip()
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif name in (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"):
+            return None
+    return length

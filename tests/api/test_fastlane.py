@@ -1,0 +1,162 @@
+"""The fast lane itself: which requests it serves, hand-over to aiohttp on the same
+connection, pipelining, framing it refuses, closing. (Every other API test also runs
+through the lane: see the ``api`` fixture.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from jobd.api.fastlane import FastLane
+from tests.api.conftest import JOB_ID, Api
+
+pytestmark = pytest.mark.parametrize("api", ["fastlane"], indirect=True)
+
+
+def lane_of(api: Api) -> FastLane:
+    assert api.lane is not None and not isinstance(api.client, TestClient)
+    return api.lane
+
+
+def port_of(api: Api) -> int:
+    assert not isinstance(api.client, TestClient) and api.client._base_url is not None
+    port = api.client._base_url.port
+    assert port is not None
+    return port
+
+
+def post_bytes(api: Api, key: str, *, extra: str = "", body: bytes | None = None) -> bytes:
+    body = orjson.dumps(api.body()) if body is None else body
+    return (f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key}\r\n"
+            f"Idempotency-Key: {key}\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 5)
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_post_jobs_is_served_by_the_lane_and_the_rest_handed_to_aiohttp(api: Api) -> None:
+    lane = lane_of(api)
+    created = await api.post_job()
+    assert created.status == 201 and JOB_ID.match(created.json["jobId"])
+    assert (lane.served, lane.handed_over) == (1, 0)
+    got = await api.get_job(created.json["jobId"])  # the same kept-alive connection
+    assert got.status == 200 and got.json["jobId"] == created.json["jobId"]
+    assert lane.handed_over == 1
+    again = await api.post_job(key="key-2")  # now on aiohttp's side of that connection
+    assert again.status == 201 and lane.served == 1
+    assert api.job_count() == 2
+
+
+async def test_pipelined_requests_are_answered_in_order(api: Api) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(post_bytes(api, "p1") + post_bytes(api, "p2") + post_bytes(api, "p1")
+                 + b"GET /jobs/job_nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 + api.key.encode() + b"\r\n\r\n" + post_bytes(api, "p3"))
+    answers = [await read_answer(reader) for _ in range(5)]
+    writer.close()
+    assert [status for status, _, _ in answers] == [201, 201, 201, 404, 201]
+    first, second, replay = (orjson.loads(body)["jobId"] for _, _, body in answers[:3])
+    assert first != second and replay == first
+    assert answers[2][1]["idempotent-replayed"] == "true"
+    assert (lane_of(api).served, lane_of(api).handed_over) == (3, 1)
+    assert api.job_count() == 3
+
+
+async def test_a_request_arriving_byte_by_byte(api: Api) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    for byte in post_bytes(api, "slow"):
+        writer.write(bytes([byte]))
+        await writer.drain()
+    status, headers, body = await read_answer(reader)
+    writer.close()
+    assert status == 201 and headers["location"] == f"/jobs/{orjson.loads(body)['jobId']}"
+    assert lane_of(api).served == 1
+
+
+@pytest.mark.parametrize("extra", [
+    "Transfer-Encoding: chunked\r\n",  # (the body below is then sent chunked)
+    "Expect: 100-continue\r\n",
+])
+async def test_framing_the_lane_does_not_take_goes_to_aiohttp(api: Api, extra: str) -> None:
+    body = orjson.dumps(api.body())
+    if "chunked" in extra:
+        raw = (f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key}\r\n"
+               f"Idempotency-Key: c\r\n{extra}\r\n{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
+    else:
+        raw = post_bytes(api, "c", extra=extra, body=body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(raw)
+    status, _, _ = await read_answer(reader)
+    if status == 100:  # aiohttp's interim answer to Expect
+        status, _, _ = await read_answer(reader)
+    writer.close()
+    assert status == 201
+    assert (lane_of(api).served, lane_of(api).handed_over) == (0, 1)
+    assert api.job_count() == 1
+
+
+async def test_a_malformed_request_gets_aiohttps_400(api: Api) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nBad Header\r\n\r\n{}")
+    status, _, _ = await read_answer(reader)
+    writer.close()
+    assert status == 400
+    assert (lane_of(api).served, lane_of(api).handed_over) == (0, 1)
+    assert api.job_count() == 0
+
+
+async def test_connection_close_is_honoured(api: Api) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(post_bytes(api, "bye", extra="Connection: close\r\n"))
+    status, headers, _ = await read_answer(reader)
+    assert status == 201 and headers.get("connection") == "close", (headers, lane_of(api).served)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    writer.close()
+
+
+async def test_an_error_answer_keeps_the_connection(api: Api) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(post_bytes(api, "bad", body=b'{"type": 1}') + post_bytes(api, "good"))
+    bad, good = await read_answer(reader), await read_answer(reader)
+    writer.close()
+    assert bad[0] == 400 and bad[1]["content-type"] == "application/problem+json"
+    assert bad[1]["ratelimit-limit"] == "1000"
+    assert good[0] == 201 and lane_of(api).served == 2
+
+
+async def test_a_client_that_leaves_mid_request_leaves_nothing_behind(api: Api) -> None:
+    lane = lane_of(api)
+    _, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(post_bytes(api, "gone")[:-5])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):
+        if not lane.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert not lane.connections and api.job_count() == 0
+
+
+async def test_idle_connections_are_closed_and_busy_ones_are_not(api: Api) -> None:
+    lane = lane_of(api)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(post_bytes(api, "k"))
+    await read_answer(reader)
+    lane.close_idle(idle_s=3600)
+    assert len(lane.connections) == 1  # idle, but not for an hour
+    lane.close_idle(idle_s=0)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
