@@ -6,6 +6,8 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, row_to_job
@@ -32,27 +34,23 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
                 render: RenderCreated) -> list[Outcome]:
     """Create many jobs, one outcome per item (a result, or the error for that item).
 
-    The common case (live keys, no Idempotency-Key seen before) is one multi-row INSERT.
-    If any row was not inserted (a key in use, the same key twice in the batch) or
-    failed, that attempt is undone and every item goes through :func:`insert_job`
-    on its own, in its own savepoint."""
-    live = {pair: _key_is_live(conn, *pair) for pair in
-            {(c.job.tenant_id, c.api_key_hash) for c in items if c.api_key_hash is not None}}
-    if not all(live.values()):
-        return [_isolated(conn, c, idempotency_ttl_s, render) for c in items]
+    The common case (live API keys, no Idempotency-Key seen before) is one statement,
+    which also checks the keys. If any row was not inserted (a key in use or revoked,
+    the same key twice in the batch), the rows that were are deleted again (their ids
+    are new) and every item goes through :func:`insert_job` on its own, in its own
+    savepoint. Fewer statements matter here: each one gives up the GIL, and the
+    writer then waits for the event loop to hand it back."""
     ids = [new_job_id() for _ in items]
-    conn.execute("SAVEPOINT insert_jobs")
     try:
-        inserted = run_rows(conn, "job_insert", [
-            _row(job_id, c.job, c.body_hash, c.now) for job_id, c in zip(ids, items, strict=True)
+        inserted = run_rows(conn, "jobs_insert_if_key_live", [
+            (*_row(job_id, c.job, c.body_hash, c.now), c.api_key_hash)
+            for job_id, c in zip(ids, items, strict=True)
         ])
     except sqlite3.IntegrityError:
-        inserted = -1
+        inserted = -1  # that statement was undone (an earlier one of 500 rows was not)
     if inserted != len(items):
-        conn.execute("ROLLBACK TO insert_jobs")
-        conn.execute("RELEASE insert_jobs")
+        conn.execute(Q["jobs_delete_new"], (orjson.dumps(ids).decode(),))
         return [_isolated(conn, c, idempotency_ttl_s, render) for c in items]
-    conn.execute("RELEASE insert_jobs")
     return [(True, IdempotentResult(status=201, body=render(job_id, c.now), job_id=job_id,
                                     replayed=False))
             for job_id, c in zip(ids, items, strict=True)]
