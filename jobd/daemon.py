@@ -77,6 +77,7 @@ async def serve(config: Config, *, clock: Clock | None = None,
 
     ctx = ApiContext(config=config, store=store, registry=registry, clock=clock,
                      on_job_created=job_created, on_cancel_requested=pool.cancel,
+                     on_webhook_queued=dispatcher.wake,
                      on_rate_limited=metrics.request_rate_limited)
     app = create_app(ctx, extra_routes=[web.get("/metrics", metrics_handler(store, metrics),
                                                 allow_head=False)])

@@ -30,6 +30,7 @@ class ApiContext:
     tenants: TenantDirectory = field(init=False)
     on_job_created: Callable[[NewJob], None] = _nothing    # wakes the scheduler, counts it
     on_cancel_requested: Callable[[str], object] = _nothing  # cancels a running job now
+    on_webhook_queued: Callable[[], None] = _nothing       # wakes the webhook dispatcher
     on_rate_limited: Callable[[str], None] = _nothing      # metrics
     ready: bool = False
 

@@ -108,6 +108,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = await ctx.store.cancel_job(job.id, tenant_id=tenant.id, now=ctx.clock.now())
     if job.cancel_requested:
         ctx.on_cancel_requested(job.id)
+    elif job.webhook_url is not None:  # cancelled now: its webhook was queued with it
+        ctx.on_webhook_queued()
     return _json(200, orjson.dumps(job_view(job)))
 
 

@@ -105,6 +105,7 @@ class Api:
     make_tenant: Callable[..., NewTenant]
     created: list[float] = field(default_factory=list)       # on_job_created(due)
     cancels: list[str] = field(default_factory=list)         # on_cancel_requested(job_id)
+    webhooks_queued: list[bool] = field(default_factory=list)  # on_webhook_queued()
     rate_limited: list[str] = field(default_factory=list)    # on_rate_limited(tenant_id)
     lane: FastLane | None = None
 
@@ -181,6 +182,7 @@ async def api(request: pytest.FixtureRequest, aiohttp_client: Any, config: Confi
         config=config, store=store, registry=build_registry(use_entry_points=False), clock=clock,
         on_job_created=lambda job: holder["api"].created.append(job.run_at),
         on_cancel_requested=lambda job_id: holder["api"].cancels.append(job_id),
+        on_webhook_queued=lambda: holder["api"].webhooks_queued.append(True),
         on_rate_limited=lambda tenant_id: holder["api"].rate_limited.append(tenant_id),
     )
     ctx.ready = True

@@ -104,6 +104,15 @@ async def test_cancel_queued_job(api: Api) -> None:
     assert (await api.get_job(job_id)).json["status"] == "cancelled"
     # A waiting job is cancelled at once: no running worker needs to be told.
     assert api.cancels == []
+    assert api.webhooks_queued == []  # it has no webhook
+
+
+async def test_cancelling_a_job_with_a_webhook_wakes_the_dispatcher(api: Api) -> None:
+    r = await api.post_job(api.body(webhookUrl="http://127.0.0.1:9/hook"))
+    assert r.status == 201, r.raw
+    assert (await api.delete_job(r.json["jobId"])).json["status"] == "cancelled"
+    assert api.webhooks_queued == [True]
+    assert api.store.deliveries_of_job(r.json["jobId"])[0].status.value == "pending"
 
 
 async def test_cancel_twice_is_409(api: Api) -> None:
