@@ -18,6 +18,7 @@ before each request. With a proxy, the resolver checks the proxy's address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from typing import Any, TypeAlias
@@ -165,6 +166,7 @@ def parse_ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return addr
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments; refusals are not kept
 def check_url(url: str, *, allow_private: bool) -> None:
     """Raise :class:`BlockedAddress` if ``url`` must not be fetched."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -47,12 +48,15 @@ class JobCreateRequest(BaseModel):
     @field_validator("webhookUrl")
     @classmethod
     def _absolute_http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if value is not None and not _is_absolute_http_url(value):
             raise ValueError("must be an absolute http or https URL")
         return value
+
+
+@functools.lru_cache(maxsize=4096)  # a tenant sends the same webhook URL again and again
+def _is_absolute_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class JobCreatedResponse(BaseModel):
