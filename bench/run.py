@@ -227,7 +227,8 @@ def main() -> None:
     if "latency" in only:
         figures["latency"] = median_of(args.runs, lambda: bench_latency(200))
     if "scale" in only:
-        figures["scale"] = bench_scale(args.scale_finished, args.drain_jobs, args.seconds)
+        figures["scale"] = median_of(
+            args.runs, lambda: bench_scale(args.scale_finished, args.drain_jobs, args.seconds))
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
