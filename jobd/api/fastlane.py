@@ -148,7 +148,8 @@ class FastLaneProtocol(asyncio.Protocol):
         self._lane = lane
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._paused = False
+        self._paused = False          # reading, while too much waits unanswered
+        self._write_paused = False    # answering, while the client does not read
         self._close_after = False
         self.busy = False
         self.last_active = time.monotonic()
@@ -174,15 +175,29 @@ class FastLaneProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if not self.busy:
+        if not (self.busy or self._write_paused):
             self._advance()
         elif len(self._buffer) > PAUSE_BYTES and self._transport is not None:
             self._transport.pause_reading()
             self._paused = True
 
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: take no further request until it does."""
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._resume_reading()
+        self._advance()
+
+    def _resume_reading(self) -> None:
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
     # requests -----------------------------------------------------------------------
     def _advance(self) -> None:
-        if self._transport is None or self.busy:
+        if self._transport is None or self.busy or self._write_paused:
             return
         request = self._take_request()
         if request is None:
@@ -246,9 +261,8 @@ class FastLaneProtocol(asyncio.Protocol):
             return
         self.busy = False
         self.last_active = time.monotonic()
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
+        if not self._write_paused:
+            self._resume_reading()
         self._advance()
 
     def _render(self, answer: Answer, keep_alive: bool) -> bytes:
@@ -267,15 +281,13 @@ class FastLaneProtocol(asyncio.Protocol):
         """aiohttp's protocol takes this connection, and every byte not yet answered."""
         transport = self._transport
         assert transport is not None and not self.busy
+        self._resume_reading()  # (events reach the new protocol: it is set below, at once)
         self._transport = None
         self._lane.connections.discard(self)
         self._lane.handed_over += 1
         protocol = self._lane.fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        if self._paused:
-            self._paused = False
-            transport.resume_reading()
         data, self._buffer = bytes(self._buffer), bytearray()
         if data:
             with contextlib.suppress(Exception):  # aiohttp closes what it cannot parse

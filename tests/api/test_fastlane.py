@@ -5,6 +5,7 @@ through the lane: see the ``api`` fixture.)"""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import orjson
 import pytest
@@ -159,4 +160,29 @@ async def test_idle_connections_are_closed_and_busy_ones_are_not(api: Api) -> No
     assert len(lane.connections) == 1  # idle, but not for an hour
     lane.close_idle(idle_s=0)
     assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_client_that_does_not_read_its_answers_stops_the_lane(api: Api) -> None:
+    lane = lane_of(api)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(post_bytes(api, "warm"))
+    await read_answer(reader)
+    [conn] = lane.connections
+    server_side = conn._transport
+    assert server_side is not None
+    server_side.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server_side.set_write_buffer_limits(high=2048)
+    bad = post_bytes(api, "x", body=b'{"type": 1}')  # each answer: a 400 of ~400 bytes
+    writer.write(bad * 2000)
+    served = -1
+    for _ in range(200):  # wait until the lane stops taking requests
+        if lane.served == served:
+            break
+        served = lane.served
+        await asyncio.sleep(0.02)
+    assert 1 < lane.served < 2001  # stopped: the answers wait for the client to read
+    statuses = [(await read_answer(reader))[0] for _ in range(2000)]
+    assert set(statuses) <= {400, 429} and lane.served == 2001  # (429 past the burst)
     writer.close()
