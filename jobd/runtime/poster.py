@@ -40,6 +40,7 @@ from jobd import netguard
 
 MAX_DRAIN_BYTES = 64 * 1024  # of an answer's body read to keep its connection
 IDLE_PER_ORIGIN = 256         # idle connections kept per origin; more are closed
+SWEEP_EVERY = 1000            # posts between sweeps of stale idle connections
 
 
 class AnswerError(ConnectionError):
@@ -181,6 +182,7 @@ class Poster:
         self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._busy: set[_Connection] = set()
+        self._until_sweep = SWEEP_EVERY
 
     async def post(self, url: str, body: bytes, headers: Iterable[tuple[str, str]], *,
                    timeout_s: float, read_limit: int) -> tuple[int, bytes]:
@@ -194,6 +196,9 @@ class Poster:
         lines.append(body)
         data = b"".join(lines)
         deadline = asyncio.get_running_loop().time() + timeout_s
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self.sweep()
         conn = self._take_idle(where.origin)
         if conn is not None:
             try:
@@ -213,6 +218,25 @@ class Poster:
         for conn in self._busy:
             conn.close()
         self._busy.clear()
+
+    def sweep(self) -> None:
+        """Close idle connections past ``max_idle_s`` and forget closed ones and origins
+        with nothing left (receivers come and go)."""
+        self._until_sweep = SWEEP_EVERY
+        now = time.monotonic()
+        for origin, conns in list(self._idle.items()):
+            keep = [c for c in conns if c.open and now - c.idle_since < self._max_idle_s]
+            for conn in conns:
+                if conn not in keep:
+                    conn.close()
+            if keep:
+                self._idle[origin] = deque(keep)
+            else:
+                del self._idle[origin]
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(conns) for conns in self._idle.values())
 
     # connections ------------------------------------------------------------------
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:

@@ -289,3 +289,32 @@ def test_under_uvloop_as_the_daemon_runs_it() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(scenario()) == (1, [200, 200, 200])
+
+
+async def test_a_sweep_closes_stale_idle_connections_and_forgets_their_origin(server) -> None:
+    poster = Poster(allow_private=True, max_idle_s=3600)
+    try:
+        await asyncio.gather(*[post(poster, server.url()) for _ in range(3)])
+        assert poster.idle_connections == 3
+        poster.sweep()
+        assert poster.idle_connections == 3  # all fresh
+        server.drop_idle_connections()
+        for _ in range(100):
+            poster.sweep()
+            if poster.idle_connections == 0:
+                break
+            await asyncio.sleep(0.01)  # let the closes arrive
+        assert poster.idle_connections == 0 and poster._idle == {}
+    finally:
+        await poster.close()
+
+
+async def test_a_sweep_closes_connections_idle_past_max_idle(server) -> None:
+    poster = Poster(allow_private=True, max_idle_s=0)
+    try:
+        await post(poster, server.url())
+        [conn] = [c for conns in poster._idle.values() for c in conns]
+        poster.sweep()
+        assert poster.idle_connections == 0 and not conn.open
+    finally:
+        await poster.close()
