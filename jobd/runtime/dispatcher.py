@@ -125,8 +125,8 @@ class _WakeOnFinalJob(JobListener):
 
     def __call__(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
                  duration_s: float) -> None:
-        if status in FINAL_STATUSES:  # its webhook (if any) was queued in that transaction
-            self._dispatcher.wake()
+        if status in FINAL_STATUSES and job.webhook_url is not None:
+            self._dispatcher.wake()  # its webhook was queued in that transaction
 
 
 # the loop ------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ from jobd.clock import FakeClock
 from jobd.config import Config
 from jobd.handlers.base import Services
 from jobd.handlers.registry import Registry, builtin_types
-from jobd.models import DeliveryStatus, JobStatus, NewJob, NewTenant
+from jobd.models import ClaimedJob, DeliveryStatus, JobStatus, NewJob, NewTenant
 from jobd.runtime.dispatcher import Dispatcher, retry_at
+from jobd.runtime.execution import Succeeded
 from jobd.runtime.workers import WorkerPool
 from jobd.store import deliveries as store_deliveries
 from jobd.store.queries import Q
@@ -382,3 +383,18 @@ async def test_a_finished_job_wakes_the_dispatcher(store, db, clock, receiver, t
         await asyncio.gather(run, return_exceptions=True)
         await dispatcher.close()
     assert json.loads(receiver.requests[0].body)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(("webhook_url", "status", "woken"), [
+    ("http://127.0.0.1:9/hook", JobStatus.SUCCEEDED, True),
+    ("http://127.0.0.1:9/hook", JobStatus.FATAL, True),
+    ("http://127.0.0.1:9/hook", JobStatus.RETRY, False),  # not final: no webhook yet
+    (None, JobStatus.SUCCEEDED, False),                    # no webhook to send
+])
+async def test_only_a_final_job_with_a_webhook_wakes_the_dispatcher(
+        store, clock, config, webhook_url, status, woken):
+    dispatcher = Dispatcher(store=store, clock=clock, config=config)
+    job = ClaimedJob(id="job_x", tenant_id="acme", type="noop", payload="{}", attempt=1,
+                     max_attempts=3, timeout_seconds=None, webhook_url=webhook_url)
+    dispatcher.job_listener(job, Succeeded("null"), status, 0.001)
+    assert dispatcher._wake.is_set() is woken
