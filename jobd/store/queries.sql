@@ -71,8 +71,11 @@ SELECT * FROM jobs WHERE id = ?;
 -- name: job_get_for_tenant
 SELECT * FROM jobs WHERE id = ? AND tenant_id = ?;
 
--- Tenants with waiting jobs, one index seek each (a loose index scan).
--- name: tenants_with_waiting_jobs
+-- What a claim round needs first, as one row (one statement for the writer): the
+-- tenants with waiting jobs, in id order (one seek of jobs_due each: a loose index
+-- scan), as a JSON array;
+-- and [id, max_concurrency, running] of each tenant with a cap, as a JSON array.
+-- name: claim_plan
 WITH RECURSIVE waiting (tenant_id) AS (
     SELECT min(tenant_id) FROM jobs WHERE status IN ('queued', 'retry')
     UNION ALL
@@ -80,12 +83,10 @@ WITH RECURSIVE waiting (tenant_id) AS (
             WHERE status IN ('queued', 'retry') AND tenant_id > waiting.tenant_id)
     FROM waiting WHERE waiting.tenant_id IS NOT NULL
 )
-SELECT tenant_id FROM waiting WHERE tenant_id IS NOT NULL;
-
--- name: tenant_concurrency_caps
-SELECT t.id, t.max_concurrency,
-       (SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.tenant_id = t.id) AS running
-FROM tenants t WHERE t.max_concurrency IS NOT NULL;
+SELECT (SELECT json_group_array(tenant_id) FROM waiting WHERE tenant_id IS NOT NULL),
+       (SELECT json_group_array(json_array(t.id, t.max_concurrency,
+                   (SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.tenant_id = t.id)))
+        FROM tenants t WHERE t.max_concurrency IS NOT NULL);
 
 -- A tenant's due jobs, best first, packed into one JSON array: one row, so the writer
 -- steps it once (see jobd.store.queries.run_rows); the rows keep the inner order.

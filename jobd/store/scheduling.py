@@ -35,9 +35,9 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
     """
     if limit <= 0:
         return ClaimRound([], after_tenant)
-    tenants = _rotation([r[0] for r in conn.execute(Q["tenants_with_waiting_jobs"])], after_tenant)
-    room = {r["id"]: max(0, r["max_concurrency"] - r["running"])
-            for r in conn.execute(Q["tenant_concurrency_caps"]).fetchall()}
+    waiting, caps = conn.execute(Q["claim_plan"]).fetchone()
+    tenants = _rotation(sorted(orjson.loads(waiting)), after_tenant)
+    room = {tenant_id: max(0, cap - running) for tenant_id, cap, running in orjson.loads(caps)}
     per_tenant: list[list[sqlite3.Row]] = []
     last_tenant = after_tenant
     for tenant_id in tenants:

@@ -218,7 +218,7 @@ PARAMS: dict[str, Any] = {
     "job_holding_key": ("acme", "key-1"),
     "job_finish_running": {"id": "job_x", "status": "succeeded", "result": None, "error": None,
                            "now": 1.0, "attempt": 1, "owner": "w"},
-    "tenants_with_waiting_jobs": (),
+    "claim_plan": (),
     "job_list": {"tenant_id": None, "status": None, "type": None, "before": 10, "limit": 5},
 }
 
@@ -281,8 +281,8 @@ def test_the_holder_of_a_key_is_found_through_its_unique_index(
                in s for s in steps), steps
 
 
-def test_tenants_with_waiting_jobs_seeks_the_due_index(migrated: sqlite3.Connection) -> None:
-    steps = plan(migrated, "tenants_with_waiting_jobs")
+def test_claim_plan_seeks_the_due_index(migrated: sqlite3.Connection) -> None:
+    steps = plan(migrated, "claim_plan")
     assert any("SEARCH jobs USING INDEX jobs_due (tenant_id>?)" in s for s in steps), steps
     assert not any(s.startswith("SCAN jobs") for s in steps), steps
 
