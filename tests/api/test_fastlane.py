@@ -47,6 +47,17 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
     return int(lines[0].split()[1]), headers, body
 
 
+async def exchange(api: Api, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw`` on a new connection; the final answer (past an interim 100)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(raw)
+    answer = await read_answer(reader)
+    if answer[0] == 100:  # aiohttp's interim answer to Expect
+        answer = await read_answer(reader)
+    writer.close()
+    return answer
+
+
 async def test_post_jobs_is_served_by_the_lane_and_the_rest_handed_to_aiohttp(api: Api) -> None:
     lane = lane_of(api)
     created = await api.post_job()
@@ -97,23 +108,14 @@ async def test_framing_the_lane_does_not_take_goes_to_aiohttp(api: Api, extra: s
                f"Idempotency-Key: c\r\n{extra}\r\n{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
     else:
         raw = post_bytes(api, "c", extra=extra, body=body)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
-    writer.write(raw)
-    status, _, _ = await read_answer(reader)
-    if status == 100:  # aiohttp's interim answer to Expect
-        status, _, _ = await read_answer(reader)
-    writer.close()
-    assert status == 201
+    assert (await exchange(api, raw))[0] == 201
     assert (lane_of(api).served, lane_of(api).handed_over) == (0, 1)
     assert api.job_count() == 1
 
 
 async def test_a_malformed_request_gets_aiohttps_400(api: Api) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
-    writer.write(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nBad Header\r\n\r\n{}")
-    status, _, _ = await read_answer(reader)
-    writer.close()
-    assert status == 400
+    raw = b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nBad Header\r\n\r\n{}"
+    assert (await exchange(api, raw))[0] == 400
     assert (lane_of(api).served, lane_of(api).handed_over) == (0, 1)
     assert api.job_count() == 0
 
