@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import os
 import secrets
+import threading
 import time
 
 API_KEY_PREFIX = "jobd_sk_"
@@ -39,6 +40,24 @@ _SORTABLE = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 _TO_SORTABLE = bytes.maketrans(_B64, _SORTABLE)
 
 
+_RANDOM_REFILL = 4096  # bytes read from the OS at a time
+_random_pool = bytearray()
+_random_lock = threading.Lock()
+os.register_at_fork(after_in_child=_random_pool.clear)  # a child never reuses the parent's
+
+
+def _random_bytes(n: int) -> bytes:
+    """``n`` bytes from ``os.urandom``, read 4 KiB at a time; each byte is handed out
+    once. One ``getrandom`` call per id would let go of the GIL per id, and the
+    writer thread, which makes the ids of a batch, then waits to win it back."""
+    with _random_lock:
+        if len(_random_pool) < n:
+            _random_pool[:] = os.urandom(_RANDOM_REFILL)
+        out = bytes(_random_pool[-n:])
+        del _random_pool[-n:]
+    return out
+
+
 def _ordered_token() -> str:
     """42 bits of milliseconds (until 2109) then 80 random bits, as 22 URL-safe
     characters whose text order is their value order, so ids made later sort later.
@@ -46,7 +65,7 @@ def _ordered_token() -> str:
     measured, that halves the cost of inserting a job. 80 random bits per millisecond
     keep ids unguessable. (The stdlib's base32 is pure Python and cost ~3 us an id.)"""
     millis = (time.time_ns() // 1_000_000 << 6) & 0xFFFF_FFFF_FFC0  # 42 bits, top of 48
-    raw = millis.to_bytes(6, "big") + os.urandom(10)
+    raw = millis.to_bytes(6, "big") + _random_bytes(10)
     return binascii.b2a_base64(raw, newline=False)[:22].translate(_TO_SORTABLE).decode("ascii")
 
 

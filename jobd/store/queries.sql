@@ -132,6 +132,18 @@ FROM (VALUES (?, ?, ?, ?, ?, ?)) AS v
 WHERE jobs.id = v.column1 AND jobs.status = 'running' AND jobs.attempts = v.column6
   AND jobs.lease_owner = ?;
 
+-- The webhooks of jobs about to be finished by jobs_finish_running_many, fenced the same
+-- way (run first, in the same transaction, so a fenced-out job gets none): one VALUES row
+-- (id, job_id, tenant_id, url, body, now, attempt) per job; the last parameter is the owner.
+-- name: deliveries_insert_if_held
+INSERT INTO deliveries (id, job_id, tenant_id, url, body, status, attempts,
+                        next_attempt_at, created_at, updated_at)
+SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 'pending', 0,
+       v.column6, v.column6, v.column6
+FROM (VALUES (?, ?, ?, ?, ?, ?, ?)) AS v
+JOIN jobs ON jobs.id = v.column2 AND jobs.status = 'running' AND jobs.attempts = v.column7
+         AND jobs.lease_owner = ?;
+
 -- name: job_retry_running
 UPDATE jobs SET status = 'retry', next_run_at = :next_run_at, last_error = :error,
                 errors = json_insert(coalesce(errors, '[]'), '$[#]',

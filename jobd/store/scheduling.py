@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
+from jobd.credentials import new_delivery_id
 from jobd.models import ClaimedJob, JobStatus
-from jobd.store.outbox import delivery_row, enqueue_delivery
+from jobd.store.outbox import enqueue_delivery
 from jobd.store.queries import Q, run_rows
 from jobd.webhook_body import build_body
 
@@ -103,26 +104,19 @@ def _webhook_body(f: Finish) -> bytes:
 
 
 def finish_jobs(conn: sqlite3.Connection, items: list[Finish], *, owner: str) -> int:
-    """:func:`finish_job` for many jobs in one go: one statement for the jobs and one
-    for their webhooks. If any job was fenced out (its claim is no longer current),
-    that is undone and each goes through :func:`finish_job`, which skips it.
-    Returns how many were finished."""
-    conn.execute("SAVEPOINT finish_jobs")
-    done = run_rows(conn, "jobs_finish_running_many", [
+    """:func:`finish_job` for many jobs in one go: one statement for their webhooks (if
+    any) and one for the jobs, both fenced. The webhooks go first, while the fence can
+    still be read: a job whose claim is no longer current gets neither. No savepoint:
+    each statement it would take gives up the GIL, and the writer then waits for the
+    event loop to hand it back. Returns how many were finished."""
+    webhooks = [(new_delivery_id(), f.job.id, f.job.tenant_id, url, _webhook_body(f), f.now,
+                 f.job.attempt)
+                for f in items if (url := f.job.webhook_url) is not None]
+    if webhooks:
+        run_rows(conn, "deliveries_insert_if_held", webhooks, owner)
+    return run_rows(conn, "jobs_finish_running_many", [
         (f.job.id, f.status.value, f.result_json, f.error, f.now, f.job.attempt) for f in items
     ], owner)
-    if done == len(items):
-        webhooks = [delivery_row(job_id=f.job.id, tenant_id=f.job.tenant_id, url=url,
-                                 body=_webhook_body(f), now=f.now)
-                    for f in items if (url := f.job.webhook_url) is not None]
-        if webhooks:
-            run_rows(conn, "delivery_insert", webhooks)
-        conn.execute("RELEASE finish_jobs")
-        return done
-    conn.execute("ROLLBACK TO finish_jobs")
-    conn.execute("RELEASE finish_jobs")
-    return sum(finish_job(conn, f.job, owner=owner, status=f.status, now=f.now,
-                          result_json=f.result_json, error=f.error) for f in items)
 
 
 def schedule_retry(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, now: float,

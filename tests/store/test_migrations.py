@@ -219,6 +219,9 @@ PARAMS: dict[str, Any] = {
     "job_finish_running": {"id": "job_x", "status": "succeeded", "result": None, "error": None,
                            "now": 1.0, "attempt": 1, "owner": "w"},
     "claim_plan": (),
+    "prune_jobs_batch": {"cutoff": 1.0, "batch": 500},
+    "count_prunable_jobs": {"cutoff": 1.0},
+    "jobs_finished_since": (1.0,),
     "job_list": {"tenant_id": None, "status": None, "type": None, "before": 10, "limit": 5},
 }
 
@@ -243,6 +246,17 @@ def test_due_jobs_of_tenant_uses_jobs_due(migrated: sqlite3.Connection) -> None:
     assert not any("TEMP B-TREE" in s for s in steps), steps  # ORDER BY comes from the index
 
 
+def test_retention_and_stats_find_finished_jobs_through_jobs_finished(
+        migrated: sqlite3.Connection) -> None:
+    """jobs_finished is partial on ``completed_at IS NOT NULL`` (migration 0005), which
+    the queries' comparisons on completed_at imply."""
+    for name in ("prune_jobs_batch", "count_prunable_jobs", "jobs_finished_since"):
+        steps = plan(migrated, name)
+        assert any("USING INDEX jobs_finished" in s and "completed_at" in s for s in steps), (
+            name, steps)
+        assert not any(s.startswith("SCAN jobs") for s in steps), (name, steps)
+
+
 def test_job_get_uses_the_unique_id_index(migrated: sqlite3.Connection) -> None:
     for name in ("job_get", "job_get_for_tenant", "job_finish_running"):
         steps = plan(migrated, name)
@@ -256,6 +270,12 @@ def test_batched_finish_and_mark_seek_each_job(migrated: sqlite3.Connection) -> 
     assert any("SEARCH jobs USING INDEX sqlite_autoindex_jobs_" in r[3] and "(id=?)" in r[3]
                for r in finish), finish
     assert not any(r[3].startswith("SCAN jobs") for r in finish), finish
+    hooks = migrated.execute("EXPLAIN QUERY PLAN " + _multi_row("deliveries_insert_if_held", 3),
+                             ["msg_x", "job_x", "t", "http://h/", b"{}", 1.0, 1] * 3 + ["w"]
+                             ).fetchall()
+    assert any("SEARCH jobs USING INDEX sqlite_autoindex_jobs_" in r[3] and "(id=?)" in r[3]
+               for r in hooks), hooks
+    assert not any(r[3].startswith("SCAN jobs") for r in hooks), hooks
     mark = migrated.execute("EXPLAIN QUERY PLAN " + Q["jobs_mark_running"], {
         "owner": "w", "expires": 1.0, "now": 1.0, "seqs": "[1, 2]"}).fetchall()
     assert any("SEARCH jobs USING INTEGER PRIMARY KEY" in r[3] for r in mark), mark

@@ -534,3 +534,45 @@ def test_status_and_delivery_commit_or_roll_back_together(db: Database, submit: 
     assert db.write(scheduling.finish_job, claimed, owner="w1", status=JobStatus.SUCCEEDED,
                     now=T0 + 2)
     assert len(deliveries(db, job_id)) == 1
+
+
+def test_completed_at_is_set_exactly_while_a_job_is_finished(db: Database,
+                                                             submit: Submit) -> None:
+    """Retention's index (jobs_finished) holds the rows with a completed_at: that must
+    be the finished jobs, through every transition in and out of a final status."""
+    def check() -> None:
+        rows = db.read(lambda c: c.execute(
+            "SELECT status, completed_at IS NOT NULL FROM jobs").fetchall())
+        for status, completed in rows:
+            assert completed == (status in ("succeeded", "fatal", "cancelled")), rows
+
+    job_id = submit(max_attempts=2).job_id
+    check()
+    first = claim_one(db)                                             # running
+    check()
+    assert db.write(scheduling.schedule_retry, first, owner="w1", now=T0 + 1,
+                    next_run_at=T0 + 2, error="boom")                 # retry
+    check()
+    second = claim_one(db, now=T0 + 2)
+    assert db.write(scheduling.requeue_job, second, owner="w1", now=T0 + 3,
+                    reason="shutdown")                                # queued again
+    check()
+    third = claim_one(db, now=T0 + 3)
+    assert db.write(scheduling.finish_job, third, owner="w1", status=JobStatus.FATAL,
+                    now=T0 + 4, error="boom")                         # fatal
+    check()
+    db.write(store_jobs.retry_job, job_id, tenant_id=None, now=T0 + 5)  # queued
+    check()
+    claim_one(db, now=T0 + 5)
+    db.write(scheduling.rescue_orphans, now=T0 + 6, all_running=True)  # orphan: fatal or retry
+    check()
+    other = submit().job_id
+    db.write(store_jobs.cancel_job, other, tenant_id=None, now=T0 + 7)  # cancelled
+    check()
+    last = submit().job_id
+    db.write(scheduling.finish_jobs, [scheduling.Finish(claim_one(db, now=T0 + 100),
+                                                        JobStatus.SUCCEEDED, T0 + 101)],
+             owner="w1")                                              # succeeded, batched
+    check()
+    assert [get(db, i).status for i in (job_id, other, last)] == [
+        JobStatus.FATAL, JobStatus.CANCELLED, JobStatus.SUCCEEDED]
