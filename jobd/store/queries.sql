@@ -71,10 +71,17 @@ SELECT * FROM jobs WHERE id = ?;
 -- name: job_get_for_tenant
 SELECT * FROM jobs WHERE id = ? AND tenant_id = ?;
 
--- What a claim round needs first, as one row (one statement for the writer): the
--- tenants with waiting jobs, in id order (one seek of jobs_due each: a loose index
--- scan), as a JSON array;
--- and [id, max_concurrency, running] of each tenant with a cap, as a JSON array.
+-- A claim round's plan, as one row (one statement for the writer):
+-- 1. the tenants with waiting jobs, in id order (one seek of jobs_due each: a loose
+--    index scan), as a JSON array;
+-- 2. [id, max_concurrency, running] of each tenant with a cap, as a JSON array
+--    (running jobs counted through jobs_running: a capped tenant's history can be long);
+-- 3. the first tenant of the rotation (the first after :after, else the first);
+-- 4. how many jobs that tenant may take (:limit, or less under its cap);
+-- 5. those of its due jobs, packed like due_jobs_of_tenant_packed.
+-- A round with one tenant waiting (the common case) needs nothing more before marking
+-- its jobs running. jobd.store.scheduling.claim_due_jobs checks 3 and 4 against its
+-- own rotation and allowance before using 5.
 -- name: claim_plan
 WITH RECURSIVE waiting (tenant_id) AS (
     SELECT min(tenant_id) FROM jobs WHERE status IN ('queued', 'retry')
@@ -82,11 +89,38 @@ WITH RECURSIVE waiting (tenant_id) AS (
     SELECT (SELECT min(tenant_id) FROM jobs
             WHERE status IN ('queued', 'retry') AND tenant_id > waiting.tenant_id)
     FROM waiting WHERE waiting.tenant_id IS NOT NULL
+),
+running (tenant_id, n) AS (
+    SELECT tenant_id, count(*) FROM jobs INDEXED BY jobs_running
+    WHERE status = 'running' GROUP BY tenant_id
+),
+first (tenant_id) AS (
+    SELECT coalesce((SELECT min(tenant_id) FROM waiting WHERE tenant_id > :after),
+                    (SELECT min(tenant_id) FROM waiting))
+),
+room (n) AS (
+    SELECT min(:limit, coalesce((
+        SELECT max(0, t.max_concurrency - coalesce((SELECT n FROM running r
+                                                    WHERE r.tenant_id = t.id), 0))
+        FROM tenants t
+        WHERE t.id = (SELECT tenant_id FROM first) AND t.max_concurrency IS NOT NULL), :limit))
 )
 SELECT (SELECT json_group_array(tenant_id) FROM waiting WHERE tenant_id IS NOT NULL),
        (SELECT json_group_array(json_array(t.id, t.max_concurrency,
-                   (SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.tenant_id = t.id)))
-        FROM tenants t WHERE t.max_concurrency IS NOT NULL);
+                   coalesce((SELECT n FROM running r WHERE r.tenant_id = t.id), 0)))
+        FROM tenants t WHERE t.max_concurrency IS NOT NULL),
+       (SELECT tenant_id FROM first),
+       (SELECT n FROM room),
+       (SELECT json_group_array(json_array(seq, id, tenant_id, type, payload, attempts,
+                                           max_attempts, timeout_seconds, next_run_at,
+                                           webhook_url))
+        FROM (SELECT seq, id, tenant_id, type, payload, attempts, max_attempts, timeout_seconds,
+                     next_run_at, webhook_url
+              FROM jobs
+              WHERE tenant_id = (SELECT tenant_id FROM first) AND status IN ('queued', 'retry')
+                AND next_run_at <= :now
+              ORDER BY priority DESC, next_run_at
+              LIMIT (SELECT n FROM room)));
 
 -- A tenant's due jobs, best first, packed into one JSON array: one row, so the writer
 -- steps it once (see jobd.store.queries.run_rows); the rows keep the inner order.

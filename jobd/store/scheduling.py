@@ -36,18 +36,24 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
     """
     if limit <= 0:
         return ClaimRound([], after_tenant)
-    waiting, caps = conn.execute(Q["claim_plan"]).fetchone()
+    waiting, caps, first, first_room, first_rows = conn.execute(Q["claim_plan"], {
+        "after": after_tenant, "limit": limit, "now": now}).fetchone()
     tenants = _rotation(sorted(orjson.loads(waiting)), after_tenant)
     room = {tenant_id: max(0, cap - running) for tenant_id, cap, running in orjson.loads(caps)}
-    per_tenant: list[list[sqlite3.Row]] = []
+    per_tenant: list[list[Any]] = []
     last_tenant = after_tenant
     for tenant_id in tenants:
         if len(per_tenant) >= limit:
             break
         last_tenant = tenant_id
         allowance = min(limit, room.get(tenant_id, limit))
-        rows = orjson.loads(conn.execute(Q["due_jobs_of_tenant_packed"], (
-            tenant_id, now, allowance)).fetchone()[0]) if allowance > 0 else []
+        if tenant_id == first and allowance == first_room:  # fetched with the plan
+            rows = orjson.loads(first_rows)
+        elif allowance > 0:
+            rows = orjson.loads(conn.execute(Q["due_jobs_of_tenant_packed"], (
+                tenant_id, now, allowance)).fetchone()[0])
+        else:
+            rows = []
         if rows:  # tenants with nothing due or no room do not use up the round
             per_tenant.append(rows)
     chosen = [row for rank in zip_longest(*per_tenant) for row in rank if row is not None][:limit]

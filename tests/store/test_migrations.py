@@ -218,7 +218,7 @@ PARAMS: dict[str, Any] = {
     "job_holding_key": ("acme", "key-1"),
     "job_finish_running": {"id": "job_x", "status": "succeeded", "result": None, "error": None,
                            "now": 1.0, "attempt": 1, "owner": "w"},
-    "claim_plan": (),
+    "claim_plan": {"after": None, "limit": 10, "now": 1.0},
     "prune_jobs_batch": {"cutoff": 1.0, "batch": 500},
     "count_prunable_jobs": {"cutoff": 1.0},
     "jobs_finished_since": (1.0,),
@@ -304,7 +304,13 @@ def test_the_holder_of_a_key_is_found_through_its_unique_index(
 def test_claim_plan_seeks_the_due_index(migrated: sqlite3.Connection) -> None:
     steps = plan(migrated, "claim_plan")
     assert any("SEARCH jobs USING INDEX jobs_due (tenant_id>?)" in s for s in steps), steps
-    assert not any(s.startswith("SCAN jobs") for s in steps), steps
+    # the first tenant's due jobs, best first, from the index (no sort)
+    assert any("SEARCH jobs USING INDEX jobs_due (tenant_id=?)" in s for s in steps), steps
+    assert not any("TEMP B-TREE FOR ORDER BY" in s for s in steps), steps
+    # running jobs are counted from jobs_running, never from a tenant's whole history
+    assert "SCAN jobs USING INDEX jobs_running" in steps, steps
+    assert not any("jobs_tenant_seq" in s for s in steps), steps
+    assert not any(s.startswith("SCAN jobs") and "jobs_running" not in s for s in steps), steps
 
 
 def test_job_list_pages_by_seq(migrated: sqlite3.Connection) -> None:
