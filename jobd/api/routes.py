@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from jobd.api.auth import authenticate, authenticate_key
+from jobd.api.auth import Caller, authenticate, authenticate_key
 from jobd.api.context import API, ApiContext
 from jobd.api.problems import RATE_HEADERS
 from jobd.api.schemas import JobCreateRequest
@@ -25,7 +26,7 @@ from jobd.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from jobd.models import Job, NewJob
+from jobd.models import IdempotentResult, Job, NewJob
 from jobd.netguard import check_url
 
 JSON = "application/json"
@@ -42,12 +43,21 @@ class Answer:
     body: bytes
 
 
-async def submit_job(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
-                     content_length: int | None, read: Callable[[], Awaitable[bytes]],
-                     rate_headers: dict[str, str]) -> Answer:
-    """``POST /jobs`` apart from HTTP itself, for the aiohttp route and the fast lane.
-    Raises a :class:`~jobd.errors.JobdError` for a refusal; ``rate_headers`` is filled
-    as soon as the bucket was taken, for the error answer to carry them too."""
+@dataclass(slots=True)
+class Submission:
+    """A ``POST /jobs`` that passed every check and waits for the writer."""
+
+    job: NewJob
+    body_hash: bytes
+    now: float
+    api_key_hash: str
+
+
+def admit(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
+          content_length: int | None, rate_headers: dict[str, str]) -> tuple[Caller, float, str]:
+    """The checks before the body is read: the API key, the tenant's rate limit (its
+    headers go into ``rate_headers`` at once, for an error answer to carry them too),
+    the Idempotency-Key and the declared size. Returns (caller, now, key)."""
     caller = authenticate_key(authorization, ctx.tenants, fresh=False)
     tenant = caller.tenant
     now = ctx.clock.now()
@@ -61,23 +71,52 @@ async def submit_job(ctx: ApiContext, *, authorization: str, idempotency_key: st
     max_bytes = ctx.config.server.max_body_bytes
     if content_length is not None and content_length > max_bytes:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
-    data = _json_object(await read())
+    return caller, now, key
+
+
+def prepare(ctx: ApiContext, caller: Caller, now: float, key: str, raw: bytes) -> Submission:
+    """The body's checks; what the writer is then given."""
+    data = _json_object(raw)
     claimed_tenant = data.get("tenantId")
-    if isinstance(claimed_tenant, str) and claimed_tenant != tenant.id:
+    if isinstance(claimed_tenant, str) and claimed_tenant != caller.tenant.id:
         raise Unauthorized("tenantId does not match the API key's tenant")
     job = _parse_new_job(ctx, data, key, now)
     body_hash = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
-    result = await ctx.store.insert_job(
-        job, body_hash=body_hash, now=now, idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600,
-        render=created_body, api_key_hash=caller.key_hash)
+    return Submission(job, body_hash, now, caller.key_hash)
+
+
+def insert(ctx: ApiContext, submission: Submission) -> asyncio.Future[IdempotentResult]:
+    """Hand the job to the writer; the future is done after its COMMIT."""
+    return ctx.store.insert_job_soon(
+        submission.job, body_hash=submission.body_hash, now=submission.now,
+        idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600, render=created_body,
+        api_key_hash=submission.api_key_hash)
+
+
+def created(ctx: ApiContext, submission: Submission, result: IdempotentResult,
+            rate_headers: dict[str, str]) -> Answer:
+    """The 201 for a committed (or replayed) job."""
     if not result.replayed:
-        ctx.on_job_created(job)
+        ctx.on_job_created(submission.job)
     headers = dict(rate_headers)
     headers["Content-Type"] = JSON
     headers["Location"] = f"/jobs/{result.job_id}"
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return Answer(result.status, headers, result.body)
+
+
+async def submit_job(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
+                     content_length: int | None, read: Callable[[], Awaitable[bytes]],
+                     rate_headers: dict[str, str]) -> Answer:
+    """``POST /jobs`` apart from HTTP itself: :func:`admit`, :func:`prepare`,
+    :func:`insert`, :func:`created` in turn (the fast lane calls them without a task).
+    Raises a :class:`~jobd.errors.JobdError` for a refusal."""
+    caller, now, key = admit(ctx, authorization=authorization, idempotency_key=idempotency_key,
+                             content_length=content_length, rate_headers=rate_headers)
+    submission = prepare(ctx, caller, now, key, await read())
+    result = await insert(ctx, submission)
+    return created(ctx, submission, result, rate_headers)
 
 
 async def create_job(request: web.Request) -> web.Response:

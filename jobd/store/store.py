@@ -103,13 +103,19 @@ class Store:
                          api_key_hash: str | None = None) -> IdempotentResult:
         """Create a job (or replay its key). The jobs created in one batch of the
         writer are inserted together, by one multi-row INSERT."""
+        return await self.insert_job_soon(job, body_hash=body_hash, now=now,
+                                          idempotency_ttl_s=idempotency_ttl_s, render=render,
+                                          api_key_hash=api_key_hash)
+
+    def insert_job_soon(self, job: NewJob, *, body_hash: bytes, now: float,
+                        idempotency_ttl_s: float, render: RenderCreated,
+                        api_key_hash: str | None = None) -> asyncio.Future[IdempotentResult]:
+        """:meth:`insert_job` as a future, done after the COMMIT."""
         group = self._insert_groups.get((idempotency_ttl_s, render))
         if group is None:
             group = self._insert_groups[(idempotency_ttl_s, render)] = functools.partial(
                 jobs.insert_jobs, idempotency_ttl_s=idempotency_ttl_s, render=render)
-        result: IdempotentResult = await self._writer.call_grouped(
-            group, jobs.Creation(job, body_hash, now, api_key_hash))
-        return result
+        return self._writer.call_grouped(group, jobs.Creation(job, body_hash, now, api_key_hash))
 
     def find_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         return self.read(jobs.find_job, job_id, tenant_id)

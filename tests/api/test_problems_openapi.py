@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -142,12 +143,17 @@ async def test_handler_crash_is_a_500_problem_without_traceback(
                for rec in caplog.records)
 
 
-async def test_store_failure_on_create_is_a_problem(api: Api, monkeypatch: pytest.MonkeyPatch
-                                                    ) -> None:
-    async def broken(*_args: object, **_kw: object) -> None:
-        raise RuntimeError("disk on fire")
+@pytest.mark.parametrize("when", ["at once", "after the commit"])
+async def test_store_failure_on_create_is_a_problem(api: Api, monkeypatch: pytest.MonkeyPatch,
+                                                    when: str) -> None:
+    def broken(*_args: object, **_kw: object) -> asyncio.Future[None]:
+        if when == "at once":
+            raise RuntimeError("disk on fire")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_exception(RuntimeError("disk on fire"))
+        return future
 
-    monkeypatch.setattr(api.store, "insert_job", broken)
+    monkeypatch.setattr(api.store, "insert_job_soon", broken)
     r = await api.post_job()
     r.problem(500, "internal_error")
     assert "disk on fire" not in r.raw.decode()

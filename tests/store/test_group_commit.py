@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -62,8 +62,8 @@ class WriterGate:
         assert await asyncio.to_thread(self.entered.wait, 10), "writer never ran the gate"
 
 
-async def enqueue(*coros: Coroutine[Any, Any, Any]) -> list[asyncio.Task[Any]]:
-    tasks = [asyncio.create_task(c) for c in coros]
+async def enqueue(*coros: Awaitable[Any]) -> list[asyncio.Future[Any]]:
+    tasks = [asyncio.ensure_future(c) for c in coros]
     await asyncio.sleep(0)  # each task runs until it awaits its future: all are queued now
     return tasks
 
@@ -106,7 +106,7 @@ async def test_units_queued_while_the_writer_is_busy_share_one_batch(
 # grouped units ----------------------------------------------------------------------
 
 
-async def one_batch(store: Store, *coros: Coroutine[Any, Any, Any]) -> list[Any]:
+async def one_batch(store: Store, *coros: Awaitable[Any]) -> list[Any]:
     """Run ``coros`` as one batch of the writer (queued while a gate holds it); return
     each one's result or exception."""
     gate = WriterGate()
