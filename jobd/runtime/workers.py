@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from jobd.clock import Clock
 from jobd.config import Config
@@ -54,7 +55,7 @@ class WorkerPool:
         self.owner = owner
         self._rng = rng or random.Random()
         self._running: dict[str, _Running] = {}
-        self._recording: set[asyncio.Task[None]] = set()  # outcome known, being written
+        self._recording: set[asyncio.Future[Any]] = set()  # outcome known, being written
         self._wake = asyncio.Event()
         self._next_due: float | None = None
         self._after_tenant: str | None = None
@@ -151,24 +152,48 @@ class WorkerPool:
         # same group commit as this job's outcome (one fsync per round, not two). The claim
         # is queued after the outcome, so it already sees this job as finished.
         task = self._running.pop(job.id).task
-        self._recording.add(task)
         self._wake.set()
+        if isinstance(outcome, Succeeded):  # the common case: no second step of this task
+            recorded = self._store.finish_job_soon(job, owner=self.owner,
+                                                   status=JobStatus.SUCCEEDED,
+                                                   now=self._clock.now(),
+                                                   result_json=outcome.result_json)
+            self._recording.add(recorded)
+            recorded.add_done_callback(functools.partial(self._succeeded, job, outcome, started))
+            return
+        self._recording.add(task)
         try:
             status = await self._record(job, outcome)
-            for listener in self.listeners:
-                listener(job, outcome, status, time.perf_counter() - started)
+            self._notify(job, outcome, status, started)
         except Exception:
             log.exception("could not record the outcome of job %s; its lease will expire", job.id)
         finally:
             self._recording.discard(task)
 
-    async def _record(self, job: ClaimedJob, outcome: Outcome) -> JobStatus | None:
+    def _succeeded(self, job: ClaimedJob, outcome: Succeeded, started: float,
+                   recorded: asyncio.Future[None]) -> None:
+        """The writer committed a success (a callback: see :meth:`_run_job`)."""
+        self._recording.discard(recorded)
+        error = None if recorded.cancelled() else recorded.exception()
+        if recorded.cancelled() or error is not None:
+            log.error("could not record the outcome of job %s; its lease will expire", job.id,
+                      exc_info=error)
+            return
+        self._notify(job, outcome, JobStatus.SUCCEEDED, started)
+
+    def _notify(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
+                started: float) -> None:
+        for listener in self.listeners:
+            try:
+                listener(job, outcome, status, time.perf_counter() - started)
+            except Exception:
+                log.exception("a listener failed on job %s", job.id)
+
+    async def _record(self, job: ClaimedJob,
+                      outcome: Failed | TimedOut | Cancelled | Interrupted) -> JobStatus | None:
+        """Any outcome but a success (see :meth:`_run_job`)."""
         now = self._clock.now()
         store, owner = self._store, self.owner
-        if isinstance(outcome, Succeeded):
-            await store.finish_job(job, owner=owner, status=JobStatus.SUCCEEDED, now=now,
-                                   result_json=outcome.result_json)
-            return JobStatus.SUCCEEDED
         if isinstance(outcome, Cancelled):
             await store.finish_job(job, owner=owner, status=JobStatus.CANCELLED, now=now,
                                    error=outcome.error)

@@ -136,11 +136,18 @@ class Store:
                          result_json: str | None = None, error: str | None = None) -> None:
         """Finish a job (queueing its webhook). The outcomes that reach one batch of the
         writer are written together, with one statement for all of them."""
+        await self.finish_job_soon(job, owner=owner, status=status, now=now,
+                                   result_json=result_json, error=error)
+
+    def finish_job_soon(self, job: ClaimedJob, *, owner: str, status: JobStatus, now: float,
+                        result_json: str | None = None,
+                        error: str | None = None) -> asyncio.Future[None]:
+        """:meth:`finish_job` as a future, done after the COMMIT."""
         group = self._finish_groups.get(owner)
         if group is None:
             group = self._finish_groups[owner] = functools.partial(scheduling.finish_each,
                                                                    owner=owner)
-        await self._writer.call_grouped(
+        return self._writer.call_grouped(
             group, scheduling.Finish(job, status, now, result_json, error))
 
     async def schedule_retry(self, job: ClaimedJob, *, owner: str, now: float,

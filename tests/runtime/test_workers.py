@@ -111,6 +111,40 @@ async def test_noop_succeeds(store, db, pool, clock, new_tenant):
     assert done.result == '{"ok":true}'
 
 
+async def test_listeners_hear_of_a_success_after_it_is_committed(store, db, pool, clock,
+                                                                 new_tenant):
+    heard: list[tuple[str, JobStatus | None, JobStatus]] = []
+    pool.listeners.append(lambda j, outcome, status, duration_s: heard.append(
+        (j.id, status, job(db, j.id).status)))
+    new_tenant()
+    job_id = await submit(store, clock, "noop", key="a")
+    await pool.run_once()
+    await settle(pool)
+    assert heard == [(job_id, JobStatus.SUCCEEDED, JobStatus.SUCCEEDED)]
+
+
+async def test_a_success_that_cannot_be_recorded_is_left_to_its_lease(store, db, pool, clock,
+                                                                     new_tenant, monkeypatch,
+                                                                     caplog):
+    heard: list[str] = []
+    pool.listeners.append(lambda j, *_: heard.append(j.id))
+
+    def broken(*_args: object, **_kw: object) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_exception(RuntimeError("disk on fire"))
+        return future
+
+    monkeypatch.setattr(store, "finish_job_soon", broken)
+    new_tenant()
+    job_id = await submit(store, clock, "noop", key="a")
+    await pool.run_once()
+    await settle(pool)  # the pool is idle again: its slot is free
+    assert job(db, job_id).status is JobStatus.RUNNING  # the lease rescue takes it from here
+    assert heard == []
+    assert any("could not record the outcome of job " + job_id in r.getMessage()
+               for r in caplog.records)
+
+
 async def test_failure_schedules_retry_with_backoff_then_fatal(store, db, pool, clock, config,
                                                                new_tenant):
     new_tenant()
