@@ -285,9 +285,9 @@ class FastLaneProtocol(asyncio.Protocol):
         self._advance()
 
     def _render(self, answer: Answer, keep_alive: bool) -> bytes:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _REASONS.get(answer.status, b""))]
-        lines.extend(f"{name}: {value}\r\n".encode("latin-1")
-                     for name, value in answer.headers.items())
+        lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _REASONS.get(answer.status, b"")),
+                 "".join([f"{name}: {value}\r\n"
+                          for name, value in answer.headers.items()]).encode("latin-1")]
         lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (len(answer.body),
                                                             self._lane.http_date()))
         if not keep_alive:
