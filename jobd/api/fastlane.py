@@ -173,6 +173,7 @@ class FastLaneProtocol(asyncio.Protocol):
         self._paused = False          # reading, while too much waits unanswered
         self._write_paused = False    # answering, while the client does not read
         self._close_after = False
+        self._advancing = False       # inside _advance (a refusal answers synchronously)
         self.busy = False
         self.last_active = time.monotonic()
 
@@ -219,13 +220,21 @@ class FastLaneProtocol(asyncio.Protocol):
 
     # requests -----------------------------------------------------------------------
     def _advance(self) -> None:
-        if self._transport is None or self.busy or self._write_paused:
+        """Take the next requests, one at a time. A refusal is answered at once, from
+        inside ``answer``, and its ``_reply`` calls this again: that call returns at
+        once and the loop here goes on, so pipelined refusals do not nest."""
+        if self._advancing:
             return
-        request = self._take_request()
-        if request is None:
-            return
-        self.busy = True
-        self._lane.answer(request, functools.partial(self._reply, request.keep_alive))
+        self._advancing = True
+        try:
+            while self._transport is not None and not self.busy and not self._write_paused:
+                request = self._take_request()
+                if request is None:
+                    return
+                self.busy = True
+                self._lane.answer(request, functools.partial(self._reply, request.keep_alive))
+        finally:
+            self._advancing = False
 
     def _take_request(self) -> _Request | None:
         """The next request if it is one for this lane and complete; None to wait for

@@ -139,6 +139,18 @@ async def test_an_error_answer_keeps_the_connection(api: Api) -> None:
     assert good[0] == 201 and lane_of(api).served == 2
 
 
+async def test_many_pipelined_refusals_are_all_answered_in_order(api: Api) -> None:
+    """Refusals are answered at once, without a task: 2,000 of them pipelined on one
+    connection (then a good request) must not nest one call per request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    bad = post_bytes(api, "bad").replace(api.key.encode(), b"jobd_sk_not-a-key")  # 401
+    writer.write(bad * 2000 + post_bytes(api, "good"))
+    answers = [await read_answer(reader) for _ in range(2001)]
+    writer.close()
+    assert [status for status, _, _ in answers] == [401] * 2000 + [201]
+    assert lane_of(api).served == 2001 and lane_of(api).handed_over == 0
+
+
 async def test_a_client_that_leaves_mid_request_leaves_nothing_behind(api: Api) -> None:
     lane = lane_of(api)
     _, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
