@@ -21,13 +21,13 @@ def enqueue_delivery(conn: sqlite3.Connection, finished: Any, now: float) -> str
         completed_at=finished["completed_at"], result_json=finished["result"],
         error=finished["last_error"] if finished["status"] != "succeeded" else None,
     )
-    row = delivery_row(job_id=finished["id"], tenant_id=finished["tenant_id"], url=url,
+    row = _delivery_row(job_id=finished["id"], tenant_id=finished["tenant_id"], url=url,
                        body=body, now=now)
     conn.execute(Q["delivery_insert"], row)
     return str(row[0])
 
 
-def delivery_row(*, job_id: str, tenant_id: str, url: str, body: bytes,
+def _delivery_row(*, job_id: str, tenant_id: str, url: str, body: bytes,
                  now: float) -> tuple[object, ...]:
     """Parameters of ``delivery_insert``: a new delivery, due now."""
     return (new_delivery_id(), job_id, tenant_id, url, body, now, now, now)
