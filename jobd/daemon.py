@@ -71,12 +71,13 @@ async def serve(config: Config, *, clock: Clock | None = None,
     pool.listeners.extend([dispatcher.job_listener, metrics.attempt_recorded])
     dispatcher.on_attempt = metrics.delivery_attempted
 
-    def job_created(job: NewJob) -> None:
-        pool.wake(job.run_at)
+    def job_created(job: NewJob, started: bool) -> None:
+        if not started:  # queued: the pool claims it
+            pool.wake(job.run_at)
         metrics.job_created(job.tenant_id, job.type)
 
     ctx = ApiContext(config=config, store=store, registry=registry, clock=clock,
-                     on_job_created=job_created, on_cancel_requested=pool.cancel,
+                     starter=pool, on_job_created=job_created, on_cancel_requested=pool.cancel,
                      on_webhook_queued=dispatcher.wake,
                      on_rate_limited=metrics.request_rate_limited)
     app = create_app(ctx, extra_routes=[web.get("/metrics", metrics_handler(store, metrics),

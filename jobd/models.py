@@ -138,6 +138,16 @@ class IdempotentResult:
     body: bytes
     job_id: str
     replayed: bool
+    started: bool = False  # created already running, under a StartLease
+
+
+@dataclass(frozen=True, slots=True)
+class StartLease:
+    """A worker slot held for a job being created: the job is inserted already running,
+    held by ``owner`` until ``expires_at``, and its worker starts once it is committed."""
+
+    owner: str
+    expires_at: float
 
 
 @dataclass(slots=True)

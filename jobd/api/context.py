@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
 
@@ -11,13 +13,22 @@ from jobd.api.auth import TenantDirectory
 from jobd.clock import Clock
 from jobd.config import Config
 from jobd.handlers.registry import Registry
-from jobd.models import NewJob
+from jobd.models import IdempotentResult, NewJob, StartLease
 from jobd.ratelimit import RateLimiter
 from jobd.store.store import Store
 
 
 def _nothing(*_args: object) -> None:
     return None
+
+
+class JobStarter(Protocol):
+    """Starts a job in the transaction that creates it (the worker pool)."""
+
+    def reserve(self, job: NewJob, *, now: float, capped: bool) -> StartLease | None: ...
+
+    def follow(self, job: NewJob, now: float,
+               created: asyncio.Future[IdempotentResult]) -> None: ...
 
 
 @dataclass
@@ -28,7 +39,8 @@ class ApiContext:
     clock: Clock
     limiter: RateLimiter = field(default_factory=RateLimiter)
     tenants: TenantDirectory = field(init=False)
-    on_job_created: Callable[[NewJob], None] = _nothing    # wakes the scheduler, counts it
+    starter: JobStarter | None = None                      # may start a new job at once
+    on_job_created: Callable[[NewJob, bool], None] = _nothing  # (job, started): wake, count
     on_cancel_requested: Callable[[str], object] = _nothing  # cancels a running job now
     on_webhook_queued: Callable[[], None] = _nothing       # wakes the webhook dispatcher
     on_rate_limited: Callable[[str], None] = _nothing      # metrics

@@ -51,6 +51,7 @@ class Submission:
     body_hash: bytes
     now: float
     api_key_hash: str
+    capped: bool  # the tenant has a max_concurrency
 
 
 def admit(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
@@ -82,22 +83,30 @@ def prepare(ctx: ApiContext, caller: Caller, now: float, key: str, raw: bytes) -
         raise Unauthorized("tenantId does not match the API key's tenant")
     job = _parse_new_job(ctx, data, key, now)
     body_hash = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
-    return Submission(job, body_hash, now, caller.key_hash)
+    return Submission(job, body_hash, now, caller.key_hash,
+                      caller.tenant.max_concurrency is not None)
 
 
 def insert(ctx: ApiContext, submission: Submission) -> asyncio.Future[IdempotentResult]:
-    """Hand the job to the writer; the future is done after its COMMIT."""
-    return ctx.store.insert_job_soon(
-        submission.job, body_hash=submission.body_hash, now=submission.now,
+    """Hand the job to the writer; the future is done after its COMMIT. If a worker
+    can take it at once, it is created running and starts after that COMMIT."""
+    starter, job = ctx.starter, submission.job
+    lease = None if starter is None else starter.reserve(job, now=submission.now,
+                                                         capped=submission.capped)
+    future = ctx.store.insert_job_soon(
+        job, body_hash=submission.body_hash, now=submission.now,
         idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600, render=created_body,
-        api_key_hash=submission.api_key_hash)
+        api_key_hash=submission.api_key_hash, lease=lease)
+    if starter is not None and lease is not None:
+        starter.follow(job, submission.now, future)
+    return future
 
 
 def created(ctx: ApiContext, submission: Submission, result: IdempotentResult,
             rate_headers: dict[str, str]) -> Answer:
     """The 201 for a committed (or replayed) job."""
     if not result.replayed:
-        ctx.on_job_created(submission.job)
+        ctx.on_job_created(submission.job, result.started)
     headers = dict(rate_headers)
     headers["Content-Type"] = JSON
     headers["Location"] = f"/jobs/{result.job_id}"

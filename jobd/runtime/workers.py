@@ -4,12 +4,17 @@
 for each; ``run`` repeats it whenever it is woken (a job was created, a slot
 freed, a retry became due) and every ``poll_interval`` as a fallback, which is
 also how changes made by the CLI are noticed.
+
+A job created while the queue is empty and a slot is free does not wait for a
+claim: :meth:`WorkerPool.reserve` holds the slot, the job is inserted already
+running under a :class:`~jobd.models.StartLease`, and :meth:`WorkerPool.follow`
+starts it once that insert is committed. Nothing else was waiting, so no job is
+overtaken; when the queue is not known to be empty, jobs go through the claim.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -21,7 +26,7 @@ from jobd.clock import Clock
 from jobd.config import Config
 from jobd.handlers.base import Services
 from jobd.handlers.registry import Registry
-from jobd.models import ClaimedJob, JobStatus
+from jobd.models import ClaimedJob, IdempotentResult, JobStatus, NewJob, StartLease
 from jobd.retry import RetryAt, decide
 from jobd.runtime.execution import (
     Cancelled,
@@ -61,17 +66,30 @@ class WorkerPool:
         self._after_tenant: str | None = None
         self._claiming = True
         self._claim_lock = asyncio.Lock()  # held while a claim is in flight
+        # The last claim round saw no job queued or waiting for a retry, and nothing was
+        # queued since (every wake() clears it; ``_changes`` counts them).
+        self._queue_empty = False
+        self._changes = 0
+        self._reserved = 0  # slots held for jobs being created running (see reserve)
+        self._no_reservations = asyncio.Event()
+        self._no_reservations.set()
         self.listeners: list[JobListener] = []
 
     # signals from outside ----------------------------------------------------------
     def wake(self, due_at: float | None = None) -> None:
         """Something may be runnable now (or at ``due_at``)."""
+        self._changes += 1
+        self._queue_empty = False
         if due_at is not None and due_at > self._clock.now():
             if self._next_due is None or due_at < self._next_due:
                 self._next_due = due_at
                 self._wake.set()
             return
         self._wake.set()
+
+    def _slot_freed(self) -> None:
+        if not self._queue_empty:  # else there is nothing to claim for it
+            self._wake.set()
 
     def running_ids(self) -> list[str]:
         return list(self._running)
@@ -92,7 +110,39 @@ class WorkerPool:
     # the loop ----------------------------------------------------------------------
     @property
     def free_slots(self) -> int:
-        return self._config.workers.concurrency - len(self._running)
+        return self._config.workers.concurrency - len(self._running) - self._reserved
+
+    # jobs created running ------------------------------------------------------------
+    def reserve(self, job: NewJob, *, now: float, capped: bool) -> StartLease | None:
+        """Hold a slot for ``job``, about to be created, if it can start at once without
+        overtaking anything: the queue is empty, a slot is free, the job is due, and its
+        tenant has no concurrency cap (caps are counted by the claim). Pass the lease to
+        the insert, then the insert's future to :meth:`follow`."""
+        if (not self._queue_empty or capped or not self._claiming or job.run_at > now
+                or self.free_slots <= 0):
+            return None
+        self._reserved += 1
+        self._no_reservations.clear()
+        return StartLease(self.owner, now + self._config.workers.lease_seconds)
+
+    def follow(self, job: NewJob, now: float, created: asyncio.Future[IdempotentResult]) -> None:
+        """Start ``job`` once its insert (under a lease from :meth:`reserve`) is committed
+        as running; give the slot back if it was not."""
+        created.add_done_callback(functools.partial(self._created, job, now))
+
+    def _created(self, job: NewJob, now: float, created: asyncio.Future[IdempotentResult]) -> None:
+        self._reserved -= 1
+        if not self._reserved:
+            self._no_reservations.set()
+        failed = created.cancelled() or created.exception() is not None
+        result = None if failed else created.result()
+        if result is None or not result.started:  # refused, replayed or created queued
+            self._slot_freed()
+            return
+        claimed = ClaimedJob(result.job_id, job.tenant_id, job.type, job.payload, 1,
+                             job.max_attempts, job.timeout_seconds, now, now, job.webhook_url)
+        task = asyncio.create_task(self._run_job(claimed), name=f"job:{claimed.id}")
+        self._running[claimed.id] = _Running(claimed, task)
 
     async def run_once(self) -> int:
         """Claim one round for the free slots and start them; return how many."""
@@ -104,33 +154,42 @@ class WorkerPool:
         if free <= 0 or not self._claiming:
             return 0
         now = self._clock.now()
+        changes = self._changes
         claim = await self._store.claim_due_jobs(
             now=now, limit=free, owner=self.owner,
             lease_s=self._config.workers.lease_seconds, after_tenant=self._after_tenant)
         self._after_tenant = claim.last_tenant
+        self._queue_empty = claim.queue_was_empty and self._changes == changes
         for job in claim.jobs:
             task = asyncio.create_task(self._run_job(job), name=f"job:{job.id}")
             self._running[job.id] = _Running(job, task)
         return len(claim.jobs)
 
     async def run(self) -> None:
+        polled = True
         while self._claiming:
             self._wake.clear()
             free = self.free_slots
-            started = await self.run_once()
+            # A freed slot wakes us too; with the queue known to be empty there is nothing
+            # to claim, and only the poll looks (for what the CLI may have queued).
+            started = 0 if self._queue_empty and not polled else await self.run_once()
             if free > 0 and started == free:
                 continue  # there may be more due right now
-            await self._sleep()
+            polled = await self._sleep()
 
-    async def _sleep(self) -> None:
+    async def _sleep(self) -> bool:
+        """Wait to be woken or for the poll interval; True if it ran out."""
         timeout = self._config.workers.poll_interval
         if self._next_due is not None:
             until_due = self._next_due - self._clock.now()
             if until_due <= timeout:
                 self._next_due = None
                 timeout = max(0.0, until_due)
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return True
+        return False
 
     # one job -----------------------------------------------------------------------
     async def _run_job(self, job: ClaimedJob) -> None:
@@ -152,7 +211,7 @@ class WorkerPool:
         # same group commit as this job's outcome (one fsync per round, not two). The claim
         # is queued after the outcome, so it already sees this job as finished.
         task = self._running.pop(job.id).task
-        self._wake.set()
+        self._slot_freed()
         if isinstance(outcome, Succeeded):  # the common case: no second step of this task
             recorded = self._store.finish_job_soon(job, owner=self.owner,
                                                    status=JobStatus.SUCCEEDED,
@@ -225,6 +284,7 @@ class WorkerPool:
         """Stop claiming; let running jobs finish for ``grace_s``, then put the rest back."""
         async with self._claim_lock:  # a claim in flight registers its jobs first
             self._claiming = False
+        await self._no_reservations.wait()  # and so does a job being created running
         self._wake.set()
         tasks = [entry.task for entry in self._running.values()]
         if tasks:

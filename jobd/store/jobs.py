@@ -10,7 +10,7 @@ import orjson
 
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
-from jobd.models import IdempotentResult, Job, JobStatus, NewJob, row_to_job
+from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease, row_to_job
 from jobd.store.outbox import enqueue_delivery
 from jobd.store.queries import Q, run_rows
 from jobd.store.writer import Outcome, in_savepoint
@@ -28,6 +28,7 @@ class Creation:
     body_hash: bytes
     now: float
     api_key_hash: str | None = None
+    lease: StartLease | None = None  # create it running (only on the one-statement path)
 
 
 def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_ttl_s: float,
@@ -39,11 +40,15 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
     the same key twice in the batch), the rows that were are deleted again (their ids
     are new) and every item goes through :func:`insert_job` on its own, in its own
     savepoint. Fewer statements matter here: each one gives up the GIL, and the
-    writer then waits for the event loop to hand it back."""
+    writer then waits for the event loop to hand it back.
+
+    An item with a ``lease`` is created running (``started`` in its result) on the
+    one-statement path; on the other it is created queued like the rest."""
     ids = [new_job_id() for _ in items]
     try:
         inserted = run_rows(conn, "jobs_insert_if_key_live", [
-            (*_row(job_id, c.job, c.body_hash, c.now), c.api_key_hash)
+            (*_row(job_id, c.job, c.body_hash, c.now), c.api_key_hash,
+             *((c.lease.owner, c.lease.expires_at) if c.lease else (None, None)))
             for job_id, c in zip(ids, items, strict=True)
         ])
     except sqlite3.IntegrityError:
@@ -52,7 +57,7 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
         conn.execute(Q["jobs_delete_new"], (orjson.dumps(ids).decode(),))
         return [_isolated(conn, c, idempotency_ttl_s, render) for c in items]
     return [(True, IdempotentResult(status=201, body=render(job_id, c.now), job_id=job_id,
-                                    replayed=False))
+                                    replayed=False, started=c.lease is not None))
             for job_id, c in zip(ids, items, strict=True)]
 
 

@@ -42,15 +42,18 @@ VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
 
 -- New jobs in one statement (run_rows repeats the VALUES row): like job_insert, and a
--- row whose API key hash (its last value; NULL: not checked) is no longer its
--- tenant's live key is not inserted either.
+-- row whose API key hash (column15; NULL: not checked) is no longer its tenant's live
+-- key is not inserted either. A row with a lease owner (column16) is created already
+-- running: its first attempt starts now, held until column17 (jobd.models.StartLease).
 -- name: jobs_insert_if_key_live
 INSERT INTO jobs (id, tenant_id, type, payload, status, priority, attempts, max_attempts,
                   timeout_seconds, run_at, next_run_at, webhook_url, idempotency_key,
-                  body_hash, created_at, updated_at)
-SELECT column1, column2, column3, column4, 'queued', column5, 0, column6, column7, column8,
-       column9, column10, column11, column12, column13, column14
-FROM (VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)) AS v
+                  body_hash, created_at, updated_at, lease_owner, lease_expires_at, started_at)
+SELECT column1, column2, column3, column4, iif(column16 IS NULL, 'queued', 'running'),
+       column5, column16 IS NOT NULL, column6, column7, column8,
+       iif(column16 IS NULL, column9, NULL), column10, column11, column12, column13,
+       column14, column16, column17, iif(column16 IS NULL, NULL, column13)
+FROM (VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)) AS v
 WHERE v.column15 IS NULL
    OR EXISTS (SELECT 1 FROM tenants t
               WHERE t.id = v.column2 AND t.api_key_hash = v.column15 AND t.disabled = 0)

@@ -24,6 +24,7 @@ from jobd.webhook_body import build_body
 class ClaimRound:
     jobs: list[ClaimedJob]
     last_tenant: str | None  # where the next round's rotation starts after
+    queue_was_empty: bool = False  # no job was queued or waiting for a retry, due or not
 
 
 def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: str,
@@ -63,7 +64,7 @@ def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: s
                                               "seqs": orjson.dumps([r[0] for r in chosen])})
     jobs = [ClaimedJob(r[1], r[2], r[3], r[4], r[5] + 1, r[6], r[7], r[8], now, r[9])
             for r in chosen]  # by position, as due_jobs_of_tenant_packed lists them
-    return ClaimRound(jobs, last_tenant)
+    return ClaimRound(jobs, last_tenant, queue_was_empty=not tenants)
 
 
 def _rotation(tenants: list[str], after: str | None) -> list[str]:

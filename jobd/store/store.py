@@ -15,7 +15,16 @@ from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 from jobd.config import DatabaseConfig
-from jobd.models import ClaimedJob, DeliveryStatus, IdempotentResult, Job, JobStatus, NewJob, Tenant
+from jobd.models import (
+    ClaimedJob,
+    DeliveryStatus,
+    IdempotentResult,
+    Job,
+    JobStatus,
+    NewJob,
+    StartLease,
+    Tenant,
+)
 from jobd.store import deliveries, jobs, scheduling, tenants
 from jobd.store.checkpointer import Checkpointer
 from jobd.store.connection import connect, hold_daemon_lock, migrate
@@ -109,13 +118,16 @@ class Store:
 
     def insert_job_soon(self, job: NewJob, *, body_hash: bytes, now: float,
                         idempotency_ttl_s: float, render: RenderCreated,
-                        api_key_hash: str | None = None) -> asyncio.Future[IdempotentResult]:
-        """:meth:`insert_job` as a future, done after the COMMIT."""
+                        api_key_hash: str | None = None,
+                        lease: StartLease | None = None) -> asyncio.Future[IdempotentResult]:
+        """:meth:`insert_job` as a future, done after the COMMIT. With a ``lease`` the job
+        may be created running (its result says ``started``)."""
         group = self._insert_groups.get((idempotency_ttl_s, render))
         if group is None:
             group = self._insert_groups[(idempotency_ttl_s, render)] = functools.partial(
                 jobs.insert_jobs, idempotency_ttl_s=idempotency_ttl_s, render=render)
-        return self._writer.call_grouped(group, jobs.Creation(job, body_hash, now, api_key_hash))
+        return self._writer.call_grouped(group, jobs.Creation(job, body_hash, now, api_key_hash,
+                                                                lease))
 
     def find_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         return self.read(jobs.find_job, job_id, tenant_id)

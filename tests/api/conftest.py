@@ -180,7 +180,7 @@ async def api(request: pytest.FixtureRequest, aiohttp_client: Any, config: Confi
     holder: dict[str, Api] = {}
     ctx = ApiContext(
         config=config, store=store, registry=build_registry(use_entry_points=False), clock=clock,
-        on_job_created=lambda job: holder["api"].created.append(job.run_at),
+        on_job_created=lambda job, _started: holder["api"].created.append(job.run_at),
         on_cancel_requested=lambda job_id: holder["api"].cancels.append(job_id),
         on_webhook_queued=lambda: holder["api"].webhooks_queued.append(True),
         on_rate_limited=lambda tenant_id: holder["api"].rate_limited.append(tenant_id),

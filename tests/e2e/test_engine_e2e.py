@@ -6,6 +6,7 @@ import email
 import os
 import random
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -135,6 +136,35 @@ def test_email_job_reaches_a_real_smtp_server(make_env):
         assert "Welcome!" in message.get_payload(decode=True).decode()
     finally:
         smtp.stop()
+
+
+def test_one_worker_takes_waiting_jobs_in_turn_and_an_idle_one_starts_a_new_job_at_once(
+        make_env, target):
+    # A poll interval far beyond the test: only wake-ups and direct starts move jobs.
+    env = make_env(workers={"concurrency": 1, "poll_interval": 60})
+    env.daemon.start()
+    target.hanging.add("/first")
+    first = _created(env.client.submit("http", {"url": target.url("/first")}, key="first"))
+    wait_for(lambda: env.client.job(first)["status"] == "running", timeout_s=5,
+             what="the first job to start")
+    later = [_created(env.client.submit("http", {"url": target.url(f"/later{i}")}, key=f"l{i}"))
+             for i in range(3)]
+    assert [env.client.job(j)["status"] for j in later] == ["queued"] * 3
+    target.release.set()
+    for job_id in [first, *later]:
+        assert env.client.wait_status(job_id, "succeeded")["attempts"] == 1
+    hits = [target.hits[f"/later{i}"][0] for i in range(3)]
+    assert hits == sorted(hits), "the waiting jobs ran out of turn"
+    # idle again: a new job is created running, with no claim in between
+    last = _created(env.client.submit("noop", {}, key="last"))
+    env.client.wait_status(last, "succeeded")
+    with sqlite3.connect(env.tmp_path / "jobd.db") as conn:
+        created_at, started_at = conn.execute(
+            "SELECT created_at, started_at FROM jobs WHERE id = ?", (last,)).fetchone()
+        queued_started = conn.execute("SELECT count(*) FROM jobs WHERE id IN (?, ?, ?) "
+                                      "AND started_at > created_at", later).fetchone()[0]
+    assert started_at == created_at
+    assert queued_started == 3
 
 
 def test_kill9_while_five_jobs_run_then_restart_finishes_all(make_env, target):

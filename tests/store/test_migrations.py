@@ -321,7 +321,8 @@ def test_job_list_pages_by_seq(migrated: sqlite3.Connection) -> None:
 
 def test_batched_insert_checks_each_key_with_a_unique_index_seek(
         migrated: sqlite3.Connection) -> None:
-    row = ["job_x", "acme", "noop", "{}", 0, 3, None, 1.0, 1.0, None, "k", b"h", 1.0, 1.0, "hash"]
+    row = ["job_x", "acme", "noop", "{}", 0, 3, None, 1.0, 1.0, None, "k", b"h", 1.0, 1.0, "hash",
+           None, None]
     steps = [r[3] for r in migrated.execute(
         "EXPLAIN QUERY PLAN " + _multi_row("jobs_insert_if_key_live", 2), row * 2).fetchall()]
     assert any(s.startswith("SEARCH t USING INDEX sqlite_autoindex_tenants_") for s in steps), steps
