@@ -1,6 +1,7 @@
 """A fast webhook receiver for benchmarks (its own process, uvloop).
 
-POST /hook records the arrival time of each jobId; GET /arrivals returns them.
+POST /hook records the arrival time of each jobId, POST /start/{key} (what an ``http``
+job calls) that of "start:{key}"; GET /arrivals returns them.
 Run: python bench/receiver.py PORT
 """
 
@@ -23,13 +24,20 @@ async def hook(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def start(request: web.Request) -> web.Response:
+    arrivals.setdefault("start:" + request.match_info["key"], time.time())
+    await request.read()
+    return web.Response(status=204)
+
+
 async def get_arrivals(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(arrivals), content_type="application/json")
 
 
 def main() -> None:
     app = web.Application()
-    app.add_routes([web.post("/hook", hook), web.get("/arrivals", get_arrivals)])
+    app.add_routes([web.post("/hook", hook), web.post("/start/{key}", start),
+                    web.get("/arrivals", get_arrivals)])
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 
