@@ -10,6 +10,12 @@ claim: :meth:`WorkerPool.reserve` holds the slot, the job is inserted already
 running under a :class:`~jobd.models.StartLease`, and :meth:`WorkerPool.follow`
 starts it once that insert is committed. Nothing else was waiting, so no job is
 overtaken; when the queue is not known to be empty, jobs go through the claim.
+
+Slots freed while the loop's claim is in flight are claimed at once by a second
+claim beside it (at most two are in flight), not after the first comes back. So
+jobs that finish at different moments are still claimed in the next group
+commit; with one claim at a time, a pool whose jobs started in two groups would
+refill each group on alternate commits, at half the throughput.
 """
 
 from __future__ import annotations
@@ -37,9 +43,12 @@ from jobd.runtime.execution import (
     TimedOut,
     run_attempt,
 )
+from jobd.store.scheduling import ClaimRound, Rotation
 from jobd.store.store import Store
 
 log = logging.getLogger("jobd.workers")
+
+_MAX_CLAIMS = 2  # in flight at once: the loop's, and one beside it for slots freed meanwhile
 
 
 @dataclass
@@ -63,9 +72,13 @@ class WorkerPool:
         self._recording: set[asyncio.Future[Any]] = set()  # outcome known, being written
         self._wake = asyncio.Event()
         self._next_due: float | None = None
-        self._after_tenant: str | None = None
+        self._rotation = Rotation()
         self._claiming = True
-        self._claim_lock = asyncio.Lock()  # held while a claim is in flight
+        self._claims = 0  # claims in flight, and the slots they asked for
+        self._claim_slots = 0
+        self._no_claims = asyncio.Event()
+        self._no_claims.set()
+        self._side_claim_soon = False
         # The last claim round saw no job queued or waiting for a retry, and nothing was
         # queued since (every wake() clears it; ``_changes`` counts them).
         self._queue_empty = False
@@ -88,8 +101,26 @@ class WorkerPool:
         self._wake.set()
 
     def _slot_freed(self) -> None:
-        if not self._queue_empty:  # else there is nothing to claim for it
+        if self._queue_empty:  # there is nothing to claim for it
+            return
+        if not self._claims:
             self._wake.set()
+        elif self._claims < _MAX_CLAIMS and not self._side_claim_soon:
+            # Claim beside the one in flight, once for all the slots freed in this step
+            # (after their outcomes were handed to the writer: one group commit).
+            self._side_claim_soon = True
+            asyncio.get_running_loop().call_soon(self._side_claim)
+        # else a claim in flight that comes back full wakes the loop (see _claimed)
+
+    def _side_claim(self) -> None:
+        self._side_claim_soon = False
+        free = self.free_slots
+        if free <= 0 or self._queue_empty or not self._claiming:
+            return
+        if not self._claims:
+            self._wake.set()  # the loop's claim came back meanwhile: the loop takes it
+        elif self._claims < _MAX_CLAIMS:
+            self._claim(free, side=True)
 
     def running_ids(self) -> list[str]:
         return list(self._running)
@@ -110,7 +141,8 @@ class WorkerPool:
     # the loop ----------------------------------------------------------------------
     @property
     def free_slots(self) -> int:
-        return self._config.workers.concurrency - len(self._running) - self._reserved
+        return (self._config.workers.concurrency - len(self._running) - self._reserved
+                - self._claim_slots)
 
     # jobs created running ------------------------------------------------------------
     def reserve(self, job: NewJob, *, now: float, capped: bool) -> StartLease | None:
@@ -146,24 +178,44 @@ class WorkerPool:
 
     async def run_once(self) -> int:
         """Claim one round for the free slots and start them; return how many."""
-        async with self._claim_lock:
-            return await self._claim_and_start()
-
-    async def _claim_and_start(self) -> int:
         free = self.free_slots
         if free <= 0 or not self._claiming:
             return 0
-        now = self._clock.now()
-        changes = self._changes
-        claim = await self._store.claim_due_jobs(
-            now=now, limit=free, owner=self.owner,
-            lease_s=self._config.workers.lease_seconds, after_tenant=self._after_tenant)
-        self._after_tenant = claim.last_tenant
-        self._queue_empty = claim.queue_was_empty and self._changes == changes
-        for job in claim.jobs:
+        return len((await self._claim(free)).jobs)  # _claimed has started them
+
+    def _claim(self, limit: int, *, side: bool = False) -> asyncio.Future[ClaimRound]:
+        """Claim up to ``limit`` jobs, holding that many slots until the claim is done."""
+        self._claims += 1
+        self._claim_slots += limit
+        self._no_claims.clear()
+        changes = self._changes  # a job announced from now on may not be in its snapshot
+        claim = self._store.claim_due_jobs_soon(
+            now=self._clock.now(), limit=limit, owner=self.owner,
+            lease_s=self._config.workers.lease_seconds, rotation=self._rotation)
+        # Added before anyone awaits it, so it runs first: jobs are started (and the
+        # queue's state known) when an awaiting run_once resumes.
+        claim.add_done_callback(functools.partial(self._claimed, limit, changes, side))
+        return claim
+
+    def _claimed(self, limit: int, changes: int, side: bool,
+                 claim: asyncio.Future[ClaimRound]) -> None:
+        self._claims -= 1
+        self._claim_slots -= limit
+        if not self._claims:
+            self._no_claims.set()
+        error = None if claim.cancelled() else claim.exception()
+        if claim.cancelled() or error is not None:
+            if side:  # nobody awaits it (the loop's own claim raises in run_once)
+                log.error("a claim failed; the loop claims again", exc_info=error)
+                self._wake.set()
+            return
+        round_ = claim.result()
+        self._queue_empty = round_.queue_was_empty and self._changes == changes
+        for job in round_.jobs:
             task = asyncio.create_task(self._run_job(job), name=f"job:{job.id}")
             self._running[job.id] = _Running(job, task)
-        return len(claim.jobs)
+        if len(round_.jobs) == limit and self.free_slots > 0:
+            self._wake.set()  # there may be more due, and slots were freed meanwhile
 
     async def run(self) -> None:
         polled = True
@@ -282,8 +334,8 @@ class WorkerPool:
     # shutdown ----------------------------------------------------------------------
     async def shutdown(self, grace_s: float) -> None:
         """Stop claiming; let running jobs finish for ``grace_s``, then put the rest back."""
-        async with self._claim_lock:  # a claim in flight registers its jobs first
-            self._claiming = False
+        self._claiming = False
+        await self._no_claims.wait()  # a claim in flight registers its jobs first
         await self._no_reservations.wait()  # and so does a job being created running
         self._wake.set()
         tasks = [entry.task for entry in self._running.values()]

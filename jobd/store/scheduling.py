@@ -27,6 +27,23 @@ class ClaimRound:
     queue_was_empty: bool = False  # no job was queued or waiting for a retry, due or not
 
 
+@dataclass(slots=True)
+class Rotation:
+    """Where one pool's round-robin across tenants goes on from. Read and moved by
+    :func:`claim_rotating` in the writer, in commit order, so claims in flight at once
+    continue each other's rotation instead of starting from the same tenant."""
+    after: str | None = None
+
+
+def claim_rotating(conn: sqlite3.Connection, rotation: Rotation, *, now: float, limit: int,
+                   owner: str, lease_s: float) -> ClaimRound:
+    """:func:`claim_due_jobs` from where ``rotation`` stands, moving it on."""
+    round_ = claim_due_jobs(conn, now=now, limit=limit, owner=owner, lease_s=lease_s,
+                            after_tenant=rotation.after)
+    rotation.after = round_.last_tenant
+    return round_
+
+
 def claim_due_jobs(conn: sqlite3.Connection, *, now: float, limit: int, owner: str,
                    lease_s: float, after_tenant: str | None = None) -> ClaimRound:
     """Claim up to ``limit`` due jobs, round-robin across tenants.

@@ -140,9 +140,18 @@ class Store:
 
     # scheduler and workers -----------------------------------------------------
     async def claim_due_jobs(self, *, now: float, limit: int, owner: str, lease_s: float,
-                             after_tenant: str | None) -> ClaimRound:
-        return await self.write(scheduling.claim_due_jobs, now=now, limit=limit, owner=owner,
-                                lease_s=lease_s, after_tenant=after_tenant)
+                             rotation: scheduling.Rotation | None = None) -> ClaimRound:
+        return await self.claim_due_jobs_soon(now=now, limit=limit, owner=owner,
+                                              lease_s=lease_s, rotation=rotation)
+
+    def claim_due_jobs_soon(self, *, now: float, limit: int, owner: str, lease_s: float,
+                            rotation: scheduling.Rotation | None = None,
+                            ) -> asyncio.Future[ClaimRound]:
+        """:meth:`claim_due_jobs` as a future, done after the COMMIT. The round-robin goes
+        on from ``rotation`` (a fresh one starts at the first tenant)."""
+        return self._writer.call(functools.partial(
+            scheduling.claim_rotating, now=now, limit=limit, owner=owner, lease_s=lease_s),
+            rotation or scheduling.Rotation())
 
     async def finish_job(self, job: ClaimedJob, *, owner: str, status: JobStatus, now: float,
                          result_json: str | None = None, error: str | None = None) -> None:

@@ -76,8 +76,7 @@ async def test_get_without_valid_auth_is_401(api: Api, headers: dict[str, str]) 
 
 async def test_get_running_job_has_no_next_run_at(api: Api) -> None:
     job_id = await _create(api)
-    claimed = await api.store.claim_due_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30,
-                                             after_tenant=None)
+    claimed = await api.store.claim_due_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30)
     assert [j.id for j in claimed.jobs] == [job_id]
     data = (await api.get_job(job_id)).json
     assert data["status"] == "running"
@@ -138,8 +137,7 @@ async def test_cancel_unknown_and_unauthorized(api: Api) -> None:
 
 async def test_cancel_running_job_asks_the_worker(api: Api) -> None:
     job_id = await _create(api)
-    await api.store.claim_due_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30,
-                                   after_tenant=None)
+    await api.store.claim_due_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30)
     r = await api.delete_job(job_id)
     assert r.status == 200, r.raw
     assert r.json["status"] == "running"        # cancelled cooperatively, not yet stopped

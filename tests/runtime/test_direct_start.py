@@ -51,14 +51,16 @@ class Claims:
 
     def __init__(self, store, monkeypatch) -> None:
         self.rounds = 0
-        claim = store.claim_due_jobs
+        claim = store.claim_due_jobs_soon
 
-        async def counted(**kwargs):
-            try:
-                return await claim(**kwargs)
-            finally:
-                self.rounds += 1  # once it is done
-        monkeypatch.setattr(store, "claim_due_jobs", counted)
+        def counted(**kwargs):
+            future = claim(**kwargs)
+            future.add_done_callback(self._done)
+            return future
+        monkeypatch.setattr(store, "claim_due_jobs_soon", counted)
+
+    def _done(self, future) -> None:
+        self.rounds += 1  # once it is done
 
 
 def new_job(clock, job_type: str = "hold", *, key: str, tenant: str = "acme",
@@ -251,15 +253,16 @@ async def test_a_job_queued_while_a_claim_is_in_flight_is_not_overtaken(store, p
     # The claim's snapshot may predate a job committed (and announced) meanwhile: a claim
     # round only vouches for an empty queue if nothing was announced while it ran.
     new_tenant()
-    claim = store.claim_due_jobs
+    claim = store.claim_due_jobs_soon
 
-    async def announced_meanwhile(**kwargs):
+    def announced_meanwhile(**kwargs):
+        future = claim(**kwargs)
         pool.wake()
-        return await claim(**kwargs)
-    monkeypatch.setattr(store, "claim_due_jobs", announced_meanwhile)
+        return future
+    monkeypatch.setattr(store, "claim_due_jobs_soon", announced_meanwhile)
     await pool.run_once()
     assert pool.reserve(new_job(clock, key="x"), now=clock.now(), capped=False) is None
-    monkeypatch.setattr(store, "claim_due_jobs", claim)
+    monkeypatch.setattr(store, "claim_due_jobs_soon", claim)
     await pool.run_once()
     assert pool.reserve(new_job(clock, key="y"), now=clock.now(), capped=False) is not None
 

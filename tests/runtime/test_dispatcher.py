@@ -119,8 +119,7 @@ async def finish_job_with_webhook(store: Store, clock: FakeClock, url: str, *,
                  idempotency_key=key)
     created = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
                                      idempotency_ttl_s=3600, render=created_body)
-    claim = await store.claim_due_jobs(now=clock.now(), limit=10, owner="o", lease_s=60,
-                                       after_tenant=None)
+    claim = await store.claim_due_jobs(now=clock.now(), limit=10, owner="o", lease_s=60)
     for claimed in claim.jobs:
         await store.finish_job(claimed, owner="o", status=JobStatus.SUCCEEDED, now=clock.now(),
                                result_json='{"ok":true}')

@@ -229,7 +229,7 @@ async def test_startup_recovery_and_lease_rescue(store, db, pool, clock, config,
     orphan = await submit(store, clock, "noop", key="a", max_attempts=1)
     survivor = await submit(store, clock, "noop", key="b", max_attempts=3)
     await store.claim_due_jobs(now=clock.now(), limit=10, owner="dead-process",
-                               lease_s=config.workers.lease_seconds, after_tenant=None)
+                               lease_s=config.workers.lease_seconds)
     lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
     counts = await lifeline.recover_at_startup()
     assert counts == {"retry": 1, "fatal": 1}
@@ -238,7 +238,7 @@ async def test_startup_recovery_and_lease_rescue(store, db, pool, clock, config,
     assert job(db, survivor).status is JobStatus.RETRY
     # a lease that runs out while the daemon runs is rescued too
     await store.claim_due_jobs(now=clock.now(), limit=10, owner="stuck",
-                               lease_s=config.workers.lease_seconds, after_tenant=None)
+                               lease_s=config.workers.lease_seconds)
     await lifeline.run_once()
     assert job(db, survivor).status is JobStatus.RUNNING
     clock.advance(config.workers.lease_seconds + 1)
