@@ -10,10 +10,13 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -189,7 +192,36 @@ def bench_latency(samples: int) -> dict[str, float]:
     hook_ms = [(arrivals[job_id] - t0) * 1000 for job_id, t0 in submitted.items() if job_id in arrivals]
     return {"created_p50_ms": percentile(answered, 50),
             "start_p50_ms": percentile(start_ms, 50), "start_p99_ms": percentile(start_ms, 99),
-            "webhook_p50_ms": percentile(hook_ms, 50), "webhook_p99_ms": percentile(hook_ms, 99)}
+            "webhook_p50_ms": percentile(hook_ms, 50), "webhook_p99_ms": percentile(hook_ms, 99),
+            **commit_floor(samples)}
+
+
+def commit_floor(samples: int) -> dict[str, float]:
+    """The disk's floor under those latencies: one single-row commit (WAL, synchronous=FULL,
+    as the daemon's) on a temp file beside the daemon's, one every 5 ms as an idle
+    daemon's commits come, and back to back. A job cannot start before its commit."""
+    workdir = Path(tempfile.mkdtemp(prefix="jobd-bench-floor-"))
+    conn = sqlite3.connect(workdir / "floor.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE t (x)")
+        figures = {}
+        for name, gap_s in (("commit_idle_p50_ms", 0.005), ("commit_busy_p50_ms", 0.0)):
+            took = []
+            for _ in range(samples):
+                t0 = time.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO t VALUES (1)")
+                conn.execute("COMMIT")
+                took.append((time.perf_counter() - t0) * 1000)
+                if gap_s:
+                    time.sleep(gap_s)
+            figures[name] = percentile(took, 50)
+        return figures
+    finally:
+        conn.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def bench_scale(finished: int, queued: int, seconds: int) -> dict[str, float]:
