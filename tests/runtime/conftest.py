@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,6 +43,39 @@ class Behaviour:
 
         return Registry([*builtin_types(), JobType("fail", fail), JobType("permanent", permanent),
                          JobType("hold", hold)])
+
+
+class Claims:
+    """Records the pool's claim rounds as they go through the store: the ``limit`` each
+    asked for, and how many are done."""
+
+    def __init__(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.asked: list[int] = []
+        self.rounds = 0
+        claim = store.claim_due_jobs_soon
+
+        def recorded(**kwargs: Any) -> asyncio.Future[Any]:
+            self.asked.append(kwargs["limit"])
+            future = claim(**kwargs)
+            future.add_done_callback(self._done)
+            return future
+        monkeypatch.setattr(store, "claim_due_jobs_soon", recorded)
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        self.rounds += 1
+
+    async def reach(self, count: int) -> None:
+        """Wait (with a deadline) until ``count`` rounds were asked for."""
+        await until(lambda: len(self.asked) >= count,
+                    f"only {len(self.asked)} claim(s) were made")
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5) -> None:
+    """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.001)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
 from jobd.store import jobs as store_jobs
 from tests.conftest import T0, make_config
-from tests.runtime.conftest import Behaviour
+from tests.runtime.conftest import Behaviour, Claims, until
 from tests.runtime.test_workers import settle, submit
 
 
@@ -44,23 +44,6 @@ async def one_slot(store, tmp_path, behaviour, clock, new_tenant) -> WorkerPool:
     new_tenant()
     await pool.run_once()
     return pool
-
-
-class Claims:
-    """Counts the pool's claim rounds (they go through the store)."""
-
-    def __init__(self, store, monkeypatch) -> None:
-        self.rounds = 0
-        claim = store.claim_due_jobs_soon
-
-        def counted(**kwargs):
-            future = claim(**kwargs)
-            future.add_done_callback(self._done)
-            return future
-        monkeypatch.setattr(store, "claim_due_jobs_soon", counted)
-
-    def _done(self, future) -> None:
-        self.rounds += 1  # once it is done
 
 
 def new_job(clock, job_type: str = "hold", *, key: str, tenant: str = "acme",
@@ -84,10 +67,7 @@ def create(store, pool, clock, job: NewJob, *, capped: bool = False,
 
 
 async def started(behaviour: Behaviour, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while len(behaviour.started) < count:
-        assert time.monotonic() < deadline, "the job never started"
-        await asyncio.sleep(0.001)
+    await until(lambda: len(behaviour.started) >= count, "the job never started")
 
 
 def job(db, job_id):

@@ -23,6 +23,7 @@ from jobd.runtime.workers import WorkerPool
 from jobd.store import scheduling
 from jobd.store.scheduling import Rotation
 from tests.conftest import make_config
+from tests.runtime.conftest import Claims, until
 from tests.runtime.test_direct_start import make_pool
 from tests.runtime.test_workers import job, settle, submit
 
@@ -36,32 +37,6 @@ class Gate:
 
     def open(self) -> None:
         self._open.set()
-
-
-class Claims:
-    """Counts the claims handed to the store (in flight or done)."""
-
-    def __init__(self, store, monkeypatch) -> None:
-        self.asked: list[int] = []
-        claim = store.claim_due_jobs_soon
-
-        def counted(**kwargs):
-            self.asked.append(kwargs["limit"])
-            return claim(**kwargs)
-        monkeypatch.setattr(store, "claim_due_jobs_soon", counted)
-
-    async def reach(self, count: int) -> None:
-        deadline = time.monotonic() + 5
-        while len(self.asked) < count:
-            assert time.monotonic() < deadline, f"only {len(self.asked)} claim(s) were made"
-            await asyncio.sleep(0.001)
-
-
-async def until(predicate, what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.001)
 
 
 def release_those_holding(behaviour) -> None:
