@@ -29,6 +29,7 @@ lint: install  ## ruff and mypy
 
 bench: install  ## print throughput and latency figures (see bench/README.md)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py --runs 3
 
 clean:  ## remove the virtualenv and caches

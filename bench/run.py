@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -244,6 +245,17 @@ def bench_scale(finished: int, queued: int, seconds: int) -> dict[str, float]:
                 "get_p99_ms": get["p99_ms"], "get_rps": get["rps"], "peak_rss_mb": d.peak_rss_mb()}
 
 
+def bench_huey(total: int) -> dict[str, float]:
+    """The peer on this machine, now (peer_huey.py): Huey on SQLite, FULL, as a library;
+    its consumer with its default of one worker thread."""
+    def peer(*args: str) -> dict[str, float]:
+        out = subprocess.run([sys.executable, str(HERE / "peer_huey.py"), *args], check=True,
+                             capture_output=True, text=True, timeout=900).stdout
+        return dict(json.loads(out.strip().splitlines()[-1]))
+    return {"enqueue_per_s": peer("enqueue", str(total))["enqueue_per_s"],
+            "jobs_per_s": peer("e2e", str(total), "1")["jobs_per_s"]}
+
+
 def median_of(runs: int, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
     results = [fn() for _ in range(runs)]
     return {key: statistics.median(r[key] for r in results) for key in results[0]}
@@ -253,7 +265,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration")
-    parser.add_argument("--only", default="create,drain,e2e,latency,scale")
+    parser.add_argument("--only", default="create,drain,e2e,latency,scale",
+                        help="scenarios; e2e includes the peer, Huey, when it is installed")
     parser.add_argument("--drain-jobs", type=int, default=100_000)
     parser.add_argument("--e2e-jobs", type=int, default=20_000)
     parser.add_argument("--scale-finished", type=int, default=1_000_000)
@@ -273,6 +286,13 @@ def main() -> None:
         figures["e2e"] = median_of(args.runs, lambda: bench_end_to_end(args.e2e_jobs, webhooks=False))
         figures["e2e_webhooks"] = median_of(
             args.runs, lambda: bench_end_to_end(args.e2e_jobs, webhooks=True))
+        if importlib.util.find_spec("huey") is None:
+            print("peer_huey skipped: huey is not installed (make bench installs it)",
+                  file=sys.stderr)
+        else:
+            figures["peer_huey"] = median_of(args.runs, lambda: bench_huey(args.e2e_jobs))
+            figures["e2e"]["x_huey"] = (figures["e2e"]["jobs_per_s"]
+                                        / figures["peer_huey"]["jobs_per_s"])
     if "latency" in only:
         figures["latency"] = median_of(args.runs, lambda: bench_latency(200))
     if "scale" in only:
