@@ -68,7 +68,8 @@ async def serve(config: Config, *, clock: Clock | None = None,
     dispatcher = Dispatcher(store=store, clock=clock, config=config)
     pruner = Pruner(store=store, clock=clock, config=config)
     metrics = Metrics()
-    pool.listeners.extend([dispatcher.job_listener, metrics.attempt_recorded])
+    pool.listeners.append(metrics.attempt_recorded)
+    pool.webhooks = dispatcher
     dispatcher.on_attempt = metrics.delivery_attempted
 
     def job_created(job: NewJob, started: bool) -> None:

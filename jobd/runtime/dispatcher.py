@@ -7,6 +7,13 @@ finished), when the next retry falls due, and every ``workers.poll_interval``
 as a fallback -- which is how deliveries written by the API's cancel, by the
 lifeline's rescue or by ``jobd dlq retry`` are noticed.
 
+A job that succeeds while a slot is free and no delivery waits for one does not
+wait for a claim: :meth:`Dispatcher.reserve` holds the slot, the finish creates
+its delivery already ``sending`` under that lease (in the job's own commit), and
+:meth:`Dispatcher.finished` sends it once that is committed. Under load, once
+every slot is taken, new deliveries queue and are claimed oldest first until a
+claim round finds fewer due than it asked for.
+
 One attempt: ``netguard.check_url``, then one POST of the stored body bytes
 through :class:`~jobd.runtime.poster.Poster` (kept-alive connections, every
 address checked, no redirects, no proxies), ``webhooks.timeout`` in total, at
@@ -26,12 +33,12 @@ from dataclasses import dataclass
 from jobd import __version__, netguard
 from jobd.clock import Clock
 from jobd.config import Config
+from jobd.credentials import new_delivery_id
 from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
-from jobd.runtime.execution import Outcome
 from jobd.runtime.poster import Poster
-from jobd.runtime.workers import JobListener
 from jobd.signing import signature_headers
 from jobd.store.deliveries import ClaimedDelivery
+from jobd.store.scheduling import DirectDelivery, webhook_body
 from jobd.store.store import Store
 
 log = logging.getLogger("jobd.dispatcher")
@@ -119,16 +126,6 @@ async def send(poster: Poster, delivery: ClaimedDelivery, *, timestamp: int,
     return result(status, describe_status(status, excerpt))
 
 
-class _WakeOnFinalJob(JobListener):
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self._dispatcher = dispatcher
-
-    def __call__(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
-                 duration_s: float) -> None:
-        if status in FINAL_STATUSES and job.webhook_url is not None:
-            self._dispatcher.wake()  # its webhook was queued in that transaction
-
-
 # the loop ------------------------------------------------------------------------------
 
 class Dispatcher:
@@ -140,6 +137,11 @@ class Dispatcher:
         self._poster = Poster(allow_private=config.webhooks.allow_private_networks)
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()  # answer in, outcome being written
+        self._reserved = 0  # slots held for deliveries being created sending (see reserve)
+        # Deliveries may be waiting for a slot: new ones then queue behind them, for the
+        # claim. Set when every slot is taken and by wake() (written elsewhere: a cancel,
+        # a retry); cleared by a claim round that found fewer due than it asked for.
+        self._backlog = True
         self._wake = asyncio.Event()
         self._claiming = True
         self._next_rescue_at = float("-inf")
@@ -151,17 +153,57 @@ class Dispatcher:
 
     @property
     def free_slots(self) -> int:
-        return self._webhooks.concurrency - len(self._sending)
+        return self._webhooks.concurrency - len(self._sending) - self._reserved
 
     # signals from outside ------------------------------------------------------------
     def wake(self) -> None:
         """A delivery may be due now."""
+        self._backlog = True
         self._wake.set()
 
-    @property
-    def job_listener(self) -> JobListener:
-        """For ``WorkerPool.listeners``: wakes the dispatcher when a job reaches a final status."""
-        return _WakeOnFinalJob(self)
+    # deliveries created sending (WorkerPool.webhooks) ----------------------------------
+    def reserve(self, job: ClaimedJob, status: JobStatus, now: float, result_json: str | None,
+                error: str | None) -> DirectDelivery | None:
+        """Hold a slot for the webhook of ``job``, about to be finished, if it can be sent
+        at once without overtaking a due one: no backlog and a free slot. The finish then
+        creates it ``sending`` under the lease returned, and :meth:`finished` sends it."""
+        if not self._claiming or self._backlog:
+            return None
+        if self.free_slots <= 0:
+            self._backlog = True  # from now on they queue, and are claimed oldest first
+            return None
+        self._reserved += 1
+        return DirectDelivery(new_delivery_id(),
+                              webhook_body(job, status, now, result_json, error),
+                              now + self.lease_s)
+
+    def finished(self, job: ClaimedJob, status: JobStatus | None,
+                 direct: DirectDelivery | None, created: bool) -> None:
+        """``job``, which has a webhook, was finished (``status``; None if that write
+        failed). Send its delivery if it was created sending; else, if the job reached a
+        final status, its delivery was queued pending in that transaction: the next round
+        claims it. (If a round that began before that commit comes back short and clears
+        the backlog, new webhooks may be sent before it, until that next round.)"""
+        if direct is not None:
+            self._reserved -= 1
+            if created:
+                self._send_created(job, direct)
+                return
+        if status in FINAL_STATUSES:
+            self._wake.set()
+
+    def _send_created(self, job: ClaimedJob, direct: DirectDelivery) -> None:
+        assert job.webhook_url is not None
+        try:
+            secret = self._store.webhook_secret(job.tenant_id)
+        except Exception:  # its lease runs out and the claim sends it
+            log.exception("webhook delivery %s: could not read the tenant's secret; it is sent "
+                          "once its lease expires", direct.id)
+            return
+        delivery = ClaimedDelivery(id=direct.id, job_id=job.id, tenant_id=job.tenant_id,
+                                   url=job.webhook_url, body=direct.body, secret=secret,
+                                   attempts=0, lease_expires_at=direct.lease_expires_at)
+        self._start(delivery, self._clock.now())
 
     # rounds --------------------------------------------------------------------------
     async def recover_at_startup(self) -> int:
@@ -181,16 +223,26 @@ class Dispatcher:
             if rescued:
                 log.warning("put back %d webhook delivery(ies) whose lease expired", rescued)
         free = self.free_slots
-        if free <= 0 or not self._claiming:
+        if free <= 0:
+            self._backlog = True  # a freed slot wakes the loop, which claims for it
+            return 0
+        if not self._claiming:
             return 0
         due = self._store.next_delivery_due_time()
         if due is None or due > now:
+            self._backlog = False  # (a synchronous read: nothing was queued meanwhile)
             return 0
         claimed = await self._store.claim_due_deliveries(now=now, limit=free, lease_s=self.lease_s)
+        if len(claimed) < free:
+            self._backlog = False
         for delivery in claimed:
-            task = asyncio.create_task(self._deliver(delivery, now), name=f"webhook:{delivery.id}")
-            self._sending[delivery.id] = task
+            self._start(delivery, now)
         return len(claimed)
+
+    def _start(self, delivery: ClaimedDelivery, attempted_at: float) -> None:
+        task = asyncio.create_task(self._deliver(delivery, attempted_at),
+                                   name=f"webhook:{delivery.id}")
+        self._sending[delivery.id] = task
 
     async def wait_idle(self) -> None:
         """Wait until every send started so far is sent and recorded."""
@@ -235,8 +287,10 @@ class Dispatcher:
         finally:
             # The slot is free once the answer is in: the next claim then shares a commit
             # with this outcome (it is queued after it, so it sees the delivery settled).
+            # With no backlog there is nothing to claim for it.
             self._sending.pop(delivery.id, None)
-            self._wake.set()
+            if self._backlog:
+                self._wake.set()
         if result is None:
             return
         if task is not None:
@@ -265,6 +319,7 @@ class Dispatcher:
             log.warning("webhook delivery %s for job %s moved to the DLQ after %d attempt(s): %s",
                         delivery.id, delivery.job_id, attempt, result.error)
         elif status is DeliveryStatus.PENDING:
+            self.wake()  # due again at its retry time: the loop's sleep takes it into account
             log.info("webhook delivery %s for job %s failed (attempt %d): %s; next try in %gs",
                      delivery.id, delivery.job_id, attempt, result.error, (retry or now) - now)
         elif status is None:

@@ -43,7 +43,7 @@ from jobd.runtime.execution import (
     TimedOut,
     run_attempt,
 )
-from jobd.store.scheduling import ClaimRound, Rotation
+from jobd.store.scheduling import ClaimRound, DirectDelivery, Rotation
 from jobd.store.store import Store
 
 log = logging.getLogger("jobd.workers")
@@ -87,6 +87,7 @@ class WorkerPool:
         self._no_reservations = asyncio.Event()
         self._no_reservations.set()
         self.listeners: list[JobListener] = []
+        self.webhooks: WebhookHandOff | None = None  # told of every finish of a job with one
 
     # signals from outside ----------------------------------------------------------
     def wake(self, due_at: float | None = None) -> None:
@@ -265,16 +266,24 @@ class WorkerPool:
         task = self._running.pop(job.id).task
         self._slot_freed()
         if isinstance(outcome, Succeeded):  # the common case: no second step of this task
+            now = self._clock.now()
+            direct = None
+            if job.webhook_url is not None and self.webhooks is not None:
+                direct = self.webhooks.reserve(job, JobStatus.SUCCEEDED, now,
+                                               outcome.result_json, None)
             recorded = self._store.finish_job_soon(job, owner=self.owner,
-                                                   status=JobStatus.SUCCEEDED,
-                                                   now=self._clock.now(),
-                                                   result_json=outcome.result_json)
+                                                   status=JobStatus.SUCCEEDED, now=now,
+                                                   result_json=outcome.result_json,
+                                                   direct=direct)
             self._recording.add(recorded)
-            recorded.add_done_callback(functools.partial(self._succeeded, job, outcome, started))
+            recorded.add_done_callback(functools.partial(self._succeeded, job, outcome, started,
+                                                         direct))
             return
         self._recording.add(task)
         try:
             status = await self._record(job, outcome)
+            if job.webhook_url is not None and self.webhooks is not None:
+                self.webhooks.finished(job, status, None, False)
             self._notify(job, outcome, status, started)
         except Exception:
             log.exception("could not record the outcome of job %s; its lease will expire", job.id)
@@ -282,11 +291,15 @@ class WorkerPool:
             self._recording.discard(task)
 
     def _succeeded(self, job: ClaimedJob, outcome: Succeeded, started: float,
-                   recorded: asyncio.Future[None]) -> None:
+                   direct: DirectDelivery | None, recorded: asyncio.Future[bool]) -> None:
         """The writer committed a success (a callback: see :meth:`_run_job`)."""
         self._recording.discard(recorded)
         error = None if recorded.cancelled() else recorded.exception()
-        if recorded.cancelled() or error is not None:
+        failed = recorded.cancelled() or error is not None
+        if job.webhook_url is not None and self.webhooks is not None:
+            self.webhooks.finished(job, None if failed else JobStatus.SUCCEEDED, direct,
+                                   not failed and recorded.result())
+        if failed:
             log.error("could not record the outcome of job %s; its lease will expire", job.id,
                       exc_info=error)
             return
@@ -350,6 +363,19 @@ class WorkerPool:
             await asyncio.wait(remaining)
         if leftover:
             log.info("put %d unfinished job(s) back in the queue", len(leftover))
+
+
+class WebhookHandOff(Protocol):
+    """The webhook dispatcher, as the pool sees it (:class:`~jobd.runtime.dispatcher.Dispatcher`)."""
+
+    def reserve(self, job: ClaimedJob, status: JobStatus, now: float, result_json: str | None,
+                error: str | None) -> DirectDelivery | None:
+        """Before a finish: a slot to send the job's webhook in at once, if there is one."""
+
+    def finished(self, job: ClaimedJob, status: JobStatus | None,
+                 direct: DirectDelivery | None, created: bool) -> None:
+        """After it: the job's status (None if the write failed), and whether its
+        delivery was created sending (only with ``direct``)."""
 
 
 class JobListener(Protocol):

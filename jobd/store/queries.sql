@@ -171,13 +171,16 @@ WHERE jobs.id = v.column1 AND jobs.status = 'running' AND jobs.attempts = v.colu
 
 -- The webhooks of jobs about to be finished by jobs_finish_running_many, fenced the same
 -- way (run first, in the same transaction, so a fenced-out job gets none): one VALUES row
--- (id, job_id, tenant_id, url, body, now, attempt) per job; the last parameter is the owner.
+-- (id, job_id, tenant_id, url, body, now, attempt, lease_expires_at) per job; the last
+-- parameter is the owner. With a lease the delivery is created already `sending`: the
+-- dispatcher holds a slot for it and sends it once this commits (a direct dispatch).
 -- name: deliveries_insert_if_held
 INSERT INTO deliveries (id, job_id, tenant_id, url, body, status, attempts,
-                        next_attempt_at, created_at, updated_at)
-SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 'pending', 0,
-       v.column6, v.column6, v.column6
-FROM (VALUES (?, ?, ?, ?, ?, ?, ?)) AS v
+                        next_attempt_at, lease_expires_at, created_at, updated_at)
+SELECT v.column1, v.column2, v.column3, v.column4, v.column5,
+       iif(v.column8 IS NULL, 'pending', 'sending'), 0,
+       iif(v.column8 IS NULL, v.column6, NULL), v.column8, v.column6, v.column6
+FROM (VALUES (?, ?, ?, ?, ?, ?, ?, ?)) AS v
 JOIN jobs ON jobs.id = v.column2 AND jobs.status = 'running' AND jobs.attempts = v.column7
          AND jobs.lease_owner = ?;
 
@@ -328,6 +331,12 @@ FROM (SELECT d.seq, d.id, d.job_id, d.tenant_id, d.url, CAST(d.body AS TEXT) AS 
 UPDATE deliveries SET status = 'sending', next_attempt_at = NULL,
                       lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 'pending';
+
+-- name: tenant_webhook_secret
+SELECT webhook_secret FROM tenants WHERE id = ?;
+
+-- name: deliveries_with_ids
+SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?));
 
 -- name: delivery_next_due_time
 SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending';

@@ -104,27 +104,54 @@ def finish_job(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, status:
 
 
 @dataclass(slots=True)
+class DirectDelivery:
+    """A finished job's webhook that the dispatcher sends as soon as the finish commits:
+    it is created ``sending`` under this lease, so it needs no claim of its own."""
+    id: str
+    body: bytes
+    lease_expires_at: float
+
+
+@dataclass(slots=True)
 class Finish:
     job: ClaimedJob
     status: JobStatus
     now: float
     result_json: str | None = None
     error: str | None = None
+    direct: DirectDelivery | None = None  # its webhook, created sending (needs a webhook_url)
 
 
 def finish_each(conn: sqlite3.Connection, items: list[Finish], *,
                 owner: str) -> list[tuple[bool, Any]]:
-    """:func:`finish_jobs` as a group of the group-commit writer: one outcome per item."""
-    finish_jobs(conn, items, owner=owner)
-    return [(True, None)] * len(items)
+    """:func:`finish_jobs` as a group of the group-commit writer: one outcome per item,
+    True when its direct delivery (if it has one) was created, so it may be sent."""
+    finished = finish_jobs(conn, items, owner=owner)
+    direct = [f.direct.id for f in items if f.direct is not None]
+    if not direct:
+        return [(True, False)] * len(items)
+    if finished == len(items):  # none was fenced out, so every webhook was created
+        return [(True, f.direct is not None) for f in items]
+    created = {row[0] for row in conn.execute(Q["deliveries_with_ids"],
+                                              (orjson.dumps(direct).decode(),)).fetchall()}
+    return [(True, f.direct is not None and f.direct.id in created) for f in items]
 
 
-def _webhook_body(f: Finish) -> bytes:
+def webhook_body(job: ClaimedJob, status: JobStatus, now: float, result_json: str | None,
+                 error: str | None) -> bytes:
     """What :func:`enqueue_delivery` builds from the finished row, from what we know."""
-    return build_body(job_id=f.job.id, job_type=f.job.type, status=f.status.value,
-                      attempts=f.job.attempt, payload_json=f.job.payload, completed_at=f.now,
-                      result_json=f.result_json,
-                      error=f.error if f.status is not JobStatus.SUCCEEDED else None)
+    return build_body(job_id=job.id, job_type=job.type, status=status.value,
+                      attempts=job.attempt, payload_json=job.payload, completed_at=now,
+                      result_json=result_json,
+                      error=error if status is not JobStatus.SUCCEEDED else None)
+
+
+def _webhook_row(f: Finish, url: str) -> tuple[object, ...]:
+    if f.direct is not None:
+        return (f.direct.id, f.job.id, f.job.tenant_id, url, f.direct.body, f.now,
+                f.job.attempt, f.direct.lease_expires_at)
+    body = webhook_body(f.job, f.status, f.now, f.result_json, f.error)
+    return (new_delivery_id(), f.job.id, f.job.tenant_id, url, body, f.now, f.job.attempt, None)
 
 
 def finish_jobs(conn: sqlite3.Connection, items: list[Finish], *, owner: str) -> int:
@@ -133,9 +160,7 @@ def finish_jobs(conn: sqlite3.Connection, items: list[Finish], *, owner: str) ->
     still be read: a job whose claim is no longer current gets neither. No savepoint:
     each statement it would take gives up the GIL, and the writer then waits for the
     event loop to hand it back. Returns how many were finished."""
-    webhooks = [(new_delivery_id(), f.job.id, f.job.tenant_id, url, _webhook_body(f), f.now,
-                 f.job.attempt)
-                for f in items if (url := f.job.webhook_url) is not None]
+    webhooks = [_webhook_row(f, url) for f in items if (url := f.job.webhook_url) is not None]
     if webhooks:
         run_rows(conn, "deliveries_insert_if_held", webhooks, owner)
     return run_rows(conn, "jobs_finish_running_many", [

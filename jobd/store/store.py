@@ -161,15 +161,17 @@ class Store:
                                    result_json=result_json, error=error)
 
     def finish_job_soon(self, job: ClaimedJob, *, owner: str, status: JobStatus, now: float,
-                        result_json: str | None = None,
-                        error: str | None = None) -> asyncio.Future[None]:
-        """:meth:`finish_job` as a future, done after the COMMIT."""
+                        result_json: str | None = None, error: str | None = None,
+                        direct: scheduling.DirectDelivery | None = None) -> asyncio.Future[bool]:
+        """:meth:`finish_job` as a future, done after the COMMIT. With ``direct`` the job's
+        webhook is created ``sending`` under its lease; the future then says whether it was
+        (False if the job's claim was no longer current: nothing was written)."""
         group = self._finish_groups.get(owner)
         if group is None:
             group = self._finish_groups[owner] = functools.partial(scheduling.finish_each,
                                                                    owner=owner)
         return self._writer.call_grouped(
-            group, scheduling.Finish(job, status, now, result_json, error))
+            group, scheduling.Finish(job, status, now, result_json, error, direct))
 
     async def schedule_retry(self, job: ClaimedJob, *, owner: str, now: float,
                              next_run_at: float, error: str) -> bool:
@@ -190,6 +192,10 @@ class Store:
                                    lease_s: float) -> list[deliveries.ClaimedDelivery]:
         return await self.write(deliveries.claim_due_deliveries, now=now, limit=limit,
                                 lease_s=lease_s)
+
+    def webhook_secret(self, tenant_id: str) -> str | None:
+        """The tenant's current webhook secret (None: no such tenant)."""
+        return self.read(tenants.webhook_secret, tenant_id)
 
     def next_delivery_due_time(self) -> float | None:
         return self.read(deliveries.next_delivery_due_time)

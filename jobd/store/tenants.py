@@ -35,6 +35,11 @@ def create_tenant(conn: sqlite3.Connection, tenant_id: str, *, rate: float, burs
     return NewTenant(tenant=get_tenant(conn, tenant_id), api_key=api_key)
 
 
+def webhook_secret(conn: sqlite3.Connection, tenant_id: str) -> str | None:
+    rows = conn.execute(Q["tenant_webhook_secret"], (tenant_id,)).fetchall()
+    return str(rows[0][0]) if rows else None
+
+
 def find_tenant(conn: sqlite3.Connection, tenant_id: str) -> Tenant | None:
     rows = conn.execute(Q["tenant_get"], (tenant_id,)).fetchall()
     return row_to_tenant(rows[0]) if rows else None

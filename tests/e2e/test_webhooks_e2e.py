@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -242,3 +244,42 @@ def test_sigterm_with_a_webhook_in_flight_exits_cleanly_and_it_is_sent_after_res
     hits = receiver.wait_hits("/slow", 2)
     assert hits[1].headers["webhook-id"] == first.headers["webhook-id"]
     wait_delivery_status(env, job_id, "succeeded")
+
+
+def test_kill9_during_a_burst_with_webhooks_every_job_s_webhook_arrives(make_env, receiver):
+    """Webhooks sent at once (created sending in the job's own commit) and queued ones,
+    with the daemon killed at random moments: every job's webhook still arrives."""
+    env = make_env()
+    url = receiver.script("/burst", [200])
+    rounds = int(os.environ.get("JOBD_CRASH_ROUNDS", "3"))
+    rng, acknowledged = random.Random(11), []
+    env.daemon.start()
+    for round_no in range(rounds):
+        stop, acked = threading.Event(), []
+
+        def post(round_no: int = round_no, stop: threading.Event = stop,
+                 acked: list[str] = acked) -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                try:
+                    status, _, body = env.client.submit("noop", {"n": n}, key=f"r{round_no}-{n}",
+                                                        webhookUrl=url)
+                except OSError:
+                    return
+                if status == 201:
+                    acked.append(body["jobId"])
+        poster = threading.Thread(target=post, daemon=True)
+        poster.start()
+        wait_for(lambda acked=acked: len(acked) > 20, what="some jobs acknowledged")
+        time.sleep(rng.uniform(0.0, 0.2))
+        env.daemon.kill9()
+        stop.set()
+        poster.join(10)
+        acknowledged.extend(acked)
+        env.daemon.start()
+    wait_for(lambda: {s.json["jobId"] for s in receiver.hits("/burst")} >= set(acknowledged),
+             timeout_s=30, interval_s=0.1, what="every acknowledged job's webhook")
+    assert {s.json["status"] for s in receiver.hits("/burst")} == {"succeeded"}
+    for job_id in acknowledged[-5:]:
+        wait_delivery_status(env, job_id, "succeeded")

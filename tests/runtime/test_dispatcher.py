@@ -26,10 +26,10 @@ from jobd.handlers.base import Services
 from jobd.handlers.registry import Registry, builtin_types
 from jobd.models import ClaimedJob, DeliveryStatus, JobStatus, NewJob, NewTenant
 from jobd.runtime.dispatcher import Dispatcher, retry_at
-from jobd.runtime.execution import Succeeded
 from jobd.runtime.workers import WorkerPool
 from jobd.store import deliveries as store_deliveries
 from jobd.store.queries import Q
+from jobd.store.scheduling import DirectDelivery
 from jobd.store.store import Store
 from tests.conftest import T0, make_config
 
@@ -353,47 +353,207 @@ async def test_an_expired_claim_is_rescued_by_run_once(store, db, clock, receive
     assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == 2
 
 
-# waking ---------------------------------------------------------------------------------
+# finished jobs: sent at once, or queued behind a backlog -----------------------------------
 
-async def test_a_finished_job_wakes_the_dispatcher(store, db, clock, receiver, tenant, tmp_path):
-    # A long poll interval: only the wake-up from the pool can send the webhook quickly.
-    config: Config = make_config(tmp_path, workers={"poll_interval": 30})
-    pool = WorkerPool(store=store, registry=Registry(builtin_types()),
-                      services=Services(config=config), clock=clock, config=config, owner="o",
-                      rng=random.Random(1))
-    dispatcher = Dispatcher(store=store, clock=clock, config=config)
-    pool.listeners.append(dispatcher.job_listener)
-    run = asyncio.create_task(dispatcher.run())
-    try:
-        await asyncio.sleep(0.01)  # idle, waiting for up to 30 s
-        job = NewJob(tenant_id="acme", type="noop", payload="{}", priority=0, max_attempts=1,
-                     timeout_seconds=None, run_at=clock.now(), webhook_url=receiver.url(),
-                     idempotency_key="k")
-        await store.insert_job(job, body_hash=b"k", now=clock.now(), idempotency_ttl_s=60,
-                               render=created_body)
-        started = time.perf_counter()
-        assert await pool.run_once() == 1
-        while not receiver.requests:
-            assert time.perf_counter() - started < 2, "webhook not sent after the job finished"
-            await asyncio.sleep(0.005)
-    finally:
+@pytest.fixture
+async def wired(store, clock, tmp_path) -> AsyncIterator:
+    """A pool and a dispatcher as the daemon wires them; the dispatcher's loop runs with a
+    long poll interval, so only a direct send or a wake-up can send a webhook quickly."""
+    made: list[tuple[WorkerPool, Dispatcher, asyncio.Task[None]]] = []
+
+    def make(**webhooks: object) -> tuple[WorkerPool, Dispatcher]:
+        config: Config = make_config(tmp_path, workers={"poll_interval": 30}, webhooks=webhooks)
+        pool = WorkerPool(store=store, registry=Registry(builtin_types()),
+                          services=Services(config=config), clock=clock, config=config,
+                          owner="o", rng=random.Random(1))
+        dispatcher = Dispatcher(store=store, clock=clock, config=config)
+        pool.webhooks = dispatcher
+        made.append((pool, dispatcher, asyncio.create_task(dispatcher.run())))
+        return pool, dispatcher
+
+    yield make
+    for pool, dispatcher, run in made:
+        await pool.shutdown(1)
         await dispatcher.shutdown(1)
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
         await dispatcher.close()
-    assert json.loads(receiver.requests[0].body)["status"] == "succeeded"
 
 
-@pytest.mark.parametrize(("webhook_url", "status", "woken"), [
-    ("http://127.0.0.1:9/hook", JobStatus.SUCCEEDED, True),
-    ("http://127.0.0.1:9/hook", JobStatus.FATAL, True),
-    ("http://127.0.0.1:9/hook", JobStatus.RETRY, False),  # not final: no webhook yet
-    (None, JobStatus.SUCCEEDED, False),                    # no webhook to send
+class ClaimCounter:
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rounds = 0
+        claim = store.claim_due_deliveries
+
+        async def counted(**kwargs: object) -> list[store_deliveries.ClaimedDelivery]:
+            self.rounds += 1
+            return await claim(**kwargs)
+        monkeypatch.setattr(store, "claim_due_deliveries", counted)
+
+
+async def submit(store: Store, clock: FakeClock, url: str, key: str) -> str:
+    job = NewJob(tenant_id="acme", type="noop", payload="{}", priority=0, max_attempts=1,
+                 timeout_seconds=None, run_at=clock.now(), webhook_url=url, idempotency_key=key)
+    created = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
+                                     idempotency_ttl_s=60, render=created_body)
+    return created.job_id
+
+
+async def until(condition, what: str, timeout_s: float = 3.0) -> None:
+    deadline = time.perf_counter() + timeout_s
+    while not condition():
+        assert time.perf_counter() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.002)
+
+
+async def test_an_idle_dispatcher_sends_a_finished_job_s_webhook_without_a_claim(
+        store, db, clock, receiver, tenant, wired, monkeypatch):
+    pool, dispatcher = wired()
+    await until(lambda: not dispatcher._backlog, "the first round to find nothing due")
+    claims = ClaimCounter(store, monkeypatch)
+    job_id = await submit(store, clock, receiver.url(), "k")
+    assert await pool.run_once() == 1
+    await until(lambda: receiver.requests, "the webhook")
+    await dispatcher.wait_idle()
+    [sent] = store.read(store_deliveries.deliveries_of_job, job_id)
+    assert (sent.status, sent.attempts) == (DeliveryStatus.SUCCEEDED, 1)
+    assert receiver.requests[0].headers["webhook-id"] == sent.id
+    body = json.loads(receiver.requests[0].body)
+    assert (body["jobId"], body["status"]) == (job_id, "succeeded")
+    assert claims.rounds == 0  # created sending in the finish's commit, then sent
+    assert dispatcher.free_slots == dispatcher._webhooks.concurrency
+
+
+async def test_webhooks_already_due_go_first(store, db, clock, receiver, tenant, wired):
+    receiver.hang_s = 5
+    pool, dispatcher = wired(concurrency=1)
+    await until(lambda: not dispatcher._backlog, "the first round to find nothing due")
+    # queued while the dispatcher was not looking (as `jobd dlq retry` would), then woken
+    _, older = await finish_job_with_webhook(store, clock, receiver.url(), key="older")
+    dispatcher.wake()
+    await until(lambda: receiver.requests, "the older webhook")
+    job_id = await submit(store, clock, receiver.url(), "newer")
+    assert await pool.run_once() == 1
+    await until(lambda: store.read(store_deliveries.deliveries_of_job, job_id), "its delivery")
+    [newer] = store.read(store_deliveries.deliveries_of_job, job_id)
+    assert newer.status is DeliveryStatus.PENDING  # no free slot: it waits for the claim
+    receiver.release.set()
+    await until(lambda: len(receiver.requests) == 2, "the newer webhook")
+    await dispatcher.wait_idle()
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [older, newer.id]
+    assert delivery(db, newer.id).status is DeliveryStatus.SUCCEEDED
+
+
+async def test_a_webhook_queued_while_every_slot_is_busy_goes_out_when_one_frees(
+        store, db, clock, receiver, tenant, wired):
+    receiver.hang_s = 5
+    pool, dispatcher = wired(concurrency=1)
+    await until(lambda: not dispatcher._backlog, "the first round to find nothing due")
+    await submit(store, clock, receiver.url(), "first")
+    assert await pool.run_once() == 1
+    await until(lambda: receiver.requests, "the first webhook")  # sent at once; it hangs
+    # a job that failed for good: its webhook is queued pending, and the pool says so
+    _, queued = await finish_job_with_webhook(store, clock, receiver.url(), key="second")
+    job = ClaimedJob(id="job_y", tenant_id="acme", type="noop", payload="{}", attempt=1,
+                     max_attempts=1, timeout_seconds=None, webhook_url=receiver.url())
+    dispatcher.finished(job, JobStatus.FATAL, None, False)
+    await asyncio.sleep(0.05)
+    assert len(receiver.requests) == 1  # no slot yet
+    receiver.release.set()  # the slot frees: the queued one is claimed now, not at the poll
+    await until(lambda: len(receiver.requests) == 2, "the queued webhook", timeout_s=2)
+    await dispatcher.wait_idle()
+    assert delivery(db, queued).status is DeliveryStatus.SUCCEEDED
+
+
+async def test_a_backlog_keeps_new_webhooks_in_the_queue(store, db, clock, receiver, tenant,
+                                                         make_dispatcher):
+    dispatcher = make_dispatcher()
+    await finish_job_with_webhook(store, clock, receiver.url(), key="due")
+    job = ClaimedJob(id="job_x", tenant_id="acme", type="noop", payload="{}", attempt=1,
+                     max_attempts=1, timeout_seconds=None, webhook_url=receiver.url())
+    assert dispatcher.reserve(job, JobStatus.SUCCEEDED, T0, "{}", None) is None  # not known yet
+    assert await round_(dispatcher) == 1  # the due one is sent; nothing else is due
+    direct = dispatcher.reserve(job, JobStatus.SUCCEEDED, T0, "{}", None)
+    assert direct is not None and dispatcher.free_slots == dispatcher._webhooks.concurrency - 1
+    dispatcher.finished(job, None, direct, False)  # the finish failed: the slot comes back
+    assert dispatcher.free_slots == dispatcher._webhooks.concurrency
+    dispatcher.wake()  # something was queued: new ones wait behind it again
+    assert dispatcher.reserve(job, JobStatus.SUCCEEDED, T0, "{}", None) is None
+
+
+async def claimed_with_a_slot(store: Store, clock: FakeClock, dispatcher: Dispatcher,
+                              url: str) -> tuple[ClaimedJob, DirectDelivery]:
+    """A job claimed by owner "o", about to succeed, and the slot its webhook got."""
+    assert await round_(dispatcher) == 0  # nothing due: no backlog
+    await submit(store, clock, url, "k")
+    [job] = (await store.claim_due_jobs(now=clock.now(), limit=1, owner="o", lease_s=60)).jobs
+    direct = dispatcher.reserve(job, JobStatus.SUCCEEDED, clock.now(), '{"ok":true}', None)
+    assert direct is not None
+    return job, direct
+
+
+async def test_a_fenced_out_finish_creates_no_delivery_and_sends_nothing(
+        store, db, clock, receiver, tenant, make_dispatcher):
+    dispatcher = make_dispatcher()
+    job, direct = await claimed_with_a_slot(store, clock, dispatcher, receiver.url())
+    created = await store.finish_job_soon(job, owner="someone else", status=JobStatus.SUCCEEDED,
+                                          now=clock.now(), result_json="{}", direct=direct)
+    assert created is False
+    dispatcher.finished(job, JobStatus.SUCCEEDED, direct, created)
+    await dispatcher.wait_idle()
+    assert store.read(store_deliveries.deliveries_of_job, job.id) == []
+    assert receiver.requests == []
+    assert dispatcher.free_slots == dispatcher._webhooks.concurrency
+
+
+async def test_a_webhook_created_sending_by_a_dead_process_is_sent_again(
+        store, db, clock, receiver, tenant, make_dispatcher):
+    dispatcher = make_dispatcher()
+    job, direct = await claimed_with_a_slot(store, clock, dispatcher, receiver.url())
+    assert await store.finish_job_soon(job, owner="o", status=JobStatus.SUCCEEDED,
+                                       now=clock.now(), result_json='{"ok":true}', direct=direct)
+    # "kill -9" before it was sent: the next start puts it back and sends it, same id
+    assert delivery(db, direct.id).status is DeliveryStatus.SENDING
+    restarted = make_dispatcher()
+    assert await restarted.recover_at_startup() == 1
+    assert await round_(restarted) == 1
+    assert delivery(db, direct.id).status is DeliveryStatus.SUCCEEDED
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [direct.id]
+    assert json.loads(receiver.requests[0].body)["jobId"] == job.id
+
+
+async def test_no_webhook_is_sent_at_once_after_shutdown_began(store, clock, make_dispatcher):
+    dispatcher = make_dispatcher()
+    assert await round_(dispatcher) == 0
+    await dispatcher.shutdown(1)
+    job = ClaimedJob(id="job_x", tenant_id="acme", type="noop", payload="{}", attempt=1,
+                     max_attempts=1, timeout_seconds=None, webhook_url="http://127.0.0.1:9/h")
+    assert dispatcher.reserve(job, JobStatus.SUCCEEDED, T0, "{}", None) is None
+
+
+@pytest.mark.parametrize(("status", "woken"), [
+    (JobStatus.SUCCEEDED, True),
+    (JobStatus.FATAL, True),
+    (JobStatus.CANCELLED, True),
+    (JobStatus.RETRY, False),  # not final: no webhook yet
+    (None, False),             # the write failed: nothing was queued
 ])
-async def test_only_a_final_job_with_a_webhook_wakes_the_dispatcher(
-        store, clock, config, webhook_url, status, woken):
+def test_a_job_finished_with_its_webhook_queued_wakes_the_dispatcher(store, clock, config,
+                                                                     status, woken):
     dispatcher = Dispatcher(store=store, clock=clock, config=config)
     job = ClaimedJob(id="job_x", tenant_id="acme", type="noop", payload="{}", attempt=1,
-                     max_attempts=3, timeout_seconds=None, webhook_url=webhook_url)
-    dispatcher.job_listener(job, Succeeded("null"), status, 0.001)
+                     max_attempts=3, timeout_seconds=None, webhook_url="http://127.0.0.1:9/h")
+    dispatcher.finished(job, status, None, False)
     assert dispatcher._wake.is_set() is woken
+
+
+async def test_the_pool_tells_the_dispatcher_only_of_jobs_with_a_webhook(store, clock, tenant,
+                                                                        wired):
+    pool, dispatcher = wired()
+    told: list[tuple[str, JobStatus | None]] = []
+    dispatcher.finished = lambda job, status, direct, created: told.append((job.id, status))
+    with_hook = await submit(store, clock, "http://127.0.0.1:9/hook", "a")
+    await submit(store, clock, None, "b")  # type: ignore[arg-type]
+    assert await pool.run_once() == 2
+    await until(lambda: pool.idle, "both jobs")
+    assert told == [(with_hook, JobStatus.SUCCEEDED)]

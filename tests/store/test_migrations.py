@@ -271,7 +271,7 @@ def test_batched_finish_and_mark_seek_each_job(migrated: sqlite3.Connection) -> 
                for r in finish), finish
     assert not any(r[3].startswith("SCAN jobs") for r in finish), finish
     hooks = migrated.execute("EXPLAIN QUERY PLAN " + _multi_row("deliveries_insert_if_held", 3),
-                             ["msg_x", "job_x", "t", "http://h/", b"{}", 1.0, 1] * 3 + ["w"]
+                             ["msg_x", "job_x", "t", "http://h/", b"{}", 1.0, 1, None] * 3 + ["w"]
                              ).fetchall()
     assert any("SEARCH jobs USING INDEX sqlite_autoindex_jobs_" in r[3] and "(id=?)" in r[3]
                for r in hooks), hooks
@@ -327,3 +327,14 @@ def test_batched_insert_checks_each_key_with_a_unique_index_seek(
         "EXPLAIN QUERY PLAN " + _multi_row("jobs_insert_if_key_live", 2), row * 2).fetchall()]
     assert any(s.startswith("SEARCH t USING INDEX sqlite_autoindex_tenants_") for s in steps), steps
     assert not any(s.startswith("SCAN t") for s in steps), steps
+
+
+def test_direct_dispatch_reads_seek_by_key(migrated: sqlite3.Connection) -> None:
+    secret = migrated.execute("EXPLAIN QUERY PLAN " + Q["tenant_webhook_secret"], ["t"]).fetchall()
+    assert any(r[3].startswith("SEARCH tenants USING INDEX sqlite_autoindex_tenants_")
+               for r in secret), secret
+    created = migrated.execute("EXPLAIN QUERY PLAN " + Q["deliveries_with_ids"],
+                               ['["msg_x"]']).fetchall()
+    assert any("SEARCH deliveries USING COVERING INDEX sqlite_autoindex_deliveries_" in r[3]
+               for r in created), created
+    assert not any(r[3].startswith("SCAN deliveries") for r in created), created
