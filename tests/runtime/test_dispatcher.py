@@ -457,8 +457,9 @@ async def test_a_webhook_queued_while_every_slot_is_busy_goes_out_when_one_frees
     job = ClaimedJob(id="job_y", tenant_id="acme", type="noop", payload="{}", attempt=1,
                      max_attempts=1, timeout_seconds=None, webhook_url=receiver.url())
     dispatcher.finished(job, JobStatus.FATAL, None, False)
-    await asyncio.sleep(0.05)
-    assert len(receiver.requests) == 1  # no slot yet
+    await until(lambda: dispatcher._backlog, "the round that found no free slot")
+    assert len(receiver.requests) == 1
+    assert delivery(db, queued).status is DeliveryStatus.PENDING
     receiver.release.set()  # the slot frees: the queued one is claimed now, not at the poll
     await until(lambda: len(receiver.requests) == 2, "the queued webhook", timeout_s=2)
     await dispatcher.wait_idle()
