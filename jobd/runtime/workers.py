@@ -267,10 +267,9 @@ class WorkerPool:
         self._slot_freed()
         if isinstance(outcome, Succeeded):  # the common case: no second step of this task
             now = self._clock.now()
-            direct = None
-            if job.webhook_url is not None and self.webhooks is not None:
-                direct = self.webhooks.reserve(job, JobStatus.SUCCEEDED, now,
-                                               outcome.result_json, None)
+            webhooks = self._webhooks_of(job)
+            direct = None if webhooks is None else webhooks.reserve(
+                job, JobStatus.SUCCEEDED, now, outcome.result_json, None)
             recorded = self._store.finish_job_soon(job, owner=self.owner,
                                                    status=JobStatus.SUCCEEDED, now=now,
                                                    result_json=outcome.result_json,
@@ -282,8 +281,8 @@ class WorkerPool:
         self._recording.add(task)
         try:
             status = await self._record(job, outcome)
-            if job.webhook_url is not None and self.webhooks is not None:
-                self.webhooks.finished(job, status, None, False)
+            if (webhooks := self._webhooks_of(job)) is not None:
+                webhooks.finished(job, status, None, False)
             self._notify(job, outcome, status, started)
         except Exception:
             log.exception("could not record the outcome of job %s; its lease will expire", job.id)
@@ -296,14 +295,18 @@ class WorkerPool:
         self._recording.discard(recorded)
         error = None if recorded.cancelled() else recorded.exception()
         failed = recorded.cancelled() or error is not None
-        if job.webhook_url is not None and self.webhooks is not None:
-            self.webhooks.finished(job, None if failed else JobStatus.SUCCEEDED, direct,
-                                   not failed and recorded.result())
+        if (webhooks := self._webhooks_of(job)) is not None:
+            webhooks.finished(job, None if failed else JobStatus.SUCCEEDED, direct,
+                              not failed and recorded.result())
         if failed:
             log.error("could not record the outcome of job %s; its lease will expire", job.id,
                       exc_info=error)
             return
         self._notify(job, outcome, JobStatus.SUCCEEDED, started)
+
+    def _webhooks_of(self, job: ClaimedJob) -> WebhookHandOff | None:
+        """The dispatcher, for a job that has a webhook."""
+        return None if job.webhook_url is None else self.webhooks
 
     def _notify(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
                 started: float) -> None:
