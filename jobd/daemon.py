@@ -133,7 +133,8 @@ async def serve(config: Config, *, clock: Clock | None = None,
 def metrics_handler(store: Store, metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         def read(conn: sqlite3.Connection) -> dict[str, object]:
-            return {"jobs": job_counts(conn), "dlq": count_dead_deliveries(conn)}
+            return {"jobs": job_counts(conn), "dlq": count_dead_deliveries(conn),
+                    "writer": store.writer_stats, "files": store.file_bytes()}
         body = metrics.render(await store.read_slow(read))
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
     return handle

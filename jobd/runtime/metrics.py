@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed, Outcome, TimedOut
+from jobd.store.writer import TRANSACTION_BUCKETS_S, WriterStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300)
@@ -45,15 +46,22 @@ class _Histogram:
         self.sums[labels] += value
 
     def family(self, name: str, doc: str, label_names: list[str]) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(name, doc, labels=label_names)
-        for labels, counts in list(self.counts.items()):
-            running, buckets = 0, []
-            for bound, n in zip((*map(str, map(float, DURATION_BUCKETS)), "+Inf"), counts,
-                                strict=True):
-                running += n
-                buckets.append((bound, running))
-            family.add_metric(list(labels), buckets, self.sums[labels])
-        return family
+        return _histogram(name, doc, label_names, DURATION_BUCKETS, [
+            (labels, counts, self.sums[labels]) for labels, counts in list(self.counts.items())])
+
+
+def _histogram(name: str, doc: str, label_names: list[str], bounds: Sequence[float],
+               series: Iterable[tuple[Labels, list[int], float]]) -> HistogramMetricFamily:
+    """A histogram family from per-bucket counts (one more than ``bounds``: the last is
+    above them all), summed up into Prometheus' cumulative ``le`` buckets."""
+    family = HistogramMetricFamily(name, doc, labels=label_names)
+    for labels, counts, total in series:
+        running, buckets = 0, []
+        for bound, n in zip((*map(str, map(float, bounds)), "+Inf"), counts, strict=True):
+            running += n
+            buckets.append((bound, running))
+        family.add_metric(list(labels), buckets, total)
+    return family
 
 
 def _counter(name: str, doc: str, label_names: list[str],
@@ -107,7 +115,8 @@ class Metrics(Collector):
 
     # scrape ----------------------------------------------------------------------------
     def render(self, counts: dict[str, object]) -> bytes:
-        """The text exposition; ``counts`` are the store's: ``jobs`` by status and ``dlq``."""
+        """The text exposition; ``counts`` are the store's: ``jobs`` by status, ``dlq``,
+        and (when given) the ``writer``'s :class:`WriterStats` and the ``files``' sizes."""
         self._store_counts = counts
         return generate_latest(self.registry)
 
@@ -140,3 +149,26 @@ class Metrics(Collector):
         assert isinstance(dlq, int)
         yield GaugeMetricFamily("jobd_dlq_size", "Webhook deliveries in the dead-letter queue.",
                                 value=dlq)
+        yield from self._database()
+
+    def _database(self) -> Iterator[Metric]:
+        writer = self._store_counts.get("writer")
+        if isinstance(writer, WriterStats):
+            transactions = CounterMetricFamily(
+                "jobd_db_transactions", "Group transactions of the database writer; error: "
+                "the database failed one and every write in it.", labels=["outcome"])
+            transactions.add_metric(["committed"], writer.transactions - writer.failed)
+            transactions.add_metric(["error"], writer.failed)
+            yield transactions
+            yield CounterMetricFamily("jobd_db_writes", "Writes those transactions carried "
+                                      "(new jobs, claims, outcomes ...).", value=writer.units)
+            yield _histogram("jobd_db_transaction_seconds", "Time of one group transaction, "
+                             "BEGIN to COMMIT with its fsync.", [], TRANSACTION_BUCKETS_S,
+                             [((), writer.by_bucket, writer.seconds)])
+        files = self._store_counts.get("files")
+        if isinstance(files, dict):
+            sizes = GaugeMetricFamily("jobd_db_bytes", "Size of the database file (main) "
+                                      "and of its write-ahead log (wal).", labels=["file"])
+            for name, size in files.items():
+                sizes.add_metric([name], size)
+            yield sizes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
@@ -30,7 +31,7 @@ from jobd.store.checkpointer import Checkpointer
 from jobd.store.connection import connect, hold_daemon_lock, migrate
 from jobd.store.jobs import RenderCreated
 from jobd.store.scheduling import ClaimRound
-from jobd.store.writer import GroupCommitWriter
+from jobd.store.writer import GroupCommitWriter, WriterStats
 
 T = TypeVar("T")
 
@@ -80,8 +81,17 @@ class Store:
             self._lock = None
 
     @property
-    def writer_stats(self) -> tuple[int, int]:
-        return self._writer.batches, self._writer.units
+    def writer_stats(self) -> WriterStats:
+        """A copy of the writer's counts (for /metrics and tests)."""
+        return self._writer.stats.copy()
+
+    def file_bytes(self) -> dict[str, int]:
+        """The size of the database file (``main``) and of its write-ahead log (``wal``,
+        0 when there is none). A WAL that keeps growing means checkpoints cannot finish."""
+        path = self._config.path
+        if path == ":memory:":
+            return {}
+        return {"main": _size(path), "wal": _size(f"{path}-wal")}
 
     # generic -------------------------------------------------------------------
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -216,3 +226,10 @@ class Store:
 
     async def redeliver_dead(self, delivery_ids: list[str], *, now: float) -> list[str]:
         return await self.write(deliveries.redeliver_dead, delivery_ids, now=now)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

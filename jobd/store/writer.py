@@ -16,12 +16,15 @@ goes to a single ``fn(conn, items)`` call, which answers one outcome per item.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from jobd.errors import StoreUnavailable
@@ -34,6 +37,32 @@ _Item = tuple[TxFn, tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventL
 Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 GroupFn = Callable[[sqlite3.Connection, list[Any]], list[Outcome]]
 _STOP = object()
+TRANSACTION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """What the writer did since it started. Only its thread changes these; a reader
+    (the /metrics scrape) takes a :meth:`copy`, which may miss the transaction that is
+    being counted at that moment, nothing more."""
+
+    transactions: int = 0  # group transactions run (a batch each)
+    failed: int = 0        # of those, the ones the database failed: all their writes got a 503
+    units: int = 0         # writes they carried: a new job, a claim, an outcome ...
+    seconds: float = 0.0   # their time, BEGIN to the end of COMMIT (the fsync included)
+    by_bucket: list[int] = field(  # transactions by time: <= each TRANSACTION_BUCKETS_S, above
+        default_factory=lambda: [0] * (len(TRANSACTION_BUCKETS_S) + 1))
+
+    def count(self, units: int, seconds: float, *, failed: bool) -> None:
+        self.transactions += 1
+        self.failed += failed
+        self.units += units
+        self.seconds += seconds
+        self.by_bucket[bisect.bisect_left(TRANSACTION_BUCKETS_S, seconds)] += 1
+
+    def copy(self) -> WriterStats:
+        return WriterStats(self.transactions, self.failed, self.units, self.seconds,
+                           list(self.by_bucket))
 
 
 class GroupCommitWriter:
@@ -45,8 +74,7 @@ class GroupCommitWriter:
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
         self._outbox: list[_Item] = []  # collected on the loop's thread, handed over at once
-        self.batches = 0
-        self.units = 0
+        self.stats = WriterStats()
 
     def start(self) -> None:
         self._thread.start()
@@ -127,6 +155,8 @@ class GroupCommitWriter:
         return batch, False
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        failed = False
         try:
             outcomes = self._transaction(conn, batch, isolate=False)
             if len(outcomes) < len(batch):
@@ -137,8 +167,8 @@ class GroupCommitWriter:
             log.error("write transaction failed: %s", exc)
             error = StoreUnavailable(f"database write failed: {exc}")
             outcomes = [(False, error)] * len(batch)
-        self.batches += 1
-        self.units += len(batch)
+            failed = True
+        self.stats.count(len(batch), time.perf_counter() - started, failed=failed)
         _resolve(batch, outcomes)
 
     @staticmethod

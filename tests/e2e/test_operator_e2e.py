@@ -51,6 +51,16 @@ def test_metrics_count_a_finished_job_that_jobs_list_finds(make_env):
         assert samples[("jobd_jobs", (("status", status),))] == 0, status
     assert samples[("jobd_dlq_size", ())] == 0
 
+    # The database's own figures: the create and the finish were committed by the writer.
+    committed = samples[("jobd_db_transactions_total", (("outcome", "committed"),))]
+    assert committed >= 1 and samples[("jobd_db_transactions_total", (("outcome", "error"),))] == 0
+    assert samples[("jobd_db_writes_total", ())] >= 2  # the new job and its outcome
+    assert samples[("jobd_db_transaction_seconds_count", ())] == committed
+    assert samples[("jobd_db_transaction_seconds_sum", ())] > 0
+    db_file = env.tmp_path / "jobd.db"
+    assert 0 < samples[("jobd_db_bytes", (("file", "main"),))] <= db_file.stat().st_size
+    assert samples[("jobd_db_bytes", (("file", "wal"),))] > 0
+
     assert [j["jobId"] for j in cli_json(env.config, "jobs", "list", "--status", "succeeded")] == [
         job_id]
     assert cli_json(env.config, "jobs", "list", "--status", "queued") == []

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed, Succeeded, TimedOut
 from jobd.runtime.metrics import Metrics
+from jobd.store.writer import WriterStats
 
 
 def samples(metrics: Metrics, counts: dict[str, object] | None = None) -> dict[tuple, float]:
@@ -74,3 +75,27 @@ def test_api_webhook_and_store_figures() -> None:
     assert s[("jobd_jobs", (("status", "queued"),))] == 3
     assert s[("jobd_jobs", (("status", "fatal"),))] == 0
     assert s[("jobd_dlq_size", ())] == 2
+
+
+def test_database_writer_figures() -> None:
+    writer = WriterStats()
+    writer.count(40, 0.002, failed=False)
+    writer.count(10, 0.004, failed=False)
+    writer.count(5, 2.0, failed=True)
+    s = samples(Metrics(), {"writer": writer, "files": {"main": 8192, "wal": 4096}})
+    assert s[("jobd_db_transactions_total", (("outcome", "committed"),))] == 2
+    assert s[("jobd_db_transactions_total", (("outcome", "error"),))] == 1
+    assert s[("jobd_db_writes_total", ())] == 55
+    assert s[("jobd_db_transaction_seconds_bucket", (("le", "0.001"),))] == 0
+    assert s[("jobd_db_transaction_seconds_bucket", (("le", "0.0025"),))] == 1
+    assert s[("jobd_db_transaction_seconds_bucket", (("le", "0.005"),))] == 2
+    assert s[("jobd_db_transaction_seconds_bucket", (("le", "1.0"),))] == 2
+    assert s[("jobd_db_transaction_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert s[("jobd_db_transaction_seconds_count", ())] == 3
+    assert abs(s[("jobd_db_transaction_seconds_sum", ())] - 2.006) < 1e-9
+    assert s[("jobd_db_bytes", (("file", "main"),))] == 8192
+    assert s[("jobd_db_bytes", (("file", "wal"),))] == 4096
+
+
+def test_database_figures_are_left_out_when_the_store_gives_none() -> None:
+    assert not [k for k in samples(Metrics()) if k[0].startswith("jobd_db_")]

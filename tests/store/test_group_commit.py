@@ -73,7 +73,7 @@ async def enqueue(*coros: Awaitable[Any]) -> list[asyncio.Future[Any]]:
 
 async def test_200_concurrent_inserts_all_commit_in_fewer_batches(
         store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
-    batches0, units0 = store.writer_stats
+    before = store.writer_stats
     jobs = [new_job(key=f"k{i}") for i in range(200)]
     results = await asyncio.gather(*(insert(store, job) for job in jobs))
 
@@ -85,22 +85,23 @@ async def test_200_concurrent_inserts_all_commit_in_fewer_batches(
     keys = {r[0] for r in observer.execute("SELECT idempotency_key FROM jobs")}
     assert keys == {f"k{i}" for i in range(200)}
 
-    batches, units = store.writer_stats
-    assert units - units0 == 200
-    assert batches - batches0 < units - units0, "no grouping happened"
+    after = store.writer_stats
+    assert after.units - before.units == 200
+    assert after.transactions - before.transactions < 200, "no grouping happened"
 
 
 async def test_units_queued_while_the_writer_is_busy_share_one_batch(
         store: Store, new_job: NewJobFactory) -> None:
     gate = WriterGate()
-    batches0, units0 = store.writer_stats
+    before = store.writer_stats
     gate_task = asyncio.create_task(store.write(gate.unit))
     await gate.wait_entered()
     tasks = await enqueue(*(insert(store, new_job(key=f"g{i}")) for i in range(50)))
     gate.release.set()
     assert await gate_task == "gate"
     await asyncio.gather(*tasks)
-    assert store.writer_stats == (batches0 + 2, units0 + 51)
+    after = store.writer_stats
+    assert (after.transactions, after.units) == (before.transactions + 2, before.units + 51)
 
 
 # grouped units ----------------------------------------------------------------------
@@ -187,7 +188,7 @@ async def test_a_failing_unit_is_rolled_back_alone(store: Store, new_job: NewJob
         raise Boom("after writing")
 
     gate = WriterGate()
-    batches0, _ = store.writer_stats
+    transactions0 = store.writer_stats.transactions
     gate_task = asyncio.create_task(store.write(gate.unit))
     await gate.wait_entered()
     before = [insert(store, new_job(key=f"before{i}")) for i in range(10)]
@@ -197,7 +198,7 @@ async def test_a_failing_unit_is_rolled_back_alone(store: Store, new_job: NewJob
     await gate_task
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
 
-    assert store.writer_stats[0] == batches0 + 2   # all 21 units were one transaction
+    assert store.writer_stats.transactions == transactions0 + 2  # all 21 units were one
     failed = outcomes[10]
     assert isinstance(failed, Boom)
     assert str(failed) == "after writing"
