@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 HERE = Path(__file__).resolve().parent
 JOBD = [sys.executable, "-m", "jobd.cli.main"]
 
@@ -110,12 +112,34 @@ class Daemon:
         match = re.search(r"VmHWM:\s+(\d+) kB", status)
         return int(match.group(1)) / 1024 if match else float("nan")
 
+    def writer(self) -> tuple[float, float, float]:
+        """The writer's totals so far, from /metrics: committed transactions, the writes
+        they carried, and their seconds (BEGIN to COMMIT)."""
+        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        found = {(s.name, s.labels.get("outcome")): s.value
+                 for family in text_string_to_metric_families(text) for s in family.samples}
+        return (found[("jobd_db_transactions_total", "committed")],
+                found[("jobd_db_writes_total", None)],
+                found[("jobd_db_transaction_seconds_sum", None)])
+
     def query(self, sql: str, *args: Any) -> list[Any]:
         conn = sqlite3.connect(self.db_path, timeout=30)
         try:
             return conn.execute(sql, args).fetchall()
         finally:
             conn.close()
+
+
+def group_commit(before: tuple[float, float, float],
+                 after: tuple[float, float, float]) -> dict[str, float]:
+    """What the writer did between two :meth:`Daemon.writer` readings: writes a
+    transaction (the group size) and the mean transaction's milliseconds."""
+    transactions = after[0] - before[0]
+    if not transactions:
+        return {}
+    return {"writes_per_tx": (after[1] - before[1]) / transactions,
+            "tx_ms": (after[2] - before[2]) / transactions * 1000}
 
 
 @contextmanager

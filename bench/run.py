@@ -26,7 +26,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HERE, cpu_seconds, daemon, free_port, percentile, seed_jobs, wait_until, wrk
+from harness import (
+    HERE,
+    cpu_seconds,
+    daemon,
+    free_port,
+    group_commit,
+    percentile,
+    seed_jobs,
+    wait_until,
+    wrk,
+)
 
 Row = tuple[str, str, str]
 
@@ -72,9 +82,9 @@ def bench_create(seconds: int, *, run_at: str = "",
         env = {"JOBD_API_KEY": tenant["apiKey"], "JOBD_TENANT": tenant["tenantId"],
                "JOBD_RUN_AT": run_at}
         assert d.proc is not None
-        cpu0 = cpu_seconds(d.proc.pid)
+        cpu0, writer0 = cpu_seconds(d.proc.pid), d.writer()
         jobd = wrk(d.base + "/jobs", script="post_jobs.lua", env=env, seconds=seconds)
-        jobd_cpu = cpu_seconds(d.proc.pid) - cpu0
+        jobd_cpu, writer = cpu_seconds(d.proc.pid) - cpu0, group_commit(writer0, d.writer())
         created = d.query("SELECT count(*) FROM jobs")[0][0]
         ran = d.query("SELECT count(*) FROM jobs WHERE status = 'succeeded'")[0][0]
     after = bench_hello(seconds)
@@ -86,7 +96,8 @@ def bench_create(seconds: int, *, run_at: str = "",
             "rows": created, "succeeded_meanwhile": ran,
             # CPU time per request (all threads): steadier than req/s on a noisy VM
             "cpu_us_per_req": jobd_cpu / (jobd["rps"] * seconds) * 1e6,
-            "hello_cpu_us_per_req": (before["cpu_us_per_req"] + after["cpu_us_per_req"]) / 2}
+            "hello_cpu_us_per_req": (before["cpu_us_per_req"] + after["cpu_us_per_req"]) / 2,
+            **writer}
 
 
 def bench_hello(seconds: int) -> dict[str, float]:
@@ -183,6 +194,7 @@ def bench_latency(samples: int) -> dict[str, float]:
             hook = f"http://127.0.0.1:{port}/hook"
             submitted: dict[str, float] = {}
             answered: list[float] = []  # the 201's round trip, for comparison
+            writer0 = d.writer()
             for i in range(samples):
                 # An http job: its request reaching the receiver is the job's start, seen
                 # from outside (the database's started_at is when it was handed a worker).
@@ -197,6 +209,7 @@ def bench_latency(samples: int) -> dict[str, float]:
                 wait_until(lambda jid=job["jobId"]: d.query(
                     "SELECT 1 FROM deliveries WHERE job_id = ? AND status = 'succeeded'", jid),
                     10, "one job", interval_s=0.0005)
+            writer = group_commit(writer0, d.writer())
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/arrivals") as resp:
                 arrivals = json.loads(resp.read())
     finally:
@@ -208,7 +221,7 @@ def bench_latency(samples: int) -> dict[str, float]:
     return {"created_p50_ms": percentile(answered, 50),
             "start_p50_ms": percentile(start_ms, 50), "start_p99_ms": percentile(start_ms, 99),
             "webhook_p50_ms": percentile(hook_ms, 50), "webhook_p99_ms": percentile(hook_ms, 99),
-            **commit_floor(samples)}
+            "tx_ms": writer.get("tx_ms", float("nan")), **commit_floor(samples)}
 
 
 def commit_floor(samples: int) -> dict[str, float]:
