@@ -1,22 +1,24 @@
-"""``POST /jobs`` served without aiohttp's per-request machinery; everything else by aiohttp.
+"""``POST /jobs`` and ``GET /jobs/{jobId}`` served without aiohttp's per-request
+machinery; everything else by aiohttp.
 
 Why: on this machine aiohttp's server costs ~85 us of the event loop per request
 before a handler runs (its "hello" tops out near 10k req/s, a bare httptools one
-near 55k; ``bench/README.md``), and ``POST /jobs`` is the one hot endpoint. The
-job logic is the same functions either way (:mod:`jobd.api.routes`: ``admit``,
-``prepare``, ``insert``, ``created``),
-and so are the error bodies (:mod:`jobd.api.problems`).
+near 55k; ``bench/README.md``), and creating a job and polling its state are the
+two hot endpoints. The logic is the same functions either way
+(:mod:`jobd.api.routes`: ``admit``, ``prepare``, ``insert``, ``created`` and
+``job_state``), and so are the error bodies (:mod:`jobd.api.problems`).
 
 The listening socket's protocol is :class:`FastLaneProtocol`. It answers a request
 itself only when its head is ``POST /jobs HTTP/1.1`` with one ``Content-Length``
-of at most ``server.max_body_bytes`` and none of ``Transfer-Encoding``,
-``Content-Encoding``, ``Expect`` or ``Upgrade``, and llhttp (httptools) parses
-exactly that head and body as one valid request. Anything else -- another path
-or method, HTTP/1.0, a chunked or oversized body, a malformed request -- and the
-connection is handed over, with every byte not yet answered, to aiohttp's own
-protocol for the rest of its life, so aiohttp gives those their usual answers
-(404, 413, 400 ...). Requests on one connection are answered one at a time, in
-order.
+of at most ``server.max_body_bytes``, or ``GET /jobs/{jobId} HTTP/1.1`` (an id of
+letters, digits, ``_`` and ``-``) with no body; with none of
+``Transfer-Encoding``, ``Content-Encoding``, ``Expect`` or ``Upgrade``; and
+llhttp (httptools) parses exactly that head and body as one valid request.
+Anything else -- another path or method, HTTP/1.0, a query string, a chunked or
+oversized body, a malformed request -- and the connection is handed over, with
+every byte not yet answered, to aiohttp's own protocol for the rest of its life,
+so aiohttp gives those their usual answers (404, 413, 400 ...). Requests on one
+connection are answered one at a time, in order.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import functools
 import http
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +39,16 @@ import httptools
 
 from jobd.api.context import ApiContext
 from jobd.api.problems import INTERNAL_ERROR, PROBLEM_JSON, error_body, error_headers
-from jobd.api.routes import Answer, admit, created, insert, prepare
+from jobd.api.routes import Answer, admit, created, insert, job_state, prepare
 from jobd.errors import JobdError
 from jobd.models import IdempotentResult
 
 log = logging.getLogger("jobd.api")
 
 REQUEST_LINE = b"POST /jobs HTTP/1.1\r\n"
+GET_JOB = b"GET /jobs/"        # the start of GET /jobs/{jobId} HTTP/1.1
+_PREFIXES = (REQUEST_LINE, GET_JOB)
+_JOB_PATH = re.compile(rb"/jobs/([A-Za-z0-9_-]{1,128})")
 MAX_HEAD_BYTES = 16 * 1024     # a longer head goes to aiohttp (which refuses it)
 PAUSE_BYTES = 1024 * 1024      # unanswered bytes buffered before reading pauses
 IDLE_TIMEOUT_S = 75.0          # as aiohttp's keep-alive timeout
@@ -55,12 +61,13 @@ class _Request:
     idempotency_key: str | None
     body: bytes
     keep_alive: bool
+    job_id: str | None = None  # GET /jobs/{job_id}; None: POST /jobs
 
 
 class _Collector:
     """httptools callbacks for one request."""
 
-    __slots__ = ("body", "complete", "headers", "keep_alive", "parser", "url")
+    __slots__ = ("body", "complete", "headers", "keep_alive", "parser", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
@@ -68,6 +75,7 @@ class _Collector:
         self.body: list[bytes] = []
         self.complete = False
         self.keep_alive = False
+        self.version = ""
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
 
     def on_url(self, url: bytes) -> None:
@@ -83,6 +91,7 @@ class _Collector:
         self.complete = True
         assert self.parser is not None
         self.keep_alive = self.parser.should_keep_alive()  # (llhttp forgets it afterwards)
+        self.version = self.parser.get_http_version()
 
 
 class FastLane:
@@ -107,10 +116,17 @@ class FastLane:
         return self._date[1]
 
     def answer(self, request: _Request, reply: Callable[[Answer], None]) -> None:
-        """Answer ``request`` through ``reply``: at once for a refusal, else once the
-        writer has committed the job. No task: the checks run here, and the 201 is
-        written from the writer's future's callback (a task per request cost ~10 us of
-        the event loop, measured)."""
+        """Answer ``request`` through ``reply``: a job's state or a refusal at once, a
+        new job once the writer has committed it. No task: the checks run here, and the
+        201 is written from the writer's future's callback (a task per request cost
+        ~10 us of the event loop, measured)."""
+        if request.job_id is not None:
+            try:
+                answer = job_state(self.ctx, request.authorization, request.job_id)
+            except Exception as exc:
+                answer = self._refusal(exc, {})
+            reply(answer)
+            return
         rate_headers: dict[str, str] = {}
         try:
             caller, now, key = admit(self.ctx, authorization=request.authorization,
@@ -138,7 +154,7 @@ class FastLane:
         if isinstance(exc, JobdError):
             error = exc
         else:
-            log.error("unhandled error on POST /jobs", exc_info=exc)
+            log.error("unhandled error in the fast lane", exc_info=exc)
             error = INTERNAL_ERROR
         headers = {"Content-Type": PROBLEM_JSON, **error_headers(error), **rate_headers}
         return Answer(error.status, headers, error_body(error))
@@ -242,8 +258,9 @@ class FastLaneProtocol(asyncio.Protocol):
         buf = self._buffer
         if not buf:
             return None
-        if not buf.startswith(REQUEST_LINE):
-            if not REQUEST_LINE.startswith(bytes(buf[:len(REQUEST_LINE)])):
+        prefix = next((p for p in _PREFIXES if buf.startswith(p)), None)
+        if prefix is None:
+            if not any(p.startswith(bytes(buf[:len(p)])) for p in _PREFIXES):
                 self._hand_over()
             return None  # (or the request line is still arriving)
         end = buf.find(b"\r\n\r\n")
@@ -251,23 +268,23 @@ class FastLaneProtocol(asyncio.Protocol):
             if len(buf) > MAX_HEAD_BYTES:
                 self._hand_over()
             return None
-        length = _content_length(bytes(buf[len(REQUEST_LINE):end]))
-        if length is None or length > self._lane.ctx.config.server.max_body_bytes:
+        length = _content_length(bytes(buf[buf.find(b"\r\n") + 2:end]))
+        if (length is None or length > self._lane.ctx.config.server.max_body_bytes
+                or (prefix == GET_JOB and length)):
             self._hand_over()
             return None
         total = end + 4 + length
         if len(buf) < total:
             return None
-        raw = bytes(buf[:total])
-        collector = _Collector()
-        try:
-            assert collector.parser is not None
-            collector.parser.feed_data(raw)
-        except httptools.HttpParserError:
-            collector.complete = False
-        finally:
-            collector.parser = None  # no reference cycle left behind
-        if not (collector.complete and collector.url == b"/jobs"):
+        collector = _parse(bytes(buf[:total]))
+        job_id = None
+        if prefix == GET_JOB:
+            path = _JOB_PATH.fullmatch(collector.url)
+            taken = path is not None and collector.version == "1.1"
+            job_id = path.group(1).decode() if path is not None else None
+        else:
+            taken = collector.url == b"/jobs" and b"content-length" in collector.headers
+        if not (collector.complete and taken):
             self._hand_over()  # aiohttp answers it (a 400 for a malformed one)
             return None
         del buf[:total]
@@ -275,7 +292,8 @@ class FastLaneProtocol(asyncio.Protocol):
         key = collector.headers.get(b"idempotency-key")
         return _Request(authorization=authorization.decode("latin-1"),
                         idempotency_key=None if key is None else key.decode("latin-1"),
-                        body=b"".join(collector.body), keep_alive=collector.keep_alive)
+                        body=b"".join(collector.body), keep_alive=collector.keep_alive,
+                        job_id=job_id)
 
     def _reply(self, request_keep_alive: bool, answer: Answer) -> None:
         self._lane.served += 1
@@ -322,9 +340,22 @@ class FastLaneProtocol(asyncio.Protocol):
                 cast(asyncio.Protocol, protocol).data_received(data)
 
 
+def _parse(raw: bytes) -> _Collector:
+    """One whole request, by llhttp; ``complete`` is False unless it is valid."""
+    collector = _Collector()
+    try:
+        assert collector.parser is not None
+        collector.parser.feed_data(raw)
+    except httptools.HttpParserError:
+        collector.complete = False
+    finally:
+        collector.parser = None  # no reference cycle left behind
+    return collector
+
+
 def _content_length(headers: bytes) -> int | None:
     """The Content-Length of a head (its header lines, without the last CRLF) that this
-    lane may take, or None (then aiohttp takes it)."""
+    lane may take (0 when it declares none), or None (then aiohttp takes it)."""
     length: int | None = None
     for line in headers.split(b"\r\n"):
         name, sep, value = line.partition(b":")
@@ -338,4 +369,4 @@ def _content_length(headers: bytes) -> int | None:
             length = int(value)
         elif name in (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"):
             return None
-    return length
+    return length or 0

@@ -141,18 +141,25 @@ async def create_job(request: web.Request) -> web.Response:
     return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
-async def get_job(request: web.Request) -> web.Response:
-    ctx = request.app[API]
-    tenant = authenticate(request, ctx.tenants).tenant
-    job = _tenant_job(ctx, request, tenant.id)
+def job_state(ctx: ApiContext, authorization: str, job_id: str) -> Answer:
+    """``GET /jobs/{jobId}`` apart from HTTP (the fast lane calls it too). Raises a
+    :class:`~jobd.errors.JobdError` for a refusal."""
+    tenant = authenticate_key(authorization, ctx.tenants).tenant
+    job = _tenant_job(ctx, job_id, tenant.id)
     deliveries = ctx.store.deliveries_of_job(job.id) if job.webhook_url else None
-    return _json(200, orjson.dumps(job_view(job, deliveries)))
+    return Answer(200, {"Content-Type": JSON}, orjson.dumps(job_view(job, deliveries)))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    answer = job_state(request.app[API], request.headers.get("Authorization", ""),
+                       request.match_info["job_id"])
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     ctx = request.app[API]
     tenant = authenticate(request, ctx.tenants).tenant
-    job = _tenant_job(ctx, request, tenant.id)
+    job = _tenant_job(ctx, request.match_info["job_id"], tenant.id)
     job = await ctx.store.cancel_job(job.id, tenant_id=tenant.id, now=ctx.clock.now())
     if job.cancel_requested:
         ctx.on_cancel_requested(job.id)
@@ -161,8 +168,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     return _json(200, orjson.dumps(job_view(job)))
 
 
-def _tenant_job(ctx: ApiContext, request: web.Request, tenant_id: str) -> Job:
-    job_id = request.match_info["job_id"]
+def _tenant_job(ctx: ApiContext, job_id: str, tenant_id: str) -> Job:
     job = ctx.store.find_job(job_id, tenant_id)
     if job is None:
         raise NotFound(f"no job {job_id!r} for this tenant")

@@ -35,6 +35,11 @@ def post_bytes(api: Api, key: str, *, extra: str = "", body: bytes | None = None
             f"Idempotency-Key: {key}\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
+def get_bytes(api: Api, job_id: str, *, extra: str = "") -> bytes:
+    return (f"GET /jobs/{job_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key}\r\n"
+            f"{extra}\r\n").encode()
+
+
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     lines = head.decode("latin-1").split("\r\n")
@@ -58,32 +63,36 @@ async def exchange(api: Api, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return answer
 
 
-async def test_post_jobs_is_served_by_the_lane_and_the_rest_handed_to_aiohttp(api: Api) -> None:
+async def test_post_and_get_jobs_are_served_by_the_lane_and_the_rest_handed_to_aiohttp(
+        api: Api) -> None:
     lane = lane_of(api)
     created = await api.post_job()
     assert created.status == 201 and JOB_ID.match(created.json["jobId"])
-    assert (lane.served, lane.handed_over) == (1, 0)
     got = await api.get_job(created.json["jobId"])  # the same kept-alive connection
     assert got.status == 200 and got.json["jobId"] == created.json["jobId"]
-    assert lane.handed_over == 1
+    assert (lane.served, lane.handed_over) == (2, 0)
+    cancelled = await api.delete_job(created.json["jobId"])  # not the lane's
+    assert cancelled.status == 200 and lane.handed_over == 1
     again = await api.post_job(key="key-2")  # now on aiohttp's side of that connection
-    assert again.status == 201 and lane.served == 1
+    assert again.status == 201 and lane.served == 2
+    assert (await api.get_job(again.json["jobId"])).status == 200 and lane.served == 2
     assert api.job_count() == 2
 
 
 async def test_pipelined_requests_are_answered_in_order(api: Api) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
     writer.write(post_bytes(api, "p1") + post_bytes(api, "p2") + post_bytes(api, "p1")
-                 + b"GET /jobs/job_nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                 + api.key.encode() + b"\r\n\r\n" + post_bytes(api, "p3"))
-    answers = [await read_answer(reader) for _ in range(5)]
+                 + get_bytes(api, "job_nope") + post_bytes(api, "p3")
+                 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + post_bytes(api, "p4"))
+    answers = [await read_answer(reader) for _ in range(7)]
     writer.close()
-    assert [status for status, _, _ in answers] == [201, 201, 201, 404, 201]
+    assert [status for status, _, _ in answers] == [201, 201, 201, 404, 201, 200, 201]
     first, second, replay = (orjson.loads(body)["jobId"] for _, _, body in answers[:3])
     assert first != second and replay == first
     assert answers[2][1]["idempotent-replayed"] == "true"
-    assert (lane_of(api).served, lane_of(api).handed_over) == (3, 1)
-    assert api.job_count() == 3
+    assert orjson.loads(answers[3][2])["code"] == "not_found"
+    assert (lane_of(api).served, lane_of(api).handed_over) == (5, 1)
+    assert api.job_count() == 4
 
 
 async def test_a_request_arriving_byte_by_byte(api: Api) -> None:
@@ -111,6 +120,54 @@ async def test_framing_the_lane_does_not_take_goes_to_aiohttp(api: Api, extra: s
     assert (await exchange(api, raw))[0] == 201
     assert (lane_of(api).served, lane_of(api).handed_over) == (0, 1)
     assert api.job_count() == 1
+
+
+async def via_aiohttp(api: Api, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """``raw``'s answer from aiohttp: on a connection a first request handed over."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + raw)
+    assert (await read_answer(reader))[0] == 200
+    answer = await read_answer(reader)
+    writer.close()
+    return answer
+
+
+async def test_the_lane_answers_get_jobs_as_aiohttp_does(api: Api) -> None:
+    hooked = await api.post_job(api.body(webhookUrl="http://127.0.0.1:9/hook"), key="h")
+    globex = api.make_tenant("globex")
+    other = await api.post_job({"tenantId": "globex", "type": "noop", "payload": {}}, key="g",
+                               api_key=globex.api_key)
+    cases = [get_bytes(api, hooked.json["jobId"]),       # 200, with its webhook's state
+             get_bytes(api, other.json["jobId"]),        # another tenant's job: 404
+             get_bytes(api, "job_nope"),                 # 404
+             get_bytes(api, hooked.json["jobId"]).replace(api.key.encode(), b"wrong")]  # 401
+    for raw in cases:
+        served = lane_of(api).served
+        lane = await exchange(api, raw)
+        assert lane_of(api).served == served + 1
+        reference = await via_aiohttp(api, raw)
+        assert lane[0] == reference[0]
+        assert lane[1]["content-type"] == reference[1]["content-type"]
+        assert orjson.loads(lane[2]) == orjson.loads(reference[2])
+    assert [(await exchange(api, raw))[0] for raw in cases] == [200, 404, 404, 401]
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GET /jobs/{id}?verbose=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n",
+     200),
+    (b"GET /jobs/{id} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n", 200),
+    (b"GET /jobs/{id}/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n", 404),
+    (b"GET /jobs/%6Aob_x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n", 404),
+    (b"GET /jobs/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+     b"Content-Length: 2\r\n\r\n{{}}", 200),
+    (b"GET /jobs/{id} HTTP/1.1\r\nAuthorization: Bearer {key}\r\nBad Header\r\n\r\n", 400),
+])
+async def test_get_requests_the_lane_does_not_take_go_to_aiohttp(api: Api, raw: bytes,
+                                                                 status: int) -> None:
+    created = await api.post_job()
+    raw = raw.decode().format(id=created.json["jobId"], key=api.key).encode()
+    assert (await exchange(api, raw))[0] == status
+    assert (lane_of(api).served, lane_of(api).handed_over) == (1, 1)
 
 
 async def test_a_malformed_request_gets_aiohttps_400(api: Api) -> None:
