@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobd.models import ClaimedJob, JobStatus
@@ -99,3 +102,20 @@ def test_database_writer_figures() -> None:
 
 def test_database_figures_are_left_out_when_the_store_gives_none() -> None:
     assert not [k for k in samples(Metrics()) if k[0].startswith("jobd_db_")]
+
+
+def test_the_readme_lists_every_metric_and_only_those() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("- `GET /metrics` (Prometheus text)"):]
+    section = section[:section.index("\n- ")]  # that bullet only
+    documented = set(re.findall(r"`(jobd_[a-z_]+)", section))
+
+    m = Metrics()  # every family present
+    m.job_created("acme", "noop")
+    m.attempt_recorded(claimed(), Failed("boom"), JobStatus.FATAL, 0.1)
+    m.delivery_attempted("succeeded", 0.02)
+    m.request_rate_limited("acme")
+    text = m.render({"jobs": {}, "dlq": 0, "writer": WriterStats(), "files": {"main": 1}})
+    emitted = {family.name + ("_total" if family.type == "counter" else "")
+               for family in text_string_to_metric_families(text.decode())}
+    assert documented == emitted
