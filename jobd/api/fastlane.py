@@ -258,8 +258,11 @@ class FastLaneProtocol(asyncio.Protocol):
         buf = self._buffer
         if not buf:
             return None
-        prefix = next((p for p in _PREFIXES if buf.startswith(p)), None)
-        if prefix is None:
+        if buf.startswith(REQUEST_LINE):
+            prefix = REQUEST_LINE
+        elif buf.startswith(GET_JOB):
+            prefix = GET_JOB
+        else:
             if not any(p.startswith(bytes(buf[:len(p)])) for p in _PREFIXES):
                 self._hand_over()
             return None  # (or the request line is still arriving)
