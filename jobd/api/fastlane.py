@@ -13,8 +13,11 @@ itself only when its head is ``POST /jobs HTTP/1.1`` with one ``Content-Length``
 of at most ``server.max_body_bytes``, or ``GET /jobs/{jobId} HTTP/1.1`` (an id of
 letters, digits, ``_`` and ``-``) with no body; with none of
 ``Transfer-Encoding``, ``Content-Encoding``, ``Expect`` or ``Upgrade``; and
-llhttp (httptools) parses exactly that head and body as one valid request.
-Anything else -- another path or method, HTTP/1.0, a query string, a chunked or
+every header line in the strict form of RFC 9112 (``_FIELD``: no folding, no bytes
+outside visible ASCII, spaces and tabs). That is a subset of what llhttp and
+aiohttp accept, read the same way (``tests/api/test_fastlane_head.py`` checks it
+against llhttp on generated heads), and reading it takes a third of llhttp's time
+from Python (its callbacks). Anything else -- another path or method, HTTP/1.0, a query string, a chunked or
 oversized body, a malformed request -- and the connection is handed over, with
 every byte not yet answered, to aiohttp's own protocol for the rest of its life,
 so aiohttp gives those their usual answers (404, 413, 400 ...). Requests on one
@@ -35,8 +38,6 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import cast
 
-import httptools
-
 from jobd.api.context import ApiContext
 from jobd.api.problems import INTERNAL_ERROR, PROBLEM_JSON, error_body, error_headers
 from jobd.api.routes import Answer, admit, created, insert, job_state, prepare
@@ -48,7 +49,12 @@ log = logging.getLogger("jobd.api")
 REQUEST_LINE = b"POST /jobs HTTP/1.1\r\n"
 GET_JOB = b"GET /jobs/"        # the start of GET /jobs/{jobId} HTTP/1.1
 _PREFIXES = (REQUEST_LINE, GET_JOB)
-_JOB_PATH = re.compile(rb"/jobs/([A-Za-z0-9_-]{1,128})")
+_GET_LINE = re.compile(rb"GET /jobs/([A-Za-z0-9_-]{1,128}) HTTP/1\.1\r\n")
+# One header line as RFC 9110/9112 write it: a token, a colon, a value of visible ASCII,
+# spaces and tabs, CRLF. No obs-fold, no obs-text, no bare CR or LF: a head with
+# anything else is not one this lane takes (aiohttp's own parser decides it).
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([\t\x20-\x7e]*)\r\n")
+_REFUSED_FIELDS = (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade")
 MAX_HEAD_BYTES = 16 * 1024     # a longer head goes to aiohttp (which refuses it)
 PAUSE_BYTES = 1024 * 1024      # unanswered bytes buffered before reading pauses
 IDLE_TIMEOUT_S = 75.0          # as aiohttp's keep-alive timeout
@@ -62,36 +68,6 @@ class _Request:
     body: bytes
     keep_alive: bool
     job_id: str | None = None  # GET /jobs/{job_id}; None: POST /jobs
-
-
-class _Collector:
-    """httptools callbacks for one request."""
-
-    __slots__ = ("body", "complete", "headers", "keep_alive", "parser", "url", "version")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: dict[bytes, bytes] = {}
-        self.body: list[bytes] = []
-        self.complete = False
-        self.keep_alive = False
-        self.version = ""
-        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.setdefault(name.lower(), value)  # the first one, as aiohttp's .get()
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        assert self.parser is not None
-        self.keep_alive = self.parser.should_keep_alive()  # (llhttp forgets it afterwards)
-        self.version = self.parser.get_http_version()
 
 
 class FastLane:
@@ -258,45 +234,41 @@ class FastLaneProtocol(asyncio.Protocol):
         buf = self._buffer
         if not buf:
             return None
+        job_id = None
         if buf.startswith(REQUEST_LINE):
-            prefix = REQUEST_LINE
+            line_end = len(REQUEST_LINE)
         elif buf.startswith(GET_JOB):
-            prefix = GET_JOB
+            line_end = buf.find(b"\r\n") + 2
+            if line_end == 1:  # the request line is still arriving
+                if len(buf) > MAX_HEAD_BYTES:
+                    self._hand_over()
+                return None
+            path = _GET_LINE.fullmatch(buf, 0, line_end)
+            if path is None:
+                self._hand_over()
+                return None
+            job_id = path.group(1).decode()
         else:
             if not any(p.startswith(bytes(buf[:len(p)])) for p in _PREFIXES):
                 self._hand_over()
             return None  # (or the request line is still arriving)
-        end = buf.find(b"\r\n\r\n")
+        end = buf.find(b"\r\n\r\n", line_end - 2)
         if end < 0:
             if len(buf) > MAX_HEAD_BYTES:
                 self._hand_over()
             return None
-        length = _content_length(bytes(buf[buf.find(b"\r\n") + 2:end]))
-        if (length is None or length > self._lane.ctx.config.server.max_body_bytes
-                or (prefix == GET_JOB and length)):
-            self._hand_over()
-            return None
-        total = end + 4 + length
-        if len(buf) < total:
-            return None
-        collector = _parse(bytes(buf[:total]))
-        job_id = None
-        if prefix == GET_JOB:
-            path = _JOB_PATH.fullmatch(collector.url)
-            taken = path is not None and collector.version == "1.1"
-            job_id = path.group(1).decode() if path is not None else None
-        else:
-            taken = collector.url == b"/jobs" and b"content-length" in collector.headers
-        if not (collector.complete and taken):
+        head = _read_head(bytes(buf[line_end:end + 2]))
+        if (head is None or (head.length is None if job_id is None else head.length)
+                or (head.length or 0) > self._lane.ctx.config.server.max_body_bytes):
             self._hand_over()  # aiohttp answers it (a 400 for a malformed one)
             return None
+        total = end + 4 + (head.length or 0)
+        if len(buf) < total:
+            return None
+        body = bytes(buf[end + 4:total])
         del buf[:total]
-        authorization = collector.headers.get(b"authorization", b"")
-        key = collector.headers.get(b"idempotency-key")
-        return _Request(authorization=authorization.decode("latin-1"),
-                        idempotency_key=None if key is None else key.decode("latin-1"),
-                        body=b"".join(collector.body), keep_alive=collector.keep_alive,
-                        job_id=job_id)
+        return _Request(authorization=head.authorization, idempotency_key=head.idempotency_key,
+                        body=body, keep_alive=head.keep_alive, job_id=job_id)
 
     def _reply(self, request_keep_alive: bool, answer: Answer) -> None:
         self._lane.served += 1
@@ -343,33 +315,50 @@ class FastLaneProtocol(asyncio.Protocol):
                 cast(asyncio.Protocol, protocol).data_received(data)
 
 
-def _parse(raw: bytes) -> _Collector:
-    """One whole request, by llhttp; ``complete`` is False unless it is valid."""
-    collector = _Collector()
-    try:
-        assert collector.parser is not None
-        collector.parser.feed_data(raw)
-    except httptools.HttpParserError:
-        collector.complete = False
-    finally:
-        collector.parser = None  # no reference cycle left behind
-    return collector
+@dataclass(slots=True)
+class _Head:
+    """What the lane reads from a request's header lines."""
+
+    length: int | None          # Content-Length; None: none sent
+    authorization: str
+    idempotency_key: str | None
+    keep_alive: bool
 
 
-def _content_length(headers: bytes) -> int | None:
-    """The Content-Length of a head (its header lines, without the last CRLF) that this
-    lane may take (0 when it declares none), or None (then aiohttp takes it)."""
+def _read_head(fields: bytes) -> _Head | None:
+    """The header lines of a request (each with its CRLF; not the request line, not the
+    blank line), or None if this lane does not take them: a line that is not a
+    :data:`_FIELD`, two Content-Lengths or one that is not digits, or a
+    Transfer-Encoding, Content-Encoding, Expect or Upgrade. Values lose the spaces and
+    tabs around them and the first of a repeated header counts, as in aiohttp; a
+    ``close`` in any Connection header ends the connection after the answer, as in
+    llhttp. Every byte must belong to a field: the lengths of the non-overlapping
+    matches, in order, add up to the whole only if nothing lies between them."""
     length: int | None = None
-    for line in headers.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            return None
+    authorization: bytes | None = None
+    key: bytes | None = None
+    keep_alive = True
+    covered = 0
+    for name, value in _FIELD.findall(fields):
+        covered += len(name) + len(value) + 3
         name = name.lower()
-        if name == b"content-length":
-            value = value.strip()
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value.strip(b" \t")
+        elif name == b"idempotency-key":
+            if key is None:
+                key = value.strip(b" \t")
+        elif name == b"content-length":
+            value = value.strip(b" \t")
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
-        elif name in (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"):
+        elif name == b"connection":
+            if b"close" in [token.strip(b" \t").lower() for token in value.split(b",")]:
+                keep_alive = False
+        elif name in _REFUSED_FIELDS:
             return None
-    return length or 0
+    if covered != len(fields):
+        return None
+    return _Head(length, (authorization or b"").decode("ascii"),
+                 None if key is None else key.decode("ascii"), keep_alive)
