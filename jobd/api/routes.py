@@ -26,6 +26,7 @@ from jobd.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from jobd.handlers.base import AnyPayload
 from jobd.models import IdempotentResult, Job, NewJob
 from jobd.netguard import check_url
 
@@ -211,10 +212,14 @@ def _parse_new_job(ctx: ApiContext, data: dict[str, Any], key: str, now: float) 
     if job_type is None:
         raise ValidationFailed(f"unknown job type {req.type!r}", errors=[{
             "field": "type", "message": f"must be one of: {', '.join(ctx.registry.names())}"}])
-    try:
-        payload = job_type.payload_model.model_validate(req.payload)
-    except ValidationError as exc:
-        raise _validation_failed(exc, prefix="payload") from None
+    # AnyPayload takes every JSON object, which req.payload already is: only a type
+    # with its own model (or a submit check, which is given the model) is validated.
+    payload = None
+    if job_type.payload_model is not AnyPayload or job_type.submit_check is not None:
+        try:
+            payload = job_type.payload_model.model_validate(req.payload)
+        except ValidationError as exc:
+            raise _validation_failed(exc, prefix="payload") from None
     if req.webhookUrl is not None:
         allow_private = ctx.config.webhooks.allow_private_networks
         _guard("webhookUrl", check_url, req.webhookUrl, allow_private=allow_private)
