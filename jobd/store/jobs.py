@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -12,7 +13,7 @@ from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease, row_to_job
 from jobd.store.outbox import enqueue_delivery
-from jobd.store.queries import Q, run_rows
+from jobd.store.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
 from jobd.store.writer import Outcome, in_savepoint
 
 RenderCreated = Callable[[str, float], bytes]
@@ -36,14 +37,22 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
     """Create many jobs, one outcome per item (a result, or the error for that item).
 
     The common case (live API keys, no Idempotency-Key seen before) is one statement,
-    which also checks the keys. If any row was not inserted (a key in use or revoked,
-    the same key twice in the batch), the rows that were are deleted again (their ids
-    are new) and every item goes through :func:`insert_job` on its own, in its own
-    savepoint. Fewer statements matter here: each one gives up the GIL, and the
-    writer then waits for the event loop to hand it back.
+    which also checks the keys. The items it did not insert (a key in use or revoked,
+    the same key twice in the batch) then go through :func:`insert_job` one by one,
+    each in its own savepoint; the rows it did insert stay. Fewer statements matter
+    here: each one gives up the GIL, and the writer then waits for the event loop to
+    hand it back.
 
-    An item with a ``lease`` is created running (``started`` in its result) on the
-    one-statement path; on the other it is created queued like the rest."""
+    The writer may call this outside a transaction (``call_grouped(..., alone=True)``,
+    when a batch holds nothing else): the one statement is then a transaction by
+    itself, and the items it left are done in one transaction of their own. (Over
+    :data:`MAX_ROWS_PER_STATEMENT` items, all of it is one transaction of its own.)
+
+    An item with a ``lease`` is created running (``started`` in its result) by the
+    one statement; by :func:`insert_job` it is created queued like the rest."""
+    if len(items) > MAX_ROWS_PER_STATEMENT and not conn.in_transaction:
+        with _transaction_unless_in_one(conn):  # more than one statement: not alone
+            return insert_jobs(conn, items, idempotency_ttl_s=idempotency_ttl_s, render=render)
     ids = [new_job_id() for _ in items]
     try:
         inserted = run_rows(conn, "jobs_insert_if_key_live", [
@@ -53,12 +62,32 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
         ])
     except sqlite3.IntegrityError:
         inserted = -1  # that statement was undone (an earlier one of 500 rows was not)
-    if inserted != len(items):
-        conn.execute(Q["jobs_delete_new"], (orjson.dumps(ids).decode(),))
-        return [_isolated(conn, c, idempotency_ttl_s, render) for c in items]
-    return [(True, IdempotentResult(status=201, body=render(job_id, c.now), job_id=job_id,
-                                    replayed=False, started=c.lease is not None))
-            for job_id, c in zip(ids, items, strict=True)]
+    if inserted == len(items):
+        return [(True, _created(job_id, c, render)) for job_id, c in zip(ids, items, strict=True)]
+    present = {row[0] for row in conn.execute(Q["jobs_present"], (orjson.dumps(ids).decode(),))}
+    with _transaction_unless_in_one(conn):
+        return [(True, _created(job_id, c, render)) if job_id in present
+                else _isolated(conn, c, idempotency_ttl_s, render)
+                for job_id, c in zip(ids, items, strict=True)]
+
+
+def _created(job_id: str, item: Creation, render: RenderCreated) -> IdempotentResult:
+    return IdempotentResult(status=201, body=render(job_id, item.now), job_id=job_id,
+                            replayed=False, started=item.lease is not None)
+
+
+@contextlib.contextmanager
+def _transaction_unless_in_one(conn: sqlite3.Connection) -> Iterator[None]:
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _isolated(conn: sqlite3.Connection, item: Creation, ttl_s: float,

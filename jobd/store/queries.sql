@@ -59,8 +59,8 @@ WHERE v.column15 IS NULL
               WHERE t.id = v.column2 AND t.api_key_hash = v.column15 AND t.disabled = 0)
 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING;
 
--- name: jobs_delete_new
-DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?));
+-- name: jobs_present
+SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?));
 
 -- name: job_holding_key
 SELECT id, body_hash, created_at FROM jobs WHERE tenant_id = ? AND idempotency_key = ?;

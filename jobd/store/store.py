@@ -137,7 +137,7 @@ class Store:
             group = self._insert_groups[(idempotency_ttl_s, render)] = functools.partial(
                 jobs.insert_jobs, idempotency_ttl_s=idempotency_ttl_s, render=render)
         return self._writer.call_grouped(group, jobs.Creation(job, body_hash, now, api_key_hash,
-                                                                lease))
+                                                                lease), alone=True)
 
     def find_job(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         return self.read(jobs.find_job, job_id, tenant_id)

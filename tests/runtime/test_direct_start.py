@@ -171,10 +171,10 @@ async def test_a_replayed_or_refused_creation_gives_the_slot_back(store, db, one
     assert job(db, first_id).attempts == 1
 
 
-async def test_in_a_batch_with_a_replay_every_job_is_created_queued(store, db, pool, clock,
-                                                                    new_tenant):
-    # One key already used sends the whole batch down the one-by-one path, which creates
-    # jobs queued: the leases are then given back and the claim runs them.
+async def test_in_a_batch_with_a_replay_the_new_job_still_starts_at_once(
+        store, db, pool, clock, new_tenant):
+    # The batch's one statement leaves the used key (replayed on its own, not started)
+    # and inserts the new job beside it running, as if it had been alone.
     new_tenant()
     await submit(store, clock, "noop", key="used")
     await pool.run_once()
@@ -184,9 +184,11 @@ async def test_in_a_batch_with_a_replay_every_job_is_created_queued(store, db, p
     reserved, fresh = create(store, pool, clock, new_job(clock, "noop", key="fresh"))
     assert reserved
     results = await asyncio.gather(replay, fresh)
-    assert [r.started for r in results] == [False, False]
-    assert job(db, results[1].job_id).status is JobStatus.QUEUED
-    await asyncio.sleep(0)
+    assert [r.replayed for r in results] == [True, False]
+    assert [r.started for r in results] == [False, True]
+    await settle(pool)
+    assert job(db, results[1].job_id).status is JobStatus.SUCCEEDED
+    assert job(db, results[1].job_id).attempts == 1
     assert pool.idle and pool.free_slots == 16
 
 

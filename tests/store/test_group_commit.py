@@ -7,18 +7,19 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobd.api.views import created_body
 from jobd.config import Config
-from jobd.errors import AlreadyExists
+from jobd.errors import AlreadyExists, IdempotencyConflict, StoreUnavailable, Unauthorized
 from jobd.models import IdempotentResult, JobStatus, NewJob, NewTenant
 from jobd.store import jobs as store_jobs
 from jobd.store import tenants as store_tenants
 from jobd.store.store import Store
-from tests.conftest import T0
+from tests.conftest import T0, make_config
 
 NewJobFactory = Callable[..., NewJob]
 
@@ -168,6 +169,123 @@ async def test_a_group_answering_the_wrong_count_fails_and_the_writer_lives_on(
     assert all(isinstance(f, RuntimeError) and "2 items" in str(f) for f in failed)
     assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
     assert isinstance(await insert(store, new_job(key="after")), IdempotentResult)
+
+
+# a batch of nothing but new jobs -----------------------------------------------------
+
+
+class Tracer:
+    """A unit that starts recording the writer connection's statements (the writer's
+    thread runs it), then holds the writer like a WriterGate."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+        self.gate = WriterGate()
+
+    def unit(self, conn: sqlite3.Connection) -> str:
+        conn.set_trace_callback(self.statements.append)
+        return self.gate.unit(conn)
+
+    def kinds(self) -> list[str]:
+        """Each statement's first word (BEGIN, INSERT, SELECT, SAVEPOINT, COMMIT ...)."""
+        return [sql.split(None, 1)[0].upper() for sql in self.statements]
+
+
+async def traced_batch(store: Store, *coros: Awaitable[Any]) -> tuple[list[Any], Tracer]:
+    """Run ``coros`` as one batch of the writer, its statements traced."""
+    tracer = Tracer()
+    gate_task = asyncio.create_task(store.write(tracer.unit))
+    await tracer.gate.wait_entered()
+    tasks = await enqueue(*coros)
+    tracer.gate.release.set()
+    await gate_task
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    await store.write(lambda conn: conn.set_trace_callback(None))
+    # the gate's COMMIT first, the BEGIN of the unit that stops the trace last
+    assert tracer.kinds()[0] == "COMMIT" and tracer.kinds()[-1] == "BEGIN"
+    del tracer.statements[0], tracer.statements[-1]
+    return outcomes, tracer
+
+
+async def test_a_batch_of_only_new_jobs_is_one_statement_without_begin_or_commit(
+        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    before = store.writer_stats
+    outcomes, tracer = await traced_batch(store, *(insert(store, new_job(key=f"n{i}"))
+                                                   for i in range(20)))
+    assert tracer.kinds() == ["INSERT"]  # SQLite's own transaction: committed, one fsync
+    assert all(isinstance(r, IdempotentResult) and not r.replayed for r in outcomes)
+    assert job_ids(observer) == {r.job_id for r in outcomes}
+    after = store.writer_stats  # the tracer's gate, the batch, the unit that ends the trace
+    assert (after.transactions, after.units) == (before.transactions + 3, before.units + 22)
+
+
+async def test_new_jobs_with_other_writes_share_the_writers_transaction(
+        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    outcomes, tracer = await traced_batch(
+        store, insert(store, new_job(key="a")), store.write(note_burst, 7),
+        insert(store, new_job(key="b")))
+    assert tracer.kinds()[0] == "BEGIN" and tracer.kinds()[-1] == "COMMIT"
+    assert tracer.kinds().count("INSERT") == 1  # the two jobs still share one statement
+    first, noted, last = outcomes
+    assert noted == 7 and isinstance(first, IdempotentResult) and isinstance(last, IdempotentResult)
+    assert job_ids(observer) == {first.job_id, last.job_id}
+
+
+async def test_new_jobs_alone_that_the_statement_leaves_go_one_by_one_and_the_rest_stay(
+        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    used = await insert(store, new_job(key="used"))
+    outcomes, tracer = await traced_batch(
+        store,
+        insert(store, new_job(key="fresh")),
+        insert(store, new_job(key="twice")),
+        insert(store, new_job(key="twice")),  # the same body: a replay of the one before
+        store.insert_job(new_job(key="used"), body_hash=b"another body", now=T0,
+                         idempotency_ttl_s=3600.0, render=created_body),  # 409
+        store.insert_job(new_job(key="bad-key"), body_hash=b"bad-key", now=T0,
+                         idempotency_ttl_s=3600.0, render=created_body,
+                         api_key_hash="not the tenant's"),  # a revoked key: 401
+    )
+    fresh, twice, again, conflict, revoked = outcomes
+    assert isinstance(fresh, IdempotentResult) and not fresh.replayed
+    assert isinstance(twice, IdempotentResult) and not twice.replayed
+    assert isinstance(again, IdempotentResult) and again.replayed
+    assert again.job_id == twice.job_id
+    assert isinstance(conflict, IdempotencyConflict)
+    assert isinstance(revoked, Unauthorized)
+    assert job_ids(observer) == {used.job_id, fresh.job_id, twice.job_id}
+    # the statement committed the two it inserted; the three it left had a transaction
+    kinds = tracer.kinds()
+    assert kinds[0] == "INSERT" and kinds[2] == "BEGIN" and kinds[-1] == "COMMIT"
+    assert kinds.count("SAVEPOINT") == 3
+
+
+async def test_new_jobs_alone_that_the_database_refuses_get_store_unavailable(
+        tmp_path: Path, new_job: NewJobFactory) -> None:
+    (tmp_path / "impatient").mkdir()
+    impatient = Store(make_config(tmp_path / "impatient",
+                                  database={"busy_timeout": 0.05}).database)
+    impatient.open()
+    other = sqlite3.connect(tmp_path / "impatient" / "jobd.db", isolation_level=None)
+    try:
+        await impatient.write(store_tenants.create_tenant, "acme", rate=1.0, burst=1,
+                              max_concurrency=None, now=T0)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
+        before = impatient.writer_stats
+        outcomes = await asyncio.gather(*(insert(impatient, new_job(key=f"r{i}")) for i in range(3)),
+                                        return_exceptions=True)
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+        assert impatient.writer_stats.failed > before.failed
+        other.execute("ROLLBACK")
+        assert other.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+        assert isinstance(await insert(impatient, new_job(key="later")), IdempotentResult)
+    finally:
+        other.close()
+        impatient.close()
+
+
+def note_burst(conn: sqlite3.Connection, burst: int) -> int:
+    conn.execute("UPDATE tenants SET burst = ? WHERE id = 'acme'", (burst,))
+    return burst
 
 
 # one failure fails alone ------------------------------------------------------------
