@@ -10,6 +10,8 @@ import fcntl
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import IO
@@ -38,6 +40,22 @@ def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0
         raise StoreUnavailable(f"cannot open database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """``begin`` ... ``COMMIT`` around the block (``ROLLBACK`` if it raises), unless the
+    connection is in a transaction already: then the block is part of that one."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute(begin)
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def hold_daemon_lock(path: str) -> IO[bytes]:

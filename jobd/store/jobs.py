@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -12,6 +11,7 @@ import orjson
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease, row_to_job
+from jobd.store.connection import transaction
 from jobd.store.outbox import enqueue_delivery
 from jobd.store.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
 from jobd.store.writer import Outcome, in_savepoint
@@ -51,7 +51,7 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
     An item with a ``lease`` is created running (``started`` in its result) by the
     one statement; by :func:`insert_job` it is created queued like the rest."""
     if len(items) > MAX_ROWS_PER_STATEMENT and not conn.in_transaction:
-        with _transaction_unless_in_one(conn):  # more than one statement: not alone
+        with transaction(conn):  # more than one statement: not alone
             return insert_jobs(conn, items, idempotency_ttl_s=idempotency_ttl_s, render=render)
     ids = [new_job_id() for _ in items]
     try:
@@ -65,7 +65,7 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
     if inserted == len(items):
         return [(True, _created(job_id, c, render)) for job_id, c in zip(ids, items, strict=True)]
     present = {row[0] for row in conn.execute(Q["jobs_present"], (orjson.dumps(ids).decode(),))}
-    with _transaction_unless_in_one(conn):
+    with transaction(conn):
         return [(True, _created(job_id, c, render)) if job_id in present
                 else _isolated(conn, c, idempotency_ttl_s, render)
                 for job_id, c in zip(ids, items, strict=True)]
@@ -74,20 +74,6 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
 def _created(job_id: str, item: Creation, render: RenderCreated) -> IdempotentResult:
     return IdempotentResult(status=201, body=render(job_id, item.now), job_id=job_id,
                             replayed=False, started=item.lease is not None)
-
-
-@contextlib.contextmanager
-def _transaction_unless_in_one(conn: sqlite3.Connection) -> Iterator[None]:
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _isolated(conn: sqlite3.Connection, item: Creation, ttl_s: float,

@@ -7,11 +7,10 @@ cheap with millions of finished jobs: ``jobd top`` and ``GET /metrics`` run it o
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from jobd.models import JobStatus
+from jobd.store.connection import transaction
 from jobd.store.deliveries import count_dead_deliveries
 from jobd.store.queries import Q
 
@@ -29,22 +28,9 @@ class Stats:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-@contextmanager
-def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
-    """One read transaction around several reads, so their counts agree."""
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        conn.execute("COMMIT")
-
-
 def _counts_by_tenant(conn: sqlite3.Connection) -> tuple[dict[str, dict[str, int]], float | None]:
     """``{tenant: {status: n}}`` (statuses with no jobs left out) and the earliest due
-    time of a queued job. Call inside :func:`_snapshot`."""
+    time of a queued job. Call inside one read transaction."""
     by_tenant: dict[str, dict[str, int]] = {}
     oldest: float | None = None
     for name in _INDEXED:
@@ -70,7 +56,7 @@ def _total(by_tenant: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def job_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Jobs by status (statuses with no jobs left out)."""
-    with _snapshot(conn):
+    with transaction(conn, "BEGIN"):  # one snapshot: the counts agree
         by_tenant, _ = _counts_by_tenant(conn)
     return _total(by_tenant)
 
@@ -79,7 +65,7 @@ def collect_stats(conn: sqlite3.Connection, *, now: float) -> Stats:
     def finished_since(t: float) -> dict[str, int]:
         return {r["status"]: r["n"] for r in conn.execute(Q["jobs_finished_since"], (t,)).fetchall()}
 
-    with _snapshot(conn):
+    with transaction(conn, "BEGIN"):  # one snapshot: the counts agree
         by_tenant, oldest = _counts_by_tenant(conn)
         return Stats(
             by_status=_total(by_tenant), by_tenant=by_tenant,
