@@ -163,7 +163,7 @@ class Metrics(Collector):
             yield CounterMetricFamily("jobd_db_writes", "Writes those transactions carried "
                                       "(new jobs, claims, outcomes ...).", value=writer.units)
             yield _histogram("jobd_db_transaction_seconds", "Time of one group transaction, "
-                             "BEGIN to COMMIT with its fsync.", [], TRANSACTION_BUCKETS_S,
+                             "its fsync included.", [], TRANSACTION_BUCKETS_S,
                              [((), writer.by_bucket, writer.seconds)])
         files = self._store_counts.get("files")
         if isinstance(files, dict):

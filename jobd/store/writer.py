@@ -59,7 +59,8 @@ class WriterStats:
     transactions: int = 0  # group transactions run (a batch each)
     failed: int = 0        # of those, the ones the database failed: all their writes got a 503
     units: int = 0         # writes they carried: a new job, a claim, an outcome ...
-    seconds: float = 0.0   # their time, BEGIN to the end of COMMIT (the fsync included)
+    seconds: float = 0.0   # their time, BEGIN to the end of COMMIT, the fsync included (or
+                           # the one statement of a batch that runs alone)
     by_bucket: list[int] = field(  # transactions by time: <= each TRANSACTION_BUCKETS_S, above
         default_factory=lambda: [0] * (len(TRANSACTION_BUCKETS_S) + 1))
 
