@@ -17,11 +17,12 @@ every header line in the strict form of RFC 9112 (``_FIELD``: no folding, no byt
 outside visible ASCII, spaces and tabs). That is a subset of what llhttp and
 aiohttp accept, read the same way (``tests/api/test_fastlane_head.py`` checks it
 against llhttp on generated heads), and reading it takes a third of llhttp's time
-from Python (its callbacks). Anything else -- another path or method, HTTP/1.0, a query string, a chunked or
-oversized body, a malformed request -- and the connection is handed over, with
-every byte not yet answered, to aiohttp's own protocol for the rest of its life,
-so aiohttp gives those their usual answers (404, 413, 400 ...). Requests on one
-connection are answered one at a time, in order.
+from Python (its callbacks). Anything else -- another path or method, HTTP/1.0, a
+query string, a chunked or oversized body, a malformed request -- and the
+connection is handed over, with every byte not yet answered, to aiohttp's own
+protocol for the rest of its life, so aiohttp gives those their usual answers
+(404, 413, 400 ...). Requests on one connection are answered one at a time, in
+order.
 """
 
 from __future__ import annotations
@@ -258,11 +259,14 @@ class FastLaneProtocol(asyncio.Protocol):
                 self._hand_over()
             return None
         head = _read_head(bytes(buf[line_end:end + 2]))
-        if (head is None or (head.length is None if job_id is None else head.length)
-                or (head.length or 0) > self._lane.ctx.config.server.max_body_bytes):
+        length = 0 if head is None or head.length is None else head.length
+        # POST: one Content-Length, within the limit; GET: no body
+        framed = head is not None and (head.length is not None if job_id is None else not length)
+        if not framed or length > self._lane.ctx.config.server.max_body_bytes:
             self._hand_over()  # aiohttp answers it (a 400 for a malformed one)
             return None
-        total = end + 4 + (head.length or 0)
+        assert head is not None
+        total = end + 4 + length
         if len(buf) < total:
             return None
         body = bytes(buf[end + 4:total])
