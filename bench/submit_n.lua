@@ -21,7 +21,9 @@ function init(args)
   if hook and hook ~= "" then extra = ',"webhookUrl":"' .. hook .. '"' end
   body = '{"tenantId":"' .. (os.getenv("JOBD_TENANT") or "bench") ..
          '","type":"noop","payload":{"n":1}' .. extra .. '}'
-  prefix = tostring(math.random(1, 1e9)) .. "-" .. tostring(tid) .. "-"
+  -- LuaJIT's math.random starts from the same seed every time: the time keeps two
+  -- runs against one daemon from replaying each other's keys
+  prefix = tostring(os.time()) .. "-" .. tostring(math.random(1, 1e9)) .. "-" .. tostring(tid) .. "-"
 end
 
 function request()
