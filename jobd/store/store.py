@@ -68,6 +68,9 @@ class Store:
     def _open_writer(self) -> sqlite3.Connection:
         conn = self._open()
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+        # the statement journal of a write inside BEGIN ... COMMIT in memory, not in a
+        # temp file created and unlinked for every such transaction
+        conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
     def close(self) -> None:
