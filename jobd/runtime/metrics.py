@@ -163,8 +163,14 @@ class Metrics(Collector):
             yield CounterMetricFamily("jobd_db_writes", "Writes those transactions carried "
                                       "(new jobs, claims, outcomes ...).", value=writer.units)
             yield _histogram("jobd_db_transaction_seconds", "Time of one group transaction, "
-                             "its fsync included.", [], TRANSACTION_BUCKETS_S,
+                             "BEGIN to COMMIT (with synchronous = full, the fsync is counted "
+                             "apart: jobd_db_wal_syncs).", [], TRANSACTION_BUCKETS_S,
                              [((), writer.by_bucket, writer.seconds)])
+            yield CounterMetricFamily("jobd_db_wal_syncs", "fsyncs of the write-ahead log, "
+                                      "each making every transaction committed before it "
+                                      "durable (synchronous = full).", value=writer.syncs)
+            yield CounterMetricFamily("jobd_db_wal_sync_seconds", "Time those fsyncs took.",
+                                      value=writer.sync_seconds)
         files = self._store_counts.get("files")
         if isinstance(files, dict):
             sizes = GaugeMetricFamily("jobd_db_bytes", "Size of the database file (main) "

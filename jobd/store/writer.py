@@ -19,6 +19,17 @@ with the same fsync. Every statement lets go of the GIL and must win it back
 from the event loop, so two fewer a batch make it shorter; measured under a
 flood of ``POST /jobs``: ~10 us less of the writer's CPU a job and +5-10% req/s
 (``bench/README.md``).
+
+With ``sync`` (the store passes one when ``database.synchronous`` is ``full``) the
+writer's connection commits without waiting for the disk, and a second thread,
+the syncer, calls ``sync()`` (an fdatasync of the write-ahead log) before it
+resolves the futures of everything committed up to then. That is what SQLite's
+FULL does at every COMMIT, moved off the writer's path: the writer starts the next
+batch while the disk works, and one fsync covers every batch committed meanwhile.
+A result is still never given out before it is durable. If a sync fails, nothing
+that was or will be committed is reported done any more (:class:`StoreUnavailable`):
+after a failed fsync the kernel may drop the pages it could not write, and a later
+fsync can succeed without them.
 """
 
 from __future__ import annotations
@@ -59,10 +70,12 @@ class WriterStats:
     transactions: int = 0  # group transactions run (a batch each)
     failed: int = 0        # of those, the ones the database failed: all their writes got a 503
     units: int = 0         # writes they carried: a new job, a claim, an outcome ...
-    seconds: float = 0.0   # their time, BEGIN to the end of COMMIT, the fsync included (or
-                           # the one statement of a batch that runs alone)
+    seconds: float = 0.0   # their time, BEGIN to the end of COMMIT (or the one statement of
+                           # a batch that runs alone); the fsync too, unless the syncer does it
     by_bucket: list[int] = field(  # transactions by time: <= each TRANSACTION_BUCKETS_S, above
         default_factory=lambda: [0] * (len(TRANSACTION_BUCKETS_S) + 1))
+    syncs: int = 0              # fsyncs of the WAL by the syncer (changed by its thread only)
+    sync_seconds: float = 0.0
 
     def count(self, units: int, seconds: float, *, failed: bool) -> None:
         self.transactions += 1
@@ -73,15 +86,20 @@ class WriterStats:
 
     def copy(self) -> WriterStats:
         return WriterStats(self.transactions, self.failed, self.units, self.seconds,
-                           list(self.by_bucket))
+                           list(self.by_bucket), self.syncs, self.sync_seconds)
 
 
 class GroupCommitWriter:
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 1024) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 1024,
+                 sync: Callable[[], None] | None = None) -> None:
         self._connect = connect
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobd-writer", daemon=True)
+        self._sync = sync  # None: the COMMIT itself is durable, resolve at once
+        self._unsynced: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (batch, outcomes)
+        self._syncer = threading.Thread(target=self._run_syncer, name="jobd-sync", daemon=True)
+        self._sync_error: StoreUnavailable | None = None
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
         self._outbox: list[_Item] = []  # collected on the loop's thread, handed over at once
@@ -92,11 +110,16 @@ class GroupCommitWriter:
         self._ready.wait()
         if self._open_error is not None:
             raise self._open_error
+        if self._sync is not None:
+            self._syncer.start()
 
     def stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
+        if self._syncer.is_alive():  # after the writer: what it committed last is synced too
+            self._unsynced.put(_STOP)
+            self._syncer.join()
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(conn, *args)`` in the next group transaction; the future is done
@@ -188,7 +211,47 @@ class GroupCommitWriter:
             outcomes = [(False, error)] * len(batch)
             failed = True
         self.stats.count(len(batch), time.perf_counter() - started, failed=failed)
-        _resolve(batch, outcomes)
+        if self._sync is None:
+            _resolve(batch, outcomes)
+        else:
+            self._unsynced.put((batch, outcomes))
+
+    def _run_syncer(self) -> None:
+        """Sync, then answer, every batch committed since the last sync; until stopped."""
+        while True:
+            committed = [self._unsynced.get()]
+            while True:
+                try:
+                    committed.append(self._unsynced.get_nowait())
+                except queue.Empty:
+                    break
+            stop = committed[-1] is _STOP
+            if stop:
+                committed.pop()
+            if committed:
+                self._sync_and_resolve(committed)
+            if stop:
+                return
+
+    def _sync_and_resolve(self, committed: list[tuple[list[_Item], list[Outcome]]]) -> None:
+        assert self._sync is not None
+        if self._sync_error is None:
+            started = time.perf_counter()
+            try:
+                self._sync()
+            except OSError as exc:
+                log.critical("could not fsync the write-ahead log: %s; no write is reported "
+                             "done from now on, restart jobd", exc)
+                self._sync_error = StoreUnavailable(f"database sync failed: {exc}")
+            self.stats.syncs += 1
+            self.stats.sync_seconds += time.perf_counter() - started
+        items: list[_Item] = []
+        outcomes: list[Outcome] = []
+        for batch, batch_outcomes in committed:
+            items.extend(batch)
+            outcomes.extend(batch_outcomes if self._sync_error is None
+                            else [(False, self._sync_error)] * len(batch))
+        _resolve(items, outcomes)
 
     @staticmethod
     def _without_transaction(conn: sqlite3.Connection, batch: list[_Item]) -> list[Outcome]:
