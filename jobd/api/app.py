@@ -12,8 +12,12 @@ from jobd.api.problems import problem_middleware, problem_response
 
 
 async def healthz(request: web.Request) -> web.Response:
-    if not request.app[API].ready:
+    ctx = request.app[API]
+    if not ctx.ready:
         return problem_response(503, "not_ready", "Not ready", "the daemon is starting")
+    if ctx.store.sync_failed:
+        return problem_response(503, "storage_failed", "Storage failed",
+                                "the database could not be synced to disk; restart jobd")
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
 

@@ -106,6 +106,12 @@ class Store:
         """A copy of the writer's counts (for /metrics and tests)."""
         return self._writer.stats.copy()
 
+    @property
+    def sync_failed(self) -> bool:
+        """The write-ahead log could not be synced to disk: every write fails from then
+        on, until a restart (see writer.py)."""
+        return self._writer.sync_failed
+
     def file_bytes(self) -> dict[str, int]:
         """The size of the database file (``main``) and of its write-ahead log (``wal``,
         0 when there is none). A WAL that keeps growing means checkpoints cannot finish."""

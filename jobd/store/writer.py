@@ -121,6 +121,11 @@ class GroupCommitWriter:
             self._unsynced.put(_STOP)
             self._syncer.join()
 
+    @property
+    def sync_failed(self) -> bool:
+        """An fsync of the WAL failed: no write is reported done any more."""
+        return self._sync_error is not None
+
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(conn, *args)`` in the next group transaction; the future is done
         after COMMIT. (A future, not a coroutine: awaiting it costs no extra frame, and

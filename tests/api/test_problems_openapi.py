@@ -30,6 +30,26 @@ async def test_healthz_503_until_ready(api: Api) -> None:
     assert (await api.request("GET", "/healthz", auth=False)).status == 200
 
 
+async def test_a_failed_fsync_answers_503_and_makes_healthz_fail(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (await api.post_job(key="before")).status == 201
+
+    def eio(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr("jobd.store.store.os.fdatasync", eio)
+    r = await api.post_job(key="lost")
+    assert r.status == 503
+    assert r.content_type == PROBLEM
+    assert r.json["code"] == "store_unavailable"
+    assert "sync failed" in r.json["detail"]
+
+    monkeypatch.undo()  # the disk "comes back": still nothing is reported done
+    assert (await api.post_job(key="after")).status == 503
+    health = await api.request("GET", "/healthz", auth=False)
+    assert health.status == 503
+    assert health.json["code"] == "storage_failed"
+
+
 # --------------------------------------------------------------------- OpenAPI
 
 
