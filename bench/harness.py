@@ -112,16 +112,19 @@ class Daemon:
         match = re.search(r"VmHWM:\s+(\d+) kB", status)
         return int(match.group(1)) / 1024 if match else float("nan")
 
-    def writer(self) -> tuple[float, float, float]:
+    def writer(self) -> tuple[float, float, float, float, float]:
         """The writer's totals so far, from /metrics: committed transactions, the writes
-        they carried, and their seconds (BEGIN to COMMIT)."""
+        they carried, their seconds (BEGIN to COMMIT), and the WAL's fsyncs (made apart
+        since the tenth session) and their seconds."""
         with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
         found = {(s.name, s.labels.get("outcome")): s.value
                  for family in text_string_to_metric_families(text) for s in family.samples}
         return (found[("jobd_db_transactions_total", "committed")],
                 found[("jobd_db_writes_total", None)],
-                found[("jobd_db_transaction_seconds_sum", None)])
+                found[("jobd_db_transaction_seconds_sum", None)],
+                found.get(("jobd_db_wal_syncs_total", None), 0.0),
+                found.get(("jobd_db_wal_sync_seconds_total", None), 0.0))
 
     def query(self, sql: str, *args: Any) -> list[Any]:
         conn = sqlite3.connect(self.db_path, timeout=30)
@@ -131,15 +134,19 @@ class Daemon:
             conn.close()
 
 
-def group_commit(before: tuple[float, float, float],
-                 after: tuple[float, float, float]) -> dict[str, float]:
+def group_commit(before: tuple[float, ...], after: tuple[float, ...]) -> dict[str, float]:
     """What the writer did between two :meth:`Daemon.writer` readings: writes a
-    transaction (the group size) and the mean transaction's milliseconds."""
-    transactions = after[0] - before[0]
+    transaction (the group size), the mean transaction's milliseconds, and the mean
+    fsync's milliseconds with how many transactions one fsync covered."""
+    transactions, syncs = after[0] - before[0], after[3] - before[3]
     if not transactions:
         return {}
-    return {"writes_per_tx": (after[1] - before[1]) / transactions,
-            "tx_ms": (after[2] - before[2]) / transactions * 1000}
+    figures = {"writes_per_tx": (after[1] - before[1]) / transactions,
+               "tx_ms": (after[2] - before[2]) / transactions * 1000}
+    if syncs:
+        figures.update(sync_ms=(after[4] - before[4]) / syncs * 1000,
+                       tx_per_sync=transactions / syncs)
+    return figures
 
 
 @contextmanager

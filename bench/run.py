@@ -221,7 +221,8 @@ def bench_latency(samples: int) -> dict[str, float]:
     return {"created_p50_ms": percentile(answered, 50),
             "start_p50_ms": percentile(start_ms, 50), "start_p99_ms": percentile(start_ms, 99),
             "webhook_p50_ms": percentile(hook_ms, 50), "webhook_p99_ms": percentile(hook_ms, 99),
-            "tx_ms": writer.get("tx_ms", float("nan")), **commit_floor(samples)}
+            "tx_ms": writer.get("tx_ms", float("nan")),
+            "sync_ms": writer.get("sync_ms", float("nan")), **commit_floor(samples)}
 
 
 def commit_floor(samples: int) -> dict[str, float]:

@@ -222,21 +222,19 @@ class GroupCommitWriter:
             self._unsynced.put((batch, outcomes))
 
     def _run_syncer(self) -> None:
-        """Sync, then answer, every batch committed since the last sync; until stopped."""
-        while True:
+        """Sync, then answer, every batch committed since the last sync; until stopped
+        (the writer has stopped by then, so nothing comes after the stop)."""
+        stop = False
+        while not stop:
             committed = [self._unsynced.get()]
-            while True:
-                try:
+            with contextlib.suppress(queue.Empty):
+                while True:
                     committed.append(self._unsynced.get_nowait())
-                except queue.Empty:
-                    break
             stop = committed[-1] is _STOP
             if stop:
                 committed.pop()
             if committed:
                 self._sync_and_resolve(committed)
-            if stop:
-                return
 
     def _sync_and_resolve(self, committed: list[tuple[list[_Item], list[Outcome]]]) -> None:
         assert self._sync is not None
@@ -244,7 +242,7 @@ class GroupCommitWriter:
             started = time.perf_counter()
             try:
                 self._sync()
-            except OSError as exc:
+            except Exception as exc:  # OSError from the disk; anything else fails safe too
                 log.critical("could not fsync the write-ahead log: %s; no write is reported "
                              "done from now on, restart jobd", exc)
                 self._sync_error = StoreUnavailable(f"database sync failed: {exc}")
