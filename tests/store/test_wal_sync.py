@@ -7,6 +7,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -92,7 +93,9 @@ async def test_batches_committed_during_a_sync_share_the_next_one(
     first = writer.call(note, 1)
     await disk.wait_entered()
     later = [writer.call(note, n) for n in range(2, 12)]
+    deadline = time.monotonic() + 10
     while writer.stats.transactions < 2:  # the writer goes on committing meanwhile
+        assert time.monotonic() < deadline, "the writer did not commit during the sync"
         await asyncio.sleep(0.005)
     assert not any(f.done() for f in later)
     disk.release.set()
