@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from jobd.errors import StoreUnavailable
+from jobd.runtime.metrics import Metrics
 from jobd.store.connection import connect
 from jobd.store.store import Store
-from jobd.store.writer import GroupCommitWriter
+from jobd.store.writer import GroupCommitWriter, WriterStats
 from tests.conftest import make_config
 
 
@@ -80,7 +81,7 @@ async def test_a_result_is_given_only_after_its_commit_was_synced(
     future = writer.call(note, 1)
     await disk.wait_entered()
     assert disk.seen == [1], "the sync began before the commit"
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time for a writer that answers early to do so
     assert not future.done(), "answered before the sync returned"
     disk.release.set()
     assert await future == 1
@@ -182,9 +183,7 @@ async def test_below_full_nothing_is_synced_apart(tmp_path: Path, fdatasyncs: li
         store.close()
 
 
-def test_metrics_name_the_syncs(tmp_path: Path) -> None:
-    from jobd.runtime.metrics import Metrics
-    from jobd.store.writer import WriterStats
+def test_metrics_name_the_syncs() -> None:
     text = Metrics().render({"writer": WriterStats(syncs=3, sync_seconds=0.25)}).decode()
     assert "jobd_db_wal_syncs_total 3.0" in text
     assert "jobd_db_wal_sync_seconds_total 0.25" in text
