@@ -100,3 +100,11 @@ def field_errors(loc: str, message: str) -> list[dict[str, Any]]:
 class StartupError(JobdError):
     code = "startup_error"
     title = "The daemon could not start"
+
+
+class TaskFailed(JobdError):
+    """A long-lived task of the daemon gave up (see :mod:`jobd.supervisor`)."""
+
+    status = 503
+    code = "task_failed"
+    title = "A task of the daemon failed"

@@ -21,25 +21,52 @@ from jobd.errors import StoreUnavailable
 MIGRATIONS_PACKAGE = "jobd.store.migrations"
 
 
+FILE_MODE = 0o600  # the database holds every tenant's webhook secret
+
+
 def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0,
-            must_exist: bool = False) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode with autocommit (explicit ``BEGIN`` only)."""
+            must_exist: bool = False, read_only: bool = False) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with autocommit (explicit ``BEGIN`` only). A new file
+    is created with mode 0600; SQLite gives its ``-wal`` and ``-shm`` files the same."""
     if must_exist and path != ":memory:" and not Path(path).exists():
         raise StoreUnavailable(
             f"database {path} does not exist; start the daemon (jobd serve) or set "
             "database.path / JOBD_DATABASE_PATH to the daemon's database"
         )
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                               cached_statements=256)
+        if path != ":memory:" and not read_only:
+            create_private(path)
+        target = f"{Path(path).absolute().as_uri()}?mode=ro" if read_only else path
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                               cached_statements=256, uri=read_only)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        _enable_wal(conn, busy_timeout_s)
+        if not read_only:
+            _enable_wal(conn, busy_timeout_s)
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StoreUnavailable(f"cannot open database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def create_private(path: str) -> None:
+    """Create ``path``, empty, readable by its owner only, unless it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+    finally:
+        os.close(fd)
+
+
+def others_can_read(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o077)
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -62,6 +89,7 @@ def hold_daemon_lock(path: str) -> IO[bytes]:
     """An exclusive lock on ``<path>.lock`` for as long as the returned file is open."""
     if path == ":memory:":
         return open(os.devnull, "rb")
+    create_private(f"{path}.lock")
     lock_file = open(f"{path}.lock", "a+b")  # noqa: SIM115 - closed by the caller
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,7 +26,16 @@ class Database:
             raise _unavailable(exc, config.path) from None
 
     def close(self) -> None:
+        """Close, leaving the ``-wal`` and ``-shm`` files in place: SQLite deletes them when
+        the last connection that may write closes, and a daemon started later on a full
+        disk could not create the ``-shm`` again. So a read-only connection closes last."""
+        last = None
+        if self.path != ":memory:":
+            with contextlib.suppress(StoreUnavailable):
+                last = connect(self.path, read_only=True)
         self._conn.close()
+        if last is not None:
+            last.close()
 
     def __enter__(self) -> Database:
         return self

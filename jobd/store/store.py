@@ -3,13 +3,17 @@
 Writes go through :class:`GroupCommitWriter` (durable before they return).
 Point reads (a job by id, a tenant by key) run on a reader connection in the
 event loop's thread: in WAL mode they never wait for the writer and take
-microseconds, less than a hop to another thread.
+microseconds, less than a hop to another thread. The reader is read-only and is
+opened first and closed last: SQLite deletes the ``-wal`` and ``-shm`` files when the
+last connection that may write closes, and a next start on a full disk could not
+create the ``-shm`` again (nor read anything without it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sqlite3
 from collections.abc import Callable
@@ -27,28 +31,33 @@ from jobd.models import (
     Tenant,
 )
 from jobd.store import deliveries, jobs, scheduling, tenants
-from jobd.store.checkpointer import Checkpointer
-from jobd.store.connection import connect, hold_daemon_lock, migrate
+from jobd.store.checkpointer import WAL_RESTART_BYTES, Checkpointer
+from jobd.store.connection import connect, hold_daemon_lock, migrate, others_can_read
 from jobd.store.jobs import RenderCreated
 from jobd.store.scheduling import ClaimRound
 from jobd.store.writer import GroupCommitWriter, WriterStats
+from jobd.supervisor import Supervisor
 
 T = TypeVar("T")
+log = logging.getLogger("jobd.store")
 
 
 class Store:
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, *, supervisor: Supervisor | None = None) -> None:
         self._config = config
         self._open = functools.partial(connect, config.path, synchronous=config.synchronous,
                                        busy_timeout_s=config.busy_timeout)
+        supervisor = supervisor or Supervisor()
         # synchronous = full: the writer's connection commits as NORMAL and the writer's
         # syncer fsyncs the WAL before any result is given out, which is the one thing
         # FULL adds to NORMAL in WAL mode, done off the writer's path (see writer.py)
         self._sync_wal_apart = config.synchronous == "full" and config.path != ":memory:"
         self._wal_fd: int | None = None
         self._writer = GroupCommitWriter(
-            self._open_writer, sync=self._sync_wal if self._sync_wal_apart else None)
-        self._checkpointer = Checkpointer(self._open)
+            self._open_writer, sync=self._sync_wal if self._sync_wal_apart else None,
+            supervisor=supervisor)
+        self._checkpointer = Checkpointer(self._open, on_long_wal=self._writer.request_checkpoint,
+                                          supervisor=supervisor)
         self._reader: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
         # one partial per (ttl, renderer) and per owner, so that the writer groups their
@@ -62,18 +71,25 @@ class Store:
         two daemons would each take the other's running jobs for orphans."""
         if daemon_lock:
             self._lock = hold_daemon_lock(self._config.path)
+            if others_can_read(self._config.path):
+                log.warning("database %s can be read by other users, and it holds every "
+                            "tenant's webhook secret: chmod 600 it (and its -wal and -shm)",
+                            self._config.path)
         conn = self._open()
         try:
             migrate(conn)
+            # read-only, and closed last (see the module's docstring)
+            self._reader = self._open(read_only=True)
         finally:
             conn.close()
         self._writer.start()
         self._checkpointer.start()
-        self._reader = self._open()
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = self._open()
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+        # once the log starts over (see checkpointer.py), its file is cut back to this
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_BYTES}")
         # the statement journal of a write inside BEGIN ... COMMIT in memory, not in a
         # temp file created and unlinked for every such transaction
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -88,8 +104,14 @@ class Store:
             self._wal_fd = os.open(f"{self._config.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
         os.fdatasync(self._wal_fd)
 
-    def close(self) -> None:
-        self._writer.stop()
+    def close(self, timeout_s: float | None = None) -> None:
+        """Finish the writes handed over and close. With ``timeout_s``, give up waiting for
+        a writer held by a lock elsewhere: what it had not committed is not reported done,
+        and the process's exit ends it."""
+        if not self._writer.stop(timeout_s):
+            log.warning("the database writer did not finish within %gs; leaving it to the exit",
+                        timeout_s)
+            return
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
@@ -111,6 +133,12 @@ class Store:
         """The write-ahead log could not be synced to disk: every write fails from then
         on, until a restart (see writer.py)."""
         return self._writer.sync_failed
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the database's writes are failing now (a full disk, a lock held elsewhere),
+        or None; it clears by itself once a write succeeds again (see writer.py)."""
+        return self._writer.write_error
 
     def file_bytes(self) -> dict[str, int]:
         """The size of the database file (``main``) and of its write-ahead log (``wal``,

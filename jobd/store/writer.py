@@ -29,7 +29,26 @@ batch while the disk works, and one fsync covers every batch committed meanwhile
 A result is still never given out before it is durable. If a sync fails, nothing
 that was or will be committed is reported done any more (:class:`StoreUnavailable`):
 after a failed fsync the kernel may drop the pages it could not write, and a later
-fsync can succeed without them.
+fsync can succeed without them; the syncer gives up (see :mod:`jobd.supervisor`) and
+the daemon exits.
+
+Failures are supervised rather than fatal to the thread. A transaction the database
+fails (locked by another process past busy_timeout, a full disk, an I/O error) fails the
+callers' writes with :class:`StoreUnavailable` and makes :attr:`GroupCommitWriter.
+write_error` say why until a transaction that writes something commits again; while it
+is set, the writer tries a one-page write of its own every :data:`PROBE_INTERVAL_S`, so
+that it notices the disk or the lock coming back without waiting for a request (and it
+tries one as it starts, so that a full disk shows before the first request).
+Such a streak is logged in a few lines, not one per transaction. Any other failure (the
+file is corrupt, a bug) is reported to the supervisor, which gives up after a few in a
+row.
+
+The WAL is reset to its start only by a write that begins when every frame in it has
+been copied to the database. The checkpointer thread copies while the writer appends,
+so under steady load that moment never comes and the file grows without end; when the
+checkpointer finds it long (:meth:`GroupCommitWriter.request_checkpoint`), the writer
+runs one checkpoint itself between two batches: it copies the few frames written since
+the checkpointer's pass, and its next write starts the log over.
 """
 
 from __future__ import annotations
@@ -47,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from jobd.errors import StoreUnavailable
+from jobd.supervisor import Supervisor, is_storage_error
 
 log = logging.getLogger("jobd.store")
 
@@ -59,6 +79,8 @@ _STOP = object()
 # what an item is (_Item's last field; false only for a plain call)
 _CALL, _GROUP, _GROUP_ALONE = 0, 1, 2
 TRANSACTION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+PROBE_INTERVAL_S = 1.0  # while writes fail and none comes: how often the writer tries one
+REPORT_INTERVAL_S = 10.0  # while writes fail: at most one log line this often
 
 
 @dataclass(slots=True)
@@ -89,9 +111,52 @@ class WriterStats:
                            list(self.by_bucket), self.syncs, self.sync_seconds)
 
 
+class WriteFailures:
+    """A streak of failed write transactions: what /healthz says, and its few log lines.
+    Only the writer's thread changes it."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None  # the last one's, while the streak lasts
+        self._since = 0.0
+        self._count = 0
+        self._reported = 0      # how many the last log line had counted
+        self._reported_at = 0.0
+        self._tried_at = 0.0
+        self.changes = 0        # the connection's total_changes when it began
+
+    def until_probe(self) -> float:
+        return max(0.0, self._tried_at + PROBE_INTERVAL_S - time.monotonic())
+
+    def probe_due(self) -> bool:
+        """Time for the writer to try a write of its own (other writes may only read:
+        a claim round that finds nothing due proves nothing)."""
+        return self.until_probe() == 0.0
+
+    def failed(self, exc: BaseException, changes: int) -> None:
+        now = self._tried_at = time.monotonic()
+        self.error = " ".join(str(exc).split())
+        self._count += 1
+        if self._count == 1:
+            self._since = self._reported_at = now
+            self.changes = changes
+            log.error("database write failed: %s; writes fail until it is resolved, "
+                      "and jobd retries by itself", self.error)
+        elif now - self._reported_at >= REPORT_INTERVAL_S:
+            log.error("database writes still failing: %d transaction(s) failed in %.0fs: %s",
+                      self._count - self._reported, now - self._reported_at, self.error)
+            self._reported, self._reported_at = self._count, now
+
+    def ended(self) -> None:
+        log.warning("database writes succeed again after %d failed transaction(s) over %.1fs",
+                    self._count, time.monotonic() - self._since)
+        self.error = None
+        self._count = self._reported = 0
+
+
 class GroupCommitWriter:
     def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 1024,
-                 sync: Callable[[], None] | None = None) -> None:
+                 sync: Callable[[], None] | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self._connect = connect
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -103,6 +168,11 @@ class GroupCommitWriter:
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
         self._outbox: list[_Item] = []  # collected on the loop's thread, handed over at once
+        self._supervisor = supervisor or Supervisor()
+        self._faulted = False  # a failure was reported to the supervisor, no success since
+        self.failures = WriteFailures()
+        self._checkpoint_wanted = False
+        self.checkpoints = 0  # run by the writer itself (see request_checkpoint)
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -113,18 +183,32 @@ class GroupCommitWriter:
         if self._sync is not None:
             self._syncer.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Finish what was handed over, then stop; False if that took past ``timeout_s``
+        (a write waiting for a lock held elsewhere): the threads are left to the exit."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if self._thread.is_alive():
             self._queue.put(_STOP)
-            self._thread.join()
+            self._thread.join(_left(deadline))
         if self._syncer.is_alive():  # after the writer: what it committed last is synced too
             self._unsynced.put(_STOP)
-            self._syncer.join()
+            self._syncer.join(_left(deadline))
+        return not (self._thread.is_alive() or self._syncer.is_alive())
 
     @property
     def sync_failed(self) -> bool:
         """An fsync of the WAL failed: no write is reported done any more."""
         return self._sync_error is not None
+
+    @property
+    def write_error(self) -> str | None:
+        """Why writes are failing (the last failed transaction's error), or None."""
+        return self.failures.error
+
+    def request_checkpoint(self) -> None:
+        """Have the writer checkpoint between two batches, so that its next write starts
+        the WAL over (called by the checkpointer thread when the WAL is long)."""
+        self._checkpoint_wanted = True
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(conn, *args)`` in the next group transaction; the future is done
@@ -174,17 +258,26 @@ class GroupCommitWriter:
             return
         self._ready.set()
         try:
+            self._probe(conn)  # a full disk shows at once, not at the first request
             while True:
                 batch, stop = self._take_batch()
                 if batch:
                     self._commit_batch(conn, batch)
+                if self.failures.error is not None and self.failures.probe_due():
+                    self._probe(conn)
+                if self._checkpoint_wanted:
+                    self._checkpoint(conn)
                 if stop:
                     return
         finally:
             conn.close()
 
     def _take_batch(self) -> tuple[list[_Item], bool]:
-        first = self._queue.get()
+        try:  # while writes fail, wake up in time to try one
+            first = self._queue.get(timeout=None if self.failures.error is None
+                                    else self.failures.until_probe())
+        except queue.Empty:
+            return [], False
         if first is _STOP:
             return [], True
         batch = list(first)
@@ -210,16 +303,61 @@ class GroupCommitWriter:
                 # A unit failed and the whole batch was rolled back: run it again with
                 # each unit in its own savepoint, so only the failing one is undone.
                 outcomes = self._transaction(conn, batch, isolate=True)
-        except sqlite3.Error as exc:
-            log.error("write transaction failed: %s", exc)
+        except Exception as exc:  # the database failed the transaction (or a bug did)
+            self._failed(conn, exc)
             error = StoreUnavailable(f"database write failed: {exc}")
             outcomes = [(False, error)] * len(batch)
             failed = True
+        else:
+            if self.failures.error is not None or self._faulted:
+                self._committed(conn)
         self.stats.count(len(batch), time.perf_counter() - started, failed=failed)
         if self._sync is None:
             _resolve(batch, outcomes)
         else:
             self._unsynced.put((batch, outcomes))
+
+    def _failed(self, conn: sqlite3.Connection, exc: Exception) -> None:
+        if conn.in_transaction:  # one the failure left open (SQLite ends most by itself)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        if is_storage_error(exc):
+            self.failures.failed(exc, conn.total_changes)
+        else:
+            self._faulted = True
+            self._supervisor.failed("database writer", exc)
+
+    def _committed(self, conn: sqlite3.Connection, *, wrote: bool = False) -> None:
+        """After a commit, while failures are on record. One that wrote something (rows
+        changed, or the probe's page) ends a streak of failed writes; one that only read
+        (a claim round that found nothing) does not."""
+        if self._faulted:
+            self._faulted = False
+            self._supervisor.succeeded("database writer")
+        if self.failures.error is not None and (wrote or
+                                                 conn.total_changes != self.failures.changes):
+            self.failures.ended()
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """While writes fail, now and then: one small write (the schema version rewritten
+        as it is, one page), to notice when they work again."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            self._failed(conn, exc)
+        else:
+            self._committed(conn, wrote=True)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        self._checkpoint_wanted = False
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error as exc:  # the checkpointer's next pass asks again
+            log.debug("writer's checkpoint skipped: %s", exc)
 
     def _run_syncer(self) -> None:
         """Sync, then answer, every batch committed since the last sync; until stopped
@@ -243,9 +381,10 @@ class GroupCommitWriter:
             try:
                 self._sync()
             except Exception as exc:  # OSError from the disk; anything else fails safe too
-                log.critical("could not fsync the write-ahead log: %s; no write is reported "
-                             "done from now on, restart jobd", exc)
                 self._sync_error = StoreUnavailable(f"database sync failed: {exc}")
+                self._supervisor.give_up(
+                    "database syncer", f"could not fsync the write-ahead log ({exc}); no "
+                    "write is reported done from now on, restart jobd")
             self.stats.syncs += 1
             self.stats.sync_seconds += time.perf_counter() - started
         items: list[_Item] = []
@@ -323,6 +462,8 @@ def _run_plain(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> Out
     try:
         return True, fn(conn, *args)
     except Exception as exc:
+        if is_storage_error(exc):  # the transaction's failure, not this unit's
+            raise
         return False, exc
 
 
@@ -331,16 +472,23 @@ def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> Outc
 
 
 def in_savepoint(conn: sqlite3.Connection, fn: TxFn, *args: Any, **kwargs: Any) -> Outcome:
-    """``fn(conn, ...)`` in its own savepoint: if it raises, only its writes are undone."""
+    """``fn(conn, ...)`` in its own savepoint: if it raises, only its writes are undone
+    (unless the database failed: then the whole transaction fails)."""
     conn.execute("SAVEPOINT unit")
     try:
         result = fn(conn, *args, **kwargs)
     except Exception as exc:
+        if is_storage_error(exc):
+            raise
         conn.execute("ROLLBACK TO unit")
         conn.execute("RELEASE unit")
         return False, exc
     conn.execute("RELEASE unit")
     return True, result
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _resolve(batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
