@@ -40,6 +40,7 @@ from jobd.signing import signature_headers
 from jobd.store.deliveries import ClaimedDelivery
 from jobd.store.scheduling import DirectDelivery, webhook_body
 from jobd.store.store import Store
+from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.dispatcher")
 
@@ -47,6 +48,7 @@ LEASE_MARGIN_S = 30.0  # a claim outlives webhooks.timeout by this much before i
 MAX_READ_BYTES = 1024  # of a receiver's answer; only an excerpt ends up in last_error
 MAX_ERROR_BODY_CHARS = 200
 MAX_ERROR_CHARS = 300
+CLEANUP_S = 1.0  # at shutdown, after the grace: cancelled sends put back, outcomes written
 USER_AGENT = f"jobd/{__version__}"
 
 
@@ -250,18 +252,20 @@ class Dispatcher:
             await asyncio.gather(*self._sending.values(), *self._recording,
                                  return_exceptions=True)
 
-    async def run(self) -> None:
-        while self._claiming:
-            self._wake.clear()
-            free = self.free_slots
-            try:
-                started = await self.run_once()
-            except Exception:
-                log.exception("webhook dispatch round failed; trying again")
-                started = 0
-            if free > 0 and started == free:
-                continue  # there may be more due right now
-            await self._sleep()
+    async def run(self, supervisor: Supervisor | None = None) -> None:
+        """:meth:`step` until shutdown, under ``supervisor`` (a failed round is retried
+        after a pause; see :mod:`jobd.supervisor`)."""
+        await (supervisor or Supervisor()).loop("webhook dispatcher", self.step,
+                                                running=lambda: self._claiming)
+
+    async def step(self) -> None:
+        """One round, then a wait unless it filled every free slot."""
+        self._wake.clear()
+        free = self.free_slots
+        started = await self.run_once()
+        if free > 0 and started == free:
+            return  # there may be more due right now
+        await self._sleep()
 
     async def _sleep(self) -> None:
         timeout = self._poll_interval_s
@@ -327,9 +331,10 @@ class Dispatcher:
                         delivery.id)
 
     # shutdown ------------------------------------------------------------------------
-    async def shutdown(self, grace_s: float) -> None:
+    async def shutdown(self, grace_s: float, *, cleanup_s: float = CLEANUP_S) -> None:
         """Stop claiming; let sends in flight finish for ``grace_s``, then cancel the rest
-        and put them back to ``pending`` (sent again, same id, at the next start)."""
+        and put them back to ``pending`` (sent again, same id, at the next start). Returns
+        within ``grace_s + cleanup_s``: what is not written by then the next start does."""
         self._claiming = False
         self._wake.set()
         tasks = list(self._sending.values())
@@ -338,14 +343,19 @@ class Dispatcher:
         for task in self._sending.values():
             task.cancel()
         remaining = list(self._sending.values())
-        if self._recording:
-            await asyncio.wait(list(self._recording))
+        try:
+            async with asyncio.timeout(cleanup_s):
+                if self._recording:
+                    await asyncio.wait(list(self._recording))
+                if remaining:
+                    await asyncio.wait(remaining)
+                    # nothing else sends from this database, so every `sending` one was ours
+                    await self._store.release_sending_deliveries(now=self._clock.now(),
+                                                                 all_sending=True)
+        except Exception as exc:  # TimeoutError, or the write failed
+            log.warning("could not put interrupted webhook sends back (%s); the next start "
+                        "will", exc or type(exc).__name__)
         if remaining:
-            await asyncio.wait(remaining)
-            try:  # nothing else sends from this database, so every `sending` one was ours
-                await self._store.release_sending_deliveries(now=self._clock.now(), all_sending=True)
-            except Exception:
-                log.exception("could not put interrupted webhook sends back; the next start will")
             log.info("%d webhook send(s) interrupted by shutdown; sent again at the next start",
                      len(remaining))
 

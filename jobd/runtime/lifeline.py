@@ -9,13 +9,13 @@ are rescued.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from jobd.clock import Clock
 from jobd.config import WorkersConfig
 from jobd.runtime.workers import WorkerPool
 from jobd.store.store import Store
+from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.lifeline")
 
@@ -54,14 +54,10 @@ class Lifeline:
                         counts["retry"], counts["fatal"])
             self._pool.wake()
 
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("lease heartbeat failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+    async def run(self, supervisor: Supervisor | None = None) -> None:
+        """:meth:`run_once` every :attr:`interval_s` until :meth:`stop`."""
+        await (supervisor or Supervisor()).every("lifeline", self.run_once, self.interval_s,
+                                                 self._stop)
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,7 +5,6 @@ Idempotency-Key, so a job whose key is still live is kept."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ from jobd.clock import Clock
 from jobd.config import Config
 from jobd.store import retention
 from jobd.store.store import Store
+from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.pruner")
 INTERVAL_S = 300.0
@@ -52,14 +52,10 @@ class Pruner:
             await asyncio.sleep(0)  # let other writes in between batches
         return done
 
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("pruning failed; trying again later")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+    async def run(self, supervisor: Supervisor | None = None) -> None:
+        """:meth:`run_once` every ``interval_s`` until :meth:`stop`."""
+        await (supervisor or Supervisor()).every("pruner", self.run_once, self._interval_s,
+                                                 self._stop)
 
     def stop(self) -> None:
         self._stop.set()

@@ -21,6 +21,7 @@ refill each group on alternate commits, at half the throughput.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -45,10 +46,12 @@ from jobd.runtime.execution import (
 )
 from jobd.store.scheduling import ClaimRound, DirectDelivery, Rotation
 from jobd.store.store import Store
+from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.workers")
 
 _MAX_CLAIMS = 2  # in flight at once: the loop's, and one beside it for slots freed meanwhile
+CLEANUP_S = 1.0  # at shutdown, after the grace: jobs cancelled and their outcomes written
 
 
 @dataclass
@@ -79,6 +82,7 @@ class WorkerPool:
         self._no_claims = asyncio.Event()
         self._no_claims.set()
         self._side_claim_soon = False
+        self._polled = True  # the loop's last wait ran out (rather than being woken)
         # The last claim round saw no job queued or waiting for a retry, and nothing was
         # queued since (every wake() clears it; ``_changes`` counts them).
         self._queue_empty = False
@@ -218,17 +222,22 @@ class WorkerPool:
         if len(round_.jobs) == limit and self.free_slots > 0:
             self._wake.set()  # there may be more due, and slots were freed meanwhile
 
-    async def run(self) -> None:
-        polled = True
-        while self._claiming:
-            self._wake.clear()
-            free = self.free_slots
-            # A freed slot wakes us too; with the queue known to be empty there is nothing
-            # to claim, and only the poll looks (for what the CLI may have queued).
-            started = 0 if self._queue_empty and not polled else await self.run_once()
-            if free > 0 and started == free:
-                continue  # there may be more due right now
-            polled = await self._sleep()
+    async def run(self, supervisor: Supervisor | None = None) -> None:
+        """The scheduler: :meth:`step` until shutdown, under ``supervisor`` (a failed claim
+        is retried after a pause; see :mod:`jobd.supervisor`)."""
+        await (supervisor or Supervisor()).loop("scheduler", self.step,
+                                                running=lambda: self._claiming)
+
+    async def step(self) -> None:
+        """One claim round, then a wait unless it filled every free slot."""
+        self._wake.clear()
+        free = self.free_slots
+        # A freed slot wakes us too; with the queue known to be empty there is nothing
+        # to claim, and only the poll looks (for what the CLI may have queued).
+        started = 0 if self._queue_empty and not self._polled else await self.run_once()
+        if free > 0 and started == free:
+            return  # there may be more due right now
+        self._polled = await self._sleep()
 
     async def _sleep(self) -> bool:
         """Wait to be woken or for the poll interval; True if it ran out."""
@@ -348,22 +357,34 @@ class WorkerPool:
         return JobStatus.FATAL
 
     # shutdown ----------------------------------------------------------------------
-    async def shutdown(self, grace_s: float) -> None:
-        """Stop claiming; let running jobs finish for ``grace_s``, then put the rest back."""
+    async def shutdown(self, grace_s: float, *, cleanup_s: float = CLEANUP_S) -> None:
+        """Stop claiming; let running jobs finish for ``grace_s``, then cancel the rest and
+        put them back in the queue. Returns within ``grace_s + cleanup_s``: a job that
+        does not stop when cancelled, or an outcome the database does not take by then,
+        is left to the next start (which puts back every job left running)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        end = deadline + cleanup_s
         self._claiming = False
-        await self._no_claims.wait()  # a claim in flight registers its jobs first
-        await self._no_reservations.wait()  # and so does a job being created running
         self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(end):
+                await self._no_claims.wait()  # a claim in flight registers its jobs first
+                await self._no_reservations.wait()  # and so does a job being created running
         tasks = [entry.task for entry in self._running.values()]
         if tasks:
-            log.info("waiting up to %gs for %d running job(s)", grace_s, len(tasks))
-            await asyncio.wait(tasks, timeout=grace_s)
+            log.info("waiting up to %.3gs for %d running job(s)",
+                     max(0.0, deadline - loop.time()), len(tasks))
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
         leftover = list(self._running)
         for job_id in leftover:
             self.cancel(job_id, reason="shutdown")
         remaining = [entry.task for entry in self._running.values()] + list(self._recording)
         if remaining:
-            await asyncio.wait(remaining)
+            _done, late = await asyncio.wait(remaining, timeout=max(0.0, end - loop.time()))
+            if late:
+                log.warning("%d job(s) or outcome(s) not settled %gs after the grace; the next "
+                            "start puts back what is left running", len(late), cleanup_s)
         if leftover:
             log.info("put %d unfinished job(s) back in the queue", len(leftover))
 
