@@ -23,7 +23,7 @@ from jobd.api.context import ApiContext
 from jobd.api.fastlane import FastLane
 from jobd.clock import Clock, SystemClock
 from jobd.config import Config
-from jobd.errors import StartupError
+from jobd.errors import StartupError, TaskFailed
 from jobd.handlers.base import Services
 from jobd.handlers.registry import build_registry
 from jobd.models import NewJob
@@ -37,6 +37,7 @@ from jobd.runtime.workers import WorkerPool
 from jobd.store.deliveries import count_dead_deliveries
 from jobd.store.stats import job_counts
 from jobd.store.store import Store
+from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.daemon")
 
@@ -47,17 +48,24 @@ def instance_id() -> str:
 
 async def serve(config: Config, *, clock: Clock | None = None,
                 stop: asyncio.Event | None = None,
-                on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives."""
+                on_ready: Callable[[str], None] | None = None,
+                supervisor: Supervisor | None = None) -> None:
+    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; raise
+    :class:`TaskFailed` if it stopped because a long-lived task gave up."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    supervisor = supervisor or Supervisor()
+
+    def gave_up(_reason: str) -> None:  # from any thread
+        loop.call_soon_threadsafe(stop.set)
+    supervisor.on_give_up = gave_up
 
     registry = build_registry(config.handlers)
-    store = Store(config.database)
+    store = Store(config.database, supervisor=supervisor)
     store.open(daemon_lock=True)
     allow_private = config.webhooks.allow_private_networks
     http = aiohttp.ClientSession(connector=guarded_connector(allow_private), trust_env=False)
@@ -80,11 +88,10 @@ async def serve(config: Config, *, clock: Clock | None = None,
     ctx = ApiContext(config=config, store=store, registry=registry, clock=clock,
                      starter=pool, on_job_created=job_created, on_cancel_requested=pool.cancel,
                      on_webhook_queued=dispatcher.wake,
-                     on_rate_limited=metrics.request_rate_limited)
+                     on_rate_limited=metrics.request_rate_limited, supervisor=supervisor)
     app = create_app(ctx, extra_routes=[web.get("/metrics", metrics_handler(store, metrics),
                                                 allow_head=False)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    background: list[asyncio.Task[None]] = []
     listener: asyncio.Server | None = None
     try:
         await runner.setup()
@@ -96,38 +103,68 @@ async def serve(config: Config, *, clock: Clock | None = None,
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: "
                                    f"{exc.strerror or exc}") from None
-        await lifeline.recover_at_startup()
-        await dispatcher.recover_at_startup()
         address = _bound_address(listener, config)
-        background = [asyncio.create_task(pool.run(), name="scheduler"),
-                      asyncio.create_task(lane.run_idle_sweeper(), name="idle-connections"),
-                      asyncio.create_task(lifeline.run(), name="lifeline"),
-                      asyncio.create_task(dispatcher.run(), name="dispatcher"),
-                      asyncio.create_task(pruner.run(), name="pruner")]
-        ctx.ready = True
-        _log_startup(config, address, registry.names())
-        if on_ready is not None:
-            on_ready(address)
-        await stop.wait()
+        supervisor.start("idle-connection sweeper", supervisor.loop(
+            "idle-connection sweeper", lane.run_idle_sweeper, running=lambda: True))
+        # Reads are served from here on; on a full disk (or with the database locked
+        # elsewhere) the recovery below waits, retried, and /healthz says why.
+        if await _recover_at_startup(supervisor, lifeline, dispatcher, stop):
+            supervisor.start("scheduler", pool.run(supervisor))
+            supervisor.start("lifeline", lifeline.run(supervisor))
+            supervisor.start("webhook dispatcher", dispatcher.run(supervisor))
+            supervisor.start("pruner", pruner.run(supervisor))
+            ctx.ready = True
+            _log_startup(config, address, registry.names())
+            if on_ready is not None:
+                on_ready(address)
+            await stop.wait()
+        if supervisor.gave_up is not None:  # /healthz says why meanwhile
+            await asyncio.sleep(GIVE_UP_NOTICE_S)
         log.info("shutting down: no new requests, no new claims")
         ctx.ready = False
+        supervisor.stopping = True
+        pruner.stop()
         listener.close()
-        await lane.shutdown(config.workers.shutdown_grace)
-        await pool.shutdown(config.workers.shutdown_grace)
-        await dispatcher.shutdown(min(config.workers.shutdown_grace, config.webhooks.timeout))
+        # One deadline for everything: answers in flight, running jobs, webhook sends
+        grace_s = config.workers.shutdown_grace
+        await asyncio.gather(
+            lane.shutdown(grace_s), runner.server.shutdown(grace_s), pool.shutdown(grace_s),
+            dispatcher.shutdown(min(grace_s, config.webhooks.timeout)))
     finally:
+        supervisor.stopping = True
         lifeline.stop()
         pruner.stop()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await supervisor.cancel_tasks()
         if listener is not None:
             listener.close()
-        await runner.cleanup()
+        with suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_S):
+                await runner.cleanup()
         await http.close()
         await dispatcher.close()
-        store.close()
+        store.close(timeout_s=CLOSE_S)
         log.info("stopped")
+    if supervisor.gave_up is not None:
+        raise TaskFailed(f"stopped because a task failed: {supervisor.gave_up}")
+
+
+GIVE_UP_NOTICE_S = 1.0  # after a task gave up: /healthz answers 503 this long before the exit
+CLOSE_S = 1.0  # after the grace: closing connections, the last writes
+
+
+async def _recover_at_startup(supervisor: Supervisor, lifeline: Lifeline,
+                              dispatcher: Dispatcher, stop: asyncio.Event) -> bool:
+    """Put back what a dead process left running or sending, retried until it is written
+    (or the daemon is stopped: False). Nothing claims before it is done."""
+    done = False
+
+    async def recover() -> None:
+        nonlocal done
+        await lifeline.recover_at_startup()
+        await dispatcher.recover_at_startup()
+        done = True
+    await supervisor.loop("startup recovery", recover, running=lambda: not done, stop=stop)
+    return done
 
 
 def metrics_handler(store: Store, metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -12,13 +12,27 @@ from jobd.api.problems import problem_middleware, problem_response
 
 
 async def healthz(request: web.Request) -> web.Response:
-    ctx = request.app[API]
-    if not ctx.ready:
-        return problem_response(503, "not_ready", "Not ready", "the daemon is starting")
-    if ctx.store.sync_failed:
-        return problem_response(503, "storage_failed", "Storage failed",
-                                "the database could not be synced to disk; restart jobd")
+    problem = unhealthy(request.app[API])
+    if problem is not None:
+        return problem_response(503, *problem)
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+def unhealthy(ctx: ApiContext) -> tuple[str, str, str] | None:
+    """Why the daemon should get no traffic: ``(code, title, detail)``, or None."""
+    if ctx.store.sync_failed:
+        return ("storage_failed", "Storage failed",
+                "the database could not be synced to disk; restart jobd")
+    if ctx.supervisor is not None and ctx.supervisor.gave_up is not None:
+        return ("task_failed", "A task of the daemon failed",
+                f"{ctx.supervisor.gave_up}; jobd is stopping")
+    if (error := ctx.store.write_error) is not None:
+        return ("writes_failing", "Database writes are failing",
+                f"writes to the database fail ({error}); reads still work, and jobd "
+                "recovers by itself once a write succeeds")
+    if not ctx.ready:
+        return ("not_ready", "Not ready", "the daemon is starting or stopping")
+    return None
 
 
 async def openapi(request: web.Request) -> web.Response:

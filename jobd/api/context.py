@@ -16,6 +16,7 @@ from jobd.handlers.registry import Registry
 from jobd.models import IdempotentResult, NewJob, StartLease
 from jobd.ratelimit import RateLimiter
 from jobd.store.store import Store
+from jobd.supervisor import Supervisor
 
 
 def _nothing(*_args: object) -> None:
@@ -44,6 +45,7 @@ class ApiContext:
     on_cancel_requested: Callable[[str], object] = _nothing  # cancels a running job now
     on_webhook_queued: Callable[[], None] = _nothing       # wakes the webhook dispatcher
     on_rate_limited: Callable[[str], None] = _nothing      # metrics
+    supervisor: Supervisor | None = None                   # for /healthz: a task gave up
     ready: bool = False
 
     def __post_init__(self) -> None:
