@@ -47,10 +47,12 @@ class Checkpointer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Stop after a last TRUNCATE checkpoint; False if that took past ``timeout_s``."""
         if self._thread.is_alive():
             self._stop.set()
-            self._thread.join()
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         try:

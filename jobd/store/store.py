@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
@@ -35,7 +36,7 @@ from jobd.store.checkpointer import WAL_RESTART_BYTES, Checkpointer
 from jobd.store.connection import connect, hold_daemon_lock, migrate, others_can_read
 from jobd.store.jobs import RenderCreated
 from jobd.store.scheduling import ClaimRound
-from jobd.store.writer import GroupCommitWriter, WriterStats
+from jobd.store.writer import GroupCommitWriter, WriterStats, left_until
 from jobd.supervisor import Supervisor
 
 T = TypeVar("T")
@@ -105,17 +106,22 @@ class Store:
         os.fdatasync(self._wal_fd)
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Finish the writes handed over and close. With ``timeout_s``, give up waiting for
-        a writer held by a lock elsewhere: what it had not committed is not reported done,
-        and the process's exit ends it."""
-        if not self._writer.stop(timeout_s):
+        """Finish the writes handed over, checkpoint and close. With ``timeout_s``, stop
+        waiting for the writer (held by a lock elsewhere) or the last checkpoint (a slow
+        disk): what the writer had not committed was not reported done, a checkpoint cut
+        short is finished by the next start, and the process's exit ends both threads."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if not self._writer.stop(left_until(deadline)):
             log.warning("the database writer did not finish within %gs; leaving it to the exit",
                         timeout_s)
             return
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
-        self._checkpointer.stop()
+        if not self._checkpointer.stop(left_until(deadline)):
+            log.warning("the last checkpoint did not finish within %gs; the next start "
+                        "finishes it", timeout_s)
+            return
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -189,10 +189,10 @@ class GroupCommitWriter:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if self._thread.is_alive():
             self._queue.put(_STOP)
-            self._thread.join(_left(deadline))
+            self._thread.join(left_until(deadline))
         if self._syncer.is_alive():  # after the writer: what it committed last is synced too
             self._unsynced.put(_STOP)
-            self._syncer.join(_left(deadline))
+            self._syncer.join(left_until(deadline))
         return not (self._thread.is_alive() or self._syncer.is_alive())
 
     @property
@@ -487,7 +487,8 @@ def in_savepoint(conn: sqlite3.Connection, fn: TxFn, *args: Any, **kwargs: Any) 
     return True, result
 
 
-def _left(deadline: float | None) -> float | None:
+def left_until(deadline: float | None) -> float | None:
+    """Seconds from now to ``deadline`` (monotonic), never negative; None for no deadline."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import sqlite3
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from jobd.api.views import created_body
 from jobd.models import IdempotentResult, NewJob
 from jobd.store import jobs as store_jobs
+from jobd.store.connection import connect
 from jobd.store.database import Database
 from tests.conftest import T0
 
 TTL_S = 24 * 3600.0
+T = TypeVar("T")
 
 NewJobFactory = Callable[..., NewJob]
 Submit = Callable[..., IdempotentResult]
@@ -24,6 +28,22 @@ Submit = Callable[..., IdempotentResult]
 def body_hash_of(job: NewJob) -> bytes:
     """Stands in for the API's hash of the parsed request body."""
     return hashlib.sha256(f"{job.type}|{job.payload}|{job.webhook_url}".encode()).digest()
+
+
+@pytest.fixture
+def notes_path(tmp_path: Path) -> Path:
+    """A database file with one table, ``notes (n)``, for tests of the writer alone."""
+    path = tmp_path / "w.db"
+    conn = connect(str(path))
+    conn.execute("CREATE TABLE notes (n)")
+    conn.close()
+    return path
+
+
+def note(conn: sqlite3.Connection, n: T) -> T:
+    """A write for the writer's tests: one row in ``notes``."""
+    conn.execute("INSERT INTO notes VALUES (?)", (n,))
+    return n
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from jobd.store.connection import connect
 from jobd.store.store import Store
 from jobd.store.writer import GroupCommitWriter, WriterStats
 from tests.conftest import make_config
+from tests.store.conftest import note
 
 
 class Disk:
@@ -53,12 +54,8 @@ class Disk:
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> Disk:
-    path = tmp_path / "w.db"
-    conn = connect(str(path))
-    conn.execute("CREATE TABLE notes (n INTEGER)")
-    conn.close()
-    return Disk(path)
+def disk(notes_path: Path) -> Disk:
+    return Disk(notes_path)
 
 
 @pytest.fixture
@@ -70,9 +67,6 @@ def writer(disk: Disk) -> Iterator[GroupCommitWriter]:
     w.stop()
 
 
-def note(conn: sqlite3.Connection, n: int) -> int:
-    conn.execute("INSERT INTO notes VALUES (?)", (n,))
-    return n
 
 
 async def test_a_result_is_given_only_after_its_commit_was_synced(

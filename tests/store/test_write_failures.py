@@ -23,20 +23,12 @@ from jobd.store.store import Store
 from jobd.store.writer import GroupCommitWriter
 from jobd.supervisor import Backoff, Supervisor
 from tests.conftest import make_config
-
-
-def note(conn: sqlite3.Connection, text: str) -> str:
-    conn.execute("INSERT INTO notes VALUES (?)", (text,))
-    return text
+from tests.store.conftest import note
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    db = tmp_path / "w.db"
-    conn = connect(str(db))
-    conn.execute("CREATE TABLE notes (t TEXT)")
-    conn.close()
-    return db
+def path(notes_path: Path) -> Path:
+    return notes_path
 
 
 @pytest.fixture(autouse=True)
