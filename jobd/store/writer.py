@@ -79,7 +79,7 @@ _STOP = object()
 # what an item is (_Item's last field; false only for a plain call)
 _CALL, _GROUP, _GROUP_ALONE = 0, 1, 2
 TRANSACTION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-PROBE_INTERVAL_S = 1.0  # while writes fail and none comes: how often the writer tries one
+PROBE_INTERVAL_S = 1.0  # while writes fail: how often the writer tries one of its own
 REPORT_INTERVAL_S = 10.0  # while writes fail: at most one log line this often
 
 
@@ -172,7 +172,6 @@ class GroupCommitWriter:
         self._faulted = False  # a failure was reported to the supervisor, no success since
         self.failures = WriteFailures()
         self._checkpoint_wanted = False
-        self.checkpoints = 0  # run by the writer itself (see request_checkpoint)
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -355,7 +354,6 @@ class GroupCommitWriter:
         self._checkpoint_wanted = False
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.checkpoints += 1
         except sqlite3.Error as exc:  # the checkpointer's next pass asks again
             log.debug("writer's checkpoint skipped: %s", exc)
 
