@@ -128,8 +128,9 @@ async def serve(config: Config, *, clock: Clock | None = None,
         # One deadline for everything: answers in flight, running jobs, webhook sends
         grace_s = config.workers.shutdown_grace
         await asyncio.gather(
-            lane.shutdown(grace_s), runner.server.shutdown(grace_s), pool.shutdown(grace_s),
-            dispatcher.shutdown(min(grace_s, config.webhooks.timeout)))
+            lane.shutdown(grace_s), runner.server.shutdown(grace_s),
+            pool.shutdown(grace_s, cleanup_s=CLOSE_S),
+            dispatcher.shutdown(min(grace_s, config.webhooks.timeout), cleanup_s=CLOSE_S))
     finally:
         supervisor.stopping = True
         lifeline.stop()
@@ -149,7 +150,9 @@ async def serve(config: Config, *, clock: Clock | None = None,
 
 
 GIVE_UP_NOTICE_S = 1.0  # after a task gave up: /healthz answers 503 this long before the exit
-CLOSE_S = 1.0  # after the grace: closing connections, the last writes
+# After the grace: for cancelled jobs and sends to be put back, then again for closing
+# connections and the last writes. A stop takes at most shutdown_grace + 3 * CLOSE_S.
+CLOSE_S = 1.0
 
 
 async def _recover_at_startup(supervisor: Supervisor, lifeline: Lifeline,

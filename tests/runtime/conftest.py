@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,8 +42,16 @@ class Behaviour:
                 self.running -= 1
             return {"held": True}
 
+        async def stubborn(payload: AnyPayload, ctx: JobContext) -> Any:
+            """``hold``, but it swallows cancellation (as a careless handler may)."""
+            self.started.append((ctx.job_id, time.perf_counter()))
+            while not self.release.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.release.wait()
+            return {"held": True}
+
         return Registry([*builtin_types(), JobType("fail", fail), JobType("permanent", permanent),
-                         JobType("hold", hold)])
+                         JobType("hold", hold), JobType("stubborn", stubborn)])
 
 
 class Claims:

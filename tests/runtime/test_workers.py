@@ -16,6 +16,7 @@ from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
 from jobd.store import jobs as store_jobs
 from tests.conftest import T0, make_config
+from tests.runtime.conftest import until
 
 
 @pytest.fixture
@@ -169,6 +170,21 @@ async def test_shutdown_puts_unfinished_jobs_back(store, db, pool, clock, behavi
     assert back.next_run_at == clock.now()
     assert "shutdown" in back.last_error
     assert await pool.run_once() == 0  # no claims after shutdown
+
+
+async def test_shutdown_ends_within_grace_and_cleanup_even_if_a_job_ignores_cancellation(
+        store, db, pool, clock, behaviour, new_tenant):
+    new_tenant()
+    job_id = await submit(store, clock, "stubborn", key="s")
+    await pool.run_once()
+    await until(lambda: bool(behaviour.started), "the job never started")
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        await pool.shutdown(grace_s=0.05, cleanup_s=0.2)
+    assert time.monotonic() - started < 1.0
+    assert job(db, job_id).status is JobStatus.RUNNING  # left to the next start's recovery
+    behaviour.release.set()
+    await settle(pool)
 
 
 async def test_shutdown_lets_jobs_finish_within_grace(store, db, pool, clock, behaviour, new_tenant):
