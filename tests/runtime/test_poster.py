@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +17,10 @@ import trustme
 import uvloop
 
 from jobd import netguard
-from jobd.runtime.poster import MAX_DRAIN_BYTES, AnswerError, Poster
+from jobd.outbound import MAX_BODY_WIRE_BYTES, AnswerRefused
+from jobd.runtime.poster import AnswerError, Poster
+from tests.hostile import BOUNDARIES, REFUSED_HEADS, Hostile, hostile_server
+from tests.runtime.conftest import until
 
 Answer = Callable[[int], bytes | None]  # n-th request on a connection -> answer (None: hang up)
 
@@ -192,7 +197,7 @@ async def test_only_read_limit_bytes_are_kept_and_a_huge_body_is_not_drained(
     assert await post(poster, server.url(), read_limit=10) == (200, b"x" * 10)
     assert await post(poster, server.url(), read_limit=10) == (200, b"x" * 10)
     assert server.connections == 1  # a small body is read to its end: reusable
-    server.answer = lambda n: ok(b"y" * MAX_DRAIN_BYTES * 4)
+    server.answer = lambda n: ok(b"y" * MAX_BODY_WIRE_BYTES * 4)
     assert await post(poster, server.url(), read_limit=3) == (200, b"yyy")
     server.answer = lambda n: ok()
     await post(poster, server.url())
@@ -318,3 +323,87 @@ async def test_a_sweep_closes_connections_idle_past_max_idle(server) -> None:
         assert poster.idle_connections == 0 and not conn.open
     finally:
         await poster.close()
+
+
+async def test_an_idle_connection_is_closed_after_max_idle_with_no_more_traffic(server) -> None:
+    poster = Poster(allow_private=True, max_idle_s=0.3)
+    closed_at: list[float] = []
+    try:
+        await post(poster, server.url())
+        sent_at = time.monotonic()
+        [writer] = server.writers
+        await until(writer.is_closing, "the idle connection was not closed", timeout_s=3)
+        closed_at.append(time.monotonic())
+        assert poster.idle_connections == 0 and poster._idle == {}
+    finally:
+        await poster.close()
+    assert 0.25 < closed_at[0] - sent_at < 0.3 * 1.05 + 0.25
+
+
+async def test_the_idle_timer_keeps_connections_in_use_and_stops_when_none_is_idle(
+        server) -> None:
+    poster = Poster(allow_private=True, max_idle_s=0.2)
+    try:
+        for _ in range(4):  # used again before it falls due: kept
+            await post(poster, server.url())
+            await asyncio.sleep(0.1)
+        assert server.connections == 1 and poster.idle_connections == 1
+        await until(lambda: poster.idle_connections == 0, "not closed once idle")
+        await until(lambda: poster._sweeper is None, "the timer runs on with nothing idle")
+    finally:
+        await poster.close()
+
+
+# bounds on an answer (jobd.outbound) --------------------------------------------------
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[Hostile]:
+    async with hostile_server() as h:
+        yield h
+
+
+@pytest.mark.parametrize(("path", "reason"), sorted(REFUSED_HEADS.items()))
+async def test_a_head_past_its_bounds_fails_at_once_and_drops_the_connection(
+        poster, hostile, path, reason) -> None:
+    rss_before, started = rss_mb(), time.monotonic()
+    with pytest.raises(AnswerRefused, match=re.escape(reason)):
+        await post(poster, hostile.url(path), timeout_s=10)
+    assert time.monotonic() - started < 2
+    await until(lambda: hostile.hung_up == 1, "the connection was kept")
+    assert poster.idle_connections == 0
+    assert rss_mb() - rss_before < 32
+
+
+@pytest.mark.parametrize(("path", "excerpt"), [("/chunk-ext", b""), ("/trailer", b"ok"),
+                                               ("/big-body", b"a" * 100)])
+async def test_a_body_past_its_bound_ends_the_answer_there(poster, hostile, path,
+                                                          excerpt) -> None:
+    started = time.monotonic()
+    assert await post(poster, hostile.url(path), timeout_s=10, read_limit=100) == (200, excerpt)
+    assert time.monotonic() - started < 2
+    await until(lambda: hostile.hung_up == 1, "the connection was kept")
+    assert poster.idle_connections == 0
+
+
+async def test_a_head_that_drips_in_times_out_without_costing_the_loop(poster, hostile) -> None:
+    cpu_before, started = time.process_time(), time.monotonic()
+    with pytest.raises(TimeoutError):
+        await post(poster, hostile.url("/drip"), timeout_s=0.5)
+    assert 0.45 < time.monotonic() - started < 1.5
+    assert time.process_time() - cpu_before < 0.25
+
+
+@pytest.mark.parametrize(("answer", "refused"), BOUNDARIES)
+async def test_the_bounds_are_exact(poster, server, answer, refused) -> None:
+    server.answer = lambda n: answer
+    if refused is None:
+        assert await post(poster, server.url()) == (200, b"ok")
+    else:
+        with pytest.raises(AnswerRefused, match=re.escape(refused)):
+            await post(poster, server.url())
