@@ -58,6 +58,7 @@ from jobd.outbound import (
 )
 
 IDLE_PER_ORIGIN = 256  # idle connections kept per origin; more are closed
+_PARSE_ENDED = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
 class AnswerError(ConnectionError):
@@ -102,11 +103,10 @@ class _Connection(asyncio.Protocol):
         self._framed = False  # Content-Length or chunked: the body's end is known
         self._excerpt = bytearray()
         self._limit = 0
-        # the bounds of :mod:`jobd.outbound`, counted down
+        # the bounds of :mod:`jobd.outbound`, counted down; _status < 200: in the head
         self._room = 0        # bytes the answer may still take: its heads, then its body
-        self._in_head = False
-        self._lines = 0
-        self._interim = 0
+        self._lines = 0       # header lines the head being read may still have
+        self._interim = 0     # interim answers that may still come
         self.answered_any = False  # a byte of this request's answer arrived
         self.reusable = True
 
@@ -140,8 +140,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None and self._waiter is None
         self._waiter = asyncio.get_running_loop().create_future()
         self._status, self._framed, self._limit = 0, False, read_limit
-        self._room, self._in_head = MAX_HEAD_BYTES, True
-        self._lines, self._interim = MAX_HEADER_LINES, MAX_INTERIM_ANSWERS
+        self._room, self._lines, self._interim = (MAX_HEAD_BYTES, MAX_HEADER_LINES,
+                                                  MAX_INTERIM_ANSWERS)
         self._excerpt.clear()
         self.answered_any = False
         self.transport.write(data)
@@ -153,11 +153,14 @@ class _Connection(asyncio.Protocol):
             return
         self.answered_any = True
         room = self._room - len(data)
-        if room >= 0:
-            self._room = room
-            self._feed(data)
-        else:
+        if room < 0:
             self._past_room(data)
+            return
+        self._room = room
+        try:
+            self._parser.feed_data(data)
+        except _PARSE_ENDED as exc:
+            self._parse_ended(exc)
 
     def _past_room(self, data: bytes) -> None:
         """``data`` goes past the answer's room: parse what fits, then refuse a head that
@@ -165,8 +168,10 @@ class _Connection(asyncio.Protocol):
         allowed, self._room = self._room, 0
         self._feed(data[:allowed])  # if the head ends there, the body's room is added
         if self._waiter is None:  # answered (or failed) within it
+            if len(data) > allowed:  # and more came after the answer
+                self.close()
             return
-        if self._in_head:
+        if self._status < 200:  # still in the head
             self.close()
             self._fail(AnswerRefused(HEAD_TOO_LARGE))
         elif self._room > 0:
@@ -178,11 +183,18 @@ class _Connection(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.close()
-            refused = exc.__context__  # raised by a callback below
-            self._fail(refused if isinstance(refused, AnswerRefused)
-                       else AnswerError(f"malformed HTTP answer: {exc}"))
+        except _PARSE_ENDED as exc:
+            self._parse_ended(exc)
+
+    def _parse_ended(self, exc: Exception) -> None:
+        self.close()
+        if isinstance(exc, httptools.HttpParserUpgrade):  # 101 Switching Protocols: no
+            self._status = self._parser.get_status_code()  # answer to a POST, a failure
+            self._finish()
+            return
+        refused = exc.__context__  # raised by a callback below
+        self._fail(refused if isinstance(refused, AnswerRefused)
+                   else AnswerError(f"malformed HTTP answer: {exc}"))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -194,8 +206,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
-        if self._status >= 200:
-            self._in_head = False
+        if self._status >= 200:  # the final head: the body's room
             self._room += MAX_BODY_WIRE_BYTES
 
     def on_body(self, body: bytes) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -75,6 +76,18 @@ async def test_keep_alive_interim_answers_and_no_redirects(client, server) -> No
     for _ in range(3):
         assert await post(client, server.url()) == (302, b"moved")
     assert server.connections == 1 and len(server.requests) == 3
+
+
+async def test_a_switch_of_protocols_is_a_status_like_any_other_and_logs_nothing(
+        client, server, caplog) -> None:
+    server.answer = lambda n: (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                               b"Connection: Upgrade\r\n\r\nnot http any more")
+    with caplog.at_level(logging.WARNING):
+        assert await post(client, server.url()) == (101, b"")
+        assert await post(client, server.url()) == (101, b"")
+        await asyncio.sleep(0.05)
+    assert server.connections == 2  # not reused
+    assert caplog.records == []
 
 
 async def test_a_connection_closed_while_idle_is_replaced(client, server) -> None:
