@@ -1,5 +1,5 @@
 """Hostile receivers cannot stall the daemon: while one tenant's webhooks and http jobs
-hit peers that answer endlessly (tests/hostile.py, in a process of its own), another
+hit peers that answer endlessly (tests/peers.py, in a process of its own), another
 tenant's POST /jobs stays fast, the attempts fail at once with a clear error, and the
 daemon's memory stays flat. Both webhook clients (``webhooks.fast_client``)."""
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.hostile import REFUSED_HEADS
+from tests.peers import REFUSED_HEADS
 from tests.support import Client, cli_json, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ PLAYS = [*REFUSED_HEADS, "/chunk-ext", "/trailer", "/big-body", "/drip"]
 
 @pytest.fixture
 def hostile() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.hostile"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.peers"], cwd=ROOT,
                             stdout=subprocess.PIPE)
     assert proc.stdout is not None
     port = int(proc.stdout.readline())

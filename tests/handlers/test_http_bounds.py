@@ -14,7 +14,7 @@ import pytest
 from jobd.handlers.http import HttpRequestError, HttpTimeoutError, run_http
 from jobd.outbound import BoundedResponseHandler, client_session
 from tests.handlers.test_http_handler import make_ctx, payload
-from tests.hostile import BOUNDARIES, REFUSED_HEADS, Hostile, hostile_server
+from tests.peers import BOUNDARIES, REFUSED_HEADS, Hostile, hostile_server
 
 
 @pytest.fixture

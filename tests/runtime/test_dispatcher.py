@@ -32,7 +32,7 @@ from jobd.store.queries import Q
 from jobd.store.scheduling import DirectDelivery
 from jobd.store.store import Store
 from tests.conftest import T0, make_config
-from tests.hostile import REFUSED_HEADS, hostile_server
+from tests.peers import REFUSED_HEADS, hostile_server
 
 
 @dataclass

@@ -1,83 +1,30 @@
 """The webhook client against real servers on 127.0.0.1 that answer from a script:
 keep-alive, interim answers, bodies of every framing, stale connections, timeouts,
-address checks, TLS."""
+address checks, TLS, the idle timer. (What both webhook clients share, the bounds on an
+answer included, is in test_webhook_client.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import ssl
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import pytest
 import trustme
 import uvloop
 
 from jobd import netguard
-from jobd.outbound import MAX_BODY_WIRE_BYTES, AnswerRefused
+from jobd.outbound import MAX_BODY_WIRE_BYTES
 from jobd.runtime.poster import AnswerError, Poster
-from tests.hostile import BOUNDARIES, REFUSED_HEADS, Hostile, hostile_server
+from tests.peers import Server, ok, scripted_server
 from tests.runtime.conftest import until
-
-Answer = Callable[[int], bytes | None]  # n-th request on a connection -> answer (None: hang up)
-
-
-def ok(body: bytes = b"ok", extra: str = "") -> bytes:
-    return (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
-
-
-@dataclass
-class Server:
-    """Reads requests (head + Content-Length body) and answers each from ``answer``."""
-
-    answer: Answer = lambda n: ok()
-    requests: list[bytes] = field(default_factory=list)
-    connections: int = 0
-    close_after: bool = False  # close the connection after each answer
-    port: int = 0
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.append(writer)
-        n = 0
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                self.requests.append(head + await reader.readexactly(length))
-                answer = self.answer(n)
-                if answer is None:
-                    break
-                writer.write(answer)
-                await writer.drain()
-                n += 1
-                if self.close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def url(self, path: str = "/hook", scheme: str = "http") -> str:
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-    def drop_idle_connections(self) -> None:
-        for writer in self.writers:
-            writer.close()
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    srv = Server()
-    listener = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
-    srv.port = listener.sockets[0].getsockname()[1]
-    yield srv
-    listener.close()
+    async with scripted_server() as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -325,21 +272,6 @@ async def test_a_sweep_closes_connections_idle_past_max_idle(server) -> None:
         await poster.close()
 
 
-async def test_an_idle_connection_is_closed_after_max_idle_with_no_more_traffic(server) -> None:
-    poster = Poster(allow_private=True, max_idle_s=0.3)
-    closed_at: list[float] = []
-    try:
-        await post(poster, server.url())
-        sent_at = time.monotonic()
-        [writer] = server.writers
-        await until(writer.is_closing, "the idle connection was not closed", timeout_s=3)
-        closed_at.append(time.monotonic())
-        assert poster.idle_connections == 0 and poster._idle == {}
-    finally:
-        await poster.close()
-    assert 0.25 < closed_at[0] - sent_at < 0.3 * 1.05 + 0.25
-
-
 async def test_the_idle_timer_keeps_connections_in_use_and_stops_when_none_is_idle(
         server) -> None:
     poster = Poster(allow_private=True, max_idle_s=0.2)
@@ -352,58 +284,3 @@ async def test_the_idle_timer_keeps_connections_in_use_and_stops_when_none_is_id
         await until(lambda: poster._sweeper is None, "the timer runs on with nothing idle")
     finally:
         await poster.close()
-
-
-# bounds on an answer (jobd.outbound) --------------------------------------------------
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-
-@pytest.fixture
-async def hostile() -> AsyncIterator[Hostile]:
-    async with hostile_server() as h:
-        yield h
-
-
-@pytest.mark.parametrize(("path", "reason"), sorted(REFUSED_HEADS.items()))
-async def test_a_head_past_its_bounds_fails_at_once_and_drops_the_connection(
-        poster, hostile, path, reason) -> None:
-    rss_before, started = rss_mb(), time.monotonic()
-    with pytest.raises(AnswerRefused, match=re.escape(reason)):
-        await post(poster, hostile.url(path), timeout_s=10)
-    assert time.monotonic() - started < 2
-    await until(lambda: hostile.hung_up == 1, "the connection was kept")
-    assert poster.idle_connections == 0
-    assert rss_mb() - rss_before < 32
-
-
-@pytest.mark.parametrize(("path", "excerpt"), [("/chunk-ext", b""), ("/trailer", b"ok"),
-                                               ("/big-body", b"a" * 100)])
-async def test_a_body_past_its_bound_ends_the_answer_there(poster, hostile, path,
-                                                          excerpt) -> None:
-    started = time.monotonic()
-    assert await post(poster, hostile.url(path), timeout_s=10, read_limit=100) == (200, excerpt)
-    assert time.monotonic() - started < 2
-    await until(lambda: hostile.hung_up == 1, "the connection was kept")
-    assert poster.idle_connections == 0
-
-
-async def test_a_head_that_drips_in_times_out_without_costing_the_loop(poster, hostile) -> None:
-    cpu_before, started = time.process_time(), time.monotonic()
-    with pytest.raises(TimeoutError):
-        await post(poster, hostile.url("/drip"), timeout_s=0.5)
-    assert 0.45 < time.monotonic() - started < 1.5
-    assert time.process_time() - cpu_before < 0.25
-
-
-@pytest.mark.parametrize(("answer", "refused"), BOUNDARIES)
-async def test_the_bounds_are_exact(poster, server, answer, refused) -> None:
-    server.answer = lambda n: answer
-    if refused is None:
-        assert await post(poster, server.url()) == (200, b"ok")
-    else:
-        with pytest.raises(AnswerRefused, match=re.escape(refused)):
-            await post(poster, server.url())

@@ -28,7 +28,7 @@ from jobd.outbound import (
     AnswerRefused,
 )
 from jobd.runtime.poster import _Connection
-from tests.hostile import BOUNDARIES
+from tests.peers import BOUNDARIES
 
 
 class Transport:

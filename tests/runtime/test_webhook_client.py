@@ -17,9 +17,16 @@ from jobd import netguard
 from jobd.outbound import AnswerRefused
 from jobd.runtime.poster import AnswerError, Poster
 from jobd.runtime.webhook_client import SessionPoster, WebhookClient, webhook_client
-from tests.hostile import BOUNDARIES, REFUSED_HEADS, Hostile, hostile_server
+from tests.peers import (
+    BOUNDARIES,
+    REFUSED_HEADS,
+    Hostile,
+    Server,
+    hostile_server,
+    ok,
+    scripted_server,
+)
 from tests.runtime.conftest import until
-from tests.runtime.test_poster import Server, ok
 
 
 @pytest.fixture(params=[True, False], ids=["fast", "aiohttp"])
@@ -31,11 +38,8 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[WebhookClient]
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    srv = Server()
-    listener = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
-    srv.port = listener.sockets[0].getsockname()[1]
-    yield srv
-    listener.close()
+    async with scripted_server() as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -138,22 +142,39 @@ async def test_the_bounds_are_the_same_to_the_byte(client, server, answer, refus
             await post(client, server.url())
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 @pytest.mark.parametrize(("path", "reason"), sorted(REFUSED_HEADS.items()))
-async def test_a_head_past_its_bounds_fails_at_once(client, hostile, path, reason) -> None:
-    started = time.monotonic()
+async def test_a_head_past_its_bounds_fails_at_once_and_drops_the_connection(
+        client, hostile, path, reason) -> None:
+    rss_before, started = rss_mb(), time.monotonic()
     with pytest.raises(AnswerRefused, match=re.escape(reason)):
         await post(client, hostile.url(path), timeout_s=10)
     assert time.monotonic() - started < 2
     await until(lambda: hostile.hung_up == 1, "the connection was kept")
+    assert rss_mb() - rss_before < 32
 
 
-@pytest.mark.parametrize(("path", "excerpt"), [("/chunk-ext", b""), ("/big-body", b"a" * 100)])
+@pytest.mark.parametrize(("path", "excerpt"), [("/chunk-ext", b""), ("/trailer", b"ok"),
+                                               ("/big-body", b"a" * 100)])
 async def test_a_body_past_its_bound_ends_the_answer_there(client, hostile, path,
                                                           excerpt) -> None:
     started = time.monotonic()
     assert await post(client, hostile.url(path), timeout_s=10, read_limit=100) == (200, excerpt)
     assert time.monotonic() - started < 2
     await until(lambda: hostile.hung_up == 1, "the connection was kept")
+
+
+async def test_a_head_that_drips_in_times_out_without_costing_the_loop(client, hostile) -> None:
+    cpu_before, started = time.process_time(), time.monotonic()
+    with pytest.raises(TimeoutError):
+        await post(client, hostile.url("/drip"), timeout_s=0.5)
+    assert 0.45 < time.monotonic() - started < 1.5
+    assert time.process_time() - cpu_before < 0.3
 
 
 async def test_an_idle_connection_is_closed_after_its_idle_time(server) -> None:

@@ -1,10 +1,11 @@
-"""Answers that test the outbound clients' bounds (:mod:`jobd.outbound`).
+"""HTTP peers on 127.0.0.1 for the outbound clients (the webhook clients, ``http`` jobs).
 
-:data:`BOUNDARIES`: answers at each bound and one past it. :data:`PLAYS`: answers that
-never end, served by a hostile peer on 127.0.0.1 where the request's path picks the play,
-in the test's own loop (:func:`hostile_server`) or in a process of its own, so that its
-work is not charged to the process under test (``python -m tests.hostile`` prints its port
-and serves until killed).
+* :class:`Server` (:func:`scripted_server`): reads requests and answers each from a script.
+* :data:`BOUNDARIES`: answers at each bound of :mod:`jobd.outbound` and one past it.
+* :class:`Hostile` (:func:`hostile_server`): the request's path picks one of
+  :data:`PLAYS`, answers that never end. In the test's own loop, or in a process of its
+  own so that its work is not charged to the process under test: ``python -m tests.peers``
+  prints its port and serves until killed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,81 @@ from jobd.outbound import (
 )
 
 Play = Callable[[asyncio.StreamWriter], Awaitable[None]]
+Answer = Callable[[int], bytes | None]  # n-th request on a connection -> answer (None: hang up)
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 CHUNK = 16 * 1024
+
+
+# A scripted receiver --------------------------------------------------------------------
+
+def ok(body: bytes = b"ok", extra: str = "") -> bytes:
+    return (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request: its head and its Content-Length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return head + await reader.readexactly(length)
+
+
+@dataclass
+class Server:
+    """Reads requests (head + Content-Length body) and answers each from ``answer``."""
+
+    answer: Answer = lambda n: ok()
+    requests: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    close_after: bool = False  # close the connection after each answer
+    port: int = 0
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        n = 0
+        try:
+            while True:
+                self.requests.append(await read_request(reader))
+                answer = self.answer(n)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                n += 1
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def url(self, path: str = "/hook", scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def drop_idle_connections(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def scripted_server() -> AsyncIterator[Server]:
+    server = Server()
+    async with _listening(server.handle, server.writers) as server.port:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def _listening(handle: Handler,
+                     writers: list[asyncio.StreamWriter]) -> AsyncIterator[int]:
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        for writer in writers:
+            writer.close()
 
 
 async def _endless(writer: asyncio.StreamWriter, first: bytes, then: bytes) -> None:
@@ -102,7 +177,7 @@ BOUNDARIES = [
 ]
 
 
-# Never-ending answers ------------------------------------------------------------------
+# A hostile peer -------------------------------------------------------------------------
 
 @dataclass
 class Hostile:
@@ -117,11 +192,7 @@ class Hostile:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1].decode()
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
+            path = (await read_request(reader)).split(b" ", 2)[1].decode()
             self.requests.append(path)
             await PLAYS[path](writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -133,14 +204,8 @@ class Hostile:
 @contextlib.asynccontextmanager
 async def hostile_server() -> AsyncIterator[Hostile]:
     hostile = Hostile()
-    server = await asyncio.start_server(hostile.handle, "127.0.0.1", 0)
-    hostile.port = server.sockets[0].getsockname()[1]
-    try:
+    async with _listening(hostile.handle, hostile.writers) as hostile.port:
         yield hostile
-    finally:
-        server.close()
-        for writer in hostile.writers:
-            writer.close()
 
 
 async def _main() -> None:
