@@ -25,7 +25,6 @@ from typing import Any, cast
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.helpers import _EXC_SENTINEL
 from aiohttp.http import RawResponseMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
@@ -101,11 +100,10 @@ class BoundedResponseHandler(ResponseHandler):
             return
         super().feed_data(data, size)
 
-    def set_exception(self, exc: BaseException,
-                      exc_cause: BaseException = _EXC_SENTINEL) -> None:
+    def set_exception(self, exc: BaseException, *cause: BaseException) -> None:
         if isinstance(exc, HttpProcessingError) and exc.message in _AIOHTTP_TOO_MANY_LINES:
             exc = AnswerRefused(TOO_MANY_LINES)
-        super().set_exception(exc, exc_cause)
+        super().set_exception(exc, *cause)
         if self._state == _BODY and self._body is not None and not self._body.is_eof():
             self._body.set_exception(exc)  # a reader of the body would wait for the timeout
 
