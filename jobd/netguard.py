@@ -6,8 +6,9 @@ Two layers:
   ``localhost`` names and IP-literal hosts (including legacy forms such as
   ``2130706433``, ``0x7f000001``, ``127.1``, ``0177.0.0.1``). It also refuses,
   whatever the address policy, a URL that could never be sent (:func:`check_host`):
-  control characters, a host that is neither an IP literal nor a DNS name (a space,
-  an empty or overlong label, an ``xn--`` label that is not valid Punycode), port 0.
+  over :data:`MAX_URL_CHARS`, control characters, a host that is neither an IP literal
+  nor a DNS name (a space, an empty or overlong label, an ``xn--`` label that is not
+  valid Punycode), port 0.
 * :func:`guarded_connector` — an aiohttp connector whose :class:`GuardedResolver`
   re-checks every address a hostname resolves to at connect time.
 
@@ -73,6 +74,7 @@ _DENY: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = t
 _FLAGS = ("unspecified", "loopback", "link_local", "multicast", "private", "reserved")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _HEX_CHARS = frozenset("0123456789abcdefx.")
+MAX_URL_CHARS = 8192  # servers refuse longer request lines; and check_url keeps what it saw
 MAX_HOST_NAME_CHARS = 253  # RFC 1035, without a trailing dot
 MAX_LABEL_CHARS = 63
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -229,6 +231,8 @@ def _check_authority(url: str) -> None:
 @functools.lru_cache(maxsize=4096)  # a pure function of its arguments; refusals are not kept
 def check_url(url: str, *, allow_private: bool) -> None:
     """Raise :class:`BlockedAddress` if ``url`` must not be fetched."""
+    if len(url) > MAX_URL_CHARS:
+        raise BlockedAddress(f"URL is over {MAX_URL_CHARS} characters")
     control = _CONTROL.search(url)
     if control is not None:
         raise BlockedAddress(f"URL contains the control character {control.group()!r}")

@@ -34,6 +34,13 @@ async def test_an_unsendable_http_job_url_is_400_naming_payload_url(api: Api, ur
     assert api.job_count() == 0 and api.created == []
 
 
+async def test_an_http_job_url_has_a_length_limit(api: Api) -> None:
+    r = await api.post_job(api.body(type="http", payload={
+        "url": "https://example.com/" + "a" * 9000}))
+    assert r.error_fields() == ["payload.url"], r.json
+    assert "over 8192 characters" in r.json["errors"][0]["message"]
+
+
 async def test_the_error_says_what_is_wrong_with_the_host(api: Api) -> None:
     r = await api.post_job(api.body(webhookUrl="http://a..b.example/hook"))
     [error] = r.problem(400, "validation_error")["errors"]

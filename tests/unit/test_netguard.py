@@ -160,6 +160,7 @@ UNSENDABLE_CASES: list[tuple[str, str]] = [
     ("http://example.com:+80/", "not a number"),
     ("http://[v1.fe]/", "not an IPv6 address"),
     ("http://\udcff.com/", "invalid URL"),  # no IDNA encoding exists
+    ("http://example.com/" + "a" * 8174, "over 8192 characters"),
     ("http://\u200b.com/", "invalid URL"),
 ]
 
@@ -178,6 +179,7 @@ SENDABLE_CASES: list[str] = [
     "http://" + "a." * 125 + "com./",  # 253 characters and the root
     "http://example.com/a path",  # yarl percent-encodes the space
     "http://1e100.net/",
+    "http://example.com/" + "a" * 8173,  # 8192 characters
 ]
 
 
