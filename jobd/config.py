@@ -65,6 +65,7 @@ class WebhooksConfig(_Section):
     retry_delays: tuple[float, ...] = (30.0, 60.0, 120.0)
     allow_private_networks: bool = False
     concurrency: int = Field(32, ge=1, le=1000)
+    fast_client: bool = True  # the hand-written client; false: aiohttp's, same bounds
 
 
 class SmtpConfig(_Section):

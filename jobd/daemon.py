@@ -14,7 +14,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-import aiohttp
 from aiohttp import web
 
 from jobd import __version__
@@ -27,7 +26,7 @@ from jobd.errors import StartupError
 from jobd.handlers.base import Services
 from jobd.handlers.registry import build_registry
 from jobd.models import NewJob
-from jobd.netguard import guarded_connector
+from jobd.outbound import client_session
 from jobd.runtime.dispatcher import Dispatcher
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -60,7 +59,7 @@ async def serve(config: Config, *, clock: Clock | None = None,
     store = Store(config.database)
     store.open(daemon_lock=True)
     allow_private = config.webhooks.allow_private_networks
-    http = aiohttp.ClientSession(connector=guarded_connector(allow_private), trust_env=False)
+    http = client_session(allow_private)
     services = Services(config=config, http=http)
     pool = WorkerPool(store=store, registry=registry, services=services, clock=clock,
                       config=config, owner=instance_id())
