@@ -18,6 +18,9 @@ from pydantic import (
 )
 
 JobStatusName = Literal["queued", "running", "retry", "succeeded", "fatal", "cancelled"]
+# An Idempotency-Key as it arrives: 1-255 printable ASCII characters (HTTP takes the
+# spaces around a header's value off, so it neither starts nor ends with one)
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 
 
 class JobCreateRequest(BaseModel):
@@ -61,7 +64,8 @@ def _is_absolute_http_url(value: str) -> bool:
 
 class JobCreatedResponse(BaseModel):
     jobId: str
-    status: JobStatusName
+    status: Literal["queued"] = Field(description="Always `queued`: it describes the creation "
+                                      "(a GET right after may already say `running`).")
     createdAt: datetime
 
 
@@ -105,7 +109,7 @@ class Problem(BaseModel):
 
     type: str
     title: str
-    status: int
+    status: int = Field(ge=400, le=599, description="The response's status code.")
     detail: str
     code: str
     errors: list[FieldError] | None = None
