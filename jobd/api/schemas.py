@@ -28,10 +28,17 @@ class JobCreateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tenantId: StrictStr = Field(min_length=1, max_length=64)
-    type: StrictStr = Field(min_length=1, max_length=64)
-    payload: dict[str, Any]
-    webhookUrl: StrictStr | None = Field(None, max_length=2048)
+    tenantId: StrictStr = Field(min_length=1, max_length=64,
+                                description="The tenant of the API key (another one is a 401).")
+    type: StrictStr = Field(min_length=1, max_length=64,
+                            description="A registered job type: noop, http, email, or one of "
+                                        "[handlers] (another one is a 400).")
+    payload: dict[str, Any] = Field(description="Handed to the job type, which validates it.")
+    webhookUrl: StrictStr | None = Field(
+        None, max_length=2048, examples=["https://client.example/webhooks/jobd"],
+        description="An absolute http or https URL, POSTed the signed result when the job "
+                    "ends; loopback and private addresses are refused unless "
+                    "webhooks.allow_private_networks.")
     runAt: AwareDatetime | None = Field(None, description="Run no earlier than this (RFC 3339).")
     maxAttempts: StrictInt | None = Field(None, ge=1, le=100)
     priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000,
