@@ -15,6 +15,8 @@ serves the API: aiohttp's routes alone, and the fast lane in front of them
   answers the same ``jobId`` with ``Idempotent-Replayed: true``.
 
 A stateful run then follows the document's links (create a job, read it, cancel it).
+Properties over raw HTTP cover what the document cannot generate: any bytes in the API
+key, deep JSON, a Content-Length of any length, a ``runAt`` out of range.
 
 The run is bounded so that the suite stays fast: ``FUZZ_MAX_EXAMPLES`` (default 100)
 examples per operation and path, derandomized when ``CI`` is set. For a longer local
