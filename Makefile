@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test lint bench clean
+.PHONY: help install run test lint bench soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,6 +31,9 @@ bench: install  ## print throughput and latency figures (see bench/README.md)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py --runs 3
+
+soak: install  ## kill -9 cycles under load, then lost/duplicated/stuck (SOAK_ARGS="--duration 60")
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

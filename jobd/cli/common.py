@@ -19,7 +19,7 @@ from jobd.store.database import Database
 try:  # Typer >= 0.26 carries its own copy of click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older Typer depends on click
-    from click.exceptions import ClickException  # type: ignore[no-redef]
+    from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="JOBD_CONFIG", show_envvar=True,
