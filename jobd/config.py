@@ -11,8 +11,9 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobd.errors import ConfigError
 
@@ -30,10 +31,86 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(262_144, ge=1024)
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+SQLITE_ONLY_KEYS = ("path", "busy_timeout")
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+
+
 class DatabaseConfig(_Section):
+    """SQLite at ``path`` unless ``url`` names a PostgreSQL database."""
+
     path: str = "jobd.db"
     synchronous: Literal["off", "normal", "full", "extra"] = "full"
     busy_timeout: float = Field(5.0, gt=0)
+    url: str | None = None
+    pool_size: int = Field(10, ge=1, le=1000)
+    statement_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None  # an empty JOBD_DATABASE_URL leaves the database on SQLite
+        url = url.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in POSTGRES_SCHEMES:
+            raise ValueError(f"{mask_password(url)!r} is not a PostgreSQL URL; expected "
+                             "postgresql://user:password@host:5432/database (or postgres://)")
+        if "," not in parts.netloc:  # libpq's host list (h1:5432,h2:5432) is the driver's
+            try:
+                parts.port  # noqa: B018 - raises for a port that is not a number in range
+            except ValueError:
+                raise ValueError(f"{mask_password(url)!r} has an invalid port") from None
+        return url
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url is not None
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, fit for logs: the file, or the URL without its password."""
+        return mask_password(self.url) if self.url is not None else self.path
+
+    def ignored_keys(self) -> tuple[str, ...]:
+        """The SQLite-only keys this config sets although ``url`` selects PostgreSQL."""
+        if self.url is None:
+            return ()
+        return tuple(key for key in SQLITE_ONLY_KEYS if key in self.model_fields_set)
+
+    def ignored_keys_warning(self) -> str | None:
+        """The one startup warning about :meth:`ignored_keys`, or None when there are none."""
+        keys = self.ignored_keys()
+        if not keys:
+            return None
+        names = ", ".join(f"database.{key}" for key in keys)
+        return (f"{names} only apply to SQLite and are ignored: database.url selects "
+                f"PostgreSQL ({self.location})")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with any password (in the user part or the query) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # The authority ends at the first "/" or "?" after the last "@" (a password may
+    # hold either unescaped).
+    at = rest.rfind("@")
+    end = min((i for i in (rest.find("/", at + 1), rest.find("?", at + 1)) if i >= 0),
+              default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    userinfo, at_sign, hosts = authority.rpartition("@")
+    if at_sign and ":" in userinfo:
+        authority = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    path, question, query = path.partition("?")
+    if question:
+        query = "&".join(_mask_query_item(item) for item in query.split("&"))
+    return f"{scheme}://{authority}{path}{question}{query}"
+
+
+def _mask_query_item(item: str) -> str:
+    key, eq, _value = item.partition("=")
+    return f"{key}=***" if eq and unquote(key).lower() in _SECRET_QUERY_KEYS else item
 
 
 class WorkersConfig(_Section):

@@ -15,6 +15,8 @@ from jobd.store import tenants as store_tenants
 from jobd.store.database import Database
 from jobd.store.store import Store
 
+pytest_plugins = ["tests.pg"]  # pg_url, pg_database_url: a throwaway PostgreSQL
+
 T0 = 1_750_000_000.0
 
 
