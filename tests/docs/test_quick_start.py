@@ -57,12 +57,14 @@ def test_the_quick_start_works_when_pasted(tmp_path: Path) -> None:
         daemon = subprocess.Popen([*jobd.split(), "serve"], cwd=tmp_path, env=serve_env,
                                   stdout=log, stderr=log)
     try:
-        wait_for(lambda: healthy(f"http://127.0.0.1:{api_port}", daemon), timeout_s=20,
+        wait_for(lambda: healthy(f"http://127.0.0.1:{api_port}", daemon), timeout_s=60,
                  what="jobd serve to be ready")
         receiver, key, job, read = (adapt(b) for b in pasted)
         wait_webhook = ('for i in $(seq 400); do grep -q "\\"jobId\\":\\"$JOB\\"" out.txt '
                         "&& break; sleep 0.05; done\n")
-        script = ("set -e\nexec > out.txt 2>&1\n" + receiver + "sleep 0.5\n" + key + job
+        receiver_up = (f"until curl -s -o /dev/null -d '{{}}' 127.0.0.1:{hook_port}/; "
+                       "do sleep 0.05; done\n")  # a paste is slower than a script
+        script = ("set -e\nexec > out.txt 2>&1\n" + receiver + receiver_up + key + job
                   + wait_webhook + read + "kill %1\n")
         done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, timeout=120)
         out = (tmp_path / "out.txt").read_text()
