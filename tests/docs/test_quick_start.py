@@ -64,8 +64,8 @@ def test_the_quick_start_works_when_pasted(tmp_path: Path) -> None:
                         "&& break; sleep 0.05; done\n")
         receiver_up = (f"until curl -s -o /dev/null -d '{{}}' 127.0.0.1:{hook_port}/; "
                        "do sleep 0.05; done\n")  # a paste is slower than a script
-        script = ("set -e\nexec > out.txt 2>&1\n" + receiver + receiver_up + key + job
-                  + wait_webhook + read + "kill %1\n")
+        script = ("set -e\nexec > out.txt 2>&1\ntrap 'kill %1 2>/dev/null' EXIT\n" + receiver
+                  + receiver_up + key + job + wait_webhook + read)
         done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, timeout=120)
         out = (tmp_path / "out.txt").read_text()
         assert done.returncode == 0, out
