@@ -72,7 +72,7 @@ def test_the_quick_start_works_when_pasted(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
-    job_ids = re.findall(r"\bjob_[A-Za-z0-9_-]{22}\b", out)
+    job_ids = re.findall(r"job_[A-Za-z0-9_-]{22}", out)
     assert job_ids, out
     assert "X-Signature: sha256=" in out and "webhook-signature: v1," in out, out
     assert f'"jobId":"{job_ids[0]}"' in out and '"status":"succeeded"' in out, out
