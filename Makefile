@@ -24,7 +24,7 @@ test: install  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 lint: install  ## ruff and mypy
-	$(BIN)/ruff check jobd tests bench
+	$(BIN)/ruff check jobd tests bench docs
 	$(BIN)/mypy jobd
 
 bench: install  ## print throughput and latency figures (see bench/README.md)
