@@ -75,6 +75,13 @@ def write_config(path: Path, tmp: Path, port: int, **sections: dict[str, Any]) -
     return path
 
 
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc`` if a test left it running, and wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 class Daemon:
     """One ``jobd serve`` process on a config file; restartable after a kill."""
 
@@ -86,9 +93,9 @@ class Daemon:
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout_s: float = 15.0) -> Daemon:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
-                                     stdout=log, stderr=log, env=_env())
+        with self.log_path.open("ab") as log:  # the process keeps its own copy
+            self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
+                                         stdout=log, stderr=log, env=_env())
         wait_for(self._healthy, timeout_s=timeout_s, what="jobd serve to be healthy")
         return self
 

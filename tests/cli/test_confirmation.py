@@ -18,7 +18,7 @@ from jobd.models import JobStatus
 from jobd.store import deliveries as store_deliveries
 from jobd.store import jobs as store_jobs
 from jobd.store.database import Database
-from tests.support import JOBD, _env, cli
+from tests.support import JOBD, _env, cli, reap
 
 DAY = 86_400.0
 
@@ -70,9 +70,7 @@ def on_a_terminal(cfg: Path, *args: str, answer: str) -> tuple[int, str, str]:
                 break
             shown += chunk
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
         os.close(controller)
     return proc.returncode, stdout, shown.decode(errors="replace")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.target import Target
-from tests.support import JOBD, _env, cli, cli_json, free_port, request, wait_for, write_config
+from tests.support import JOBD, _env, cli, cli_json, free_port, reap, request, wait_for, write_config
 
 
 def test_serve_logs_which_config_file_it_read(make_env: Any) -> None:
@@ -43,9 +43,7 @@ def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: Path) 
             _, stderr = proc.communicate(timeout=20)
             assert proc.returncode == 0, stderr
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
 
 
 def test_a_port_in_use_names_the_setting_and_the_variable(tmp_path: Path) -> None:
