@@ -56,13 +56,12 @@ def config_from(path: Path | None) -> Config:
     return load(path)[1]
 
 
-def open_db(path: Path | None, *, create: bool = False) -> Database:
+def open_db(path: Path | None) -> Database:
     """The database the config names. A missing file is an error that says where jobd
-    looked, unless ``create`` (``tenants create --create``, or a config that sets
-    ``database.path`` for a command that may start a new database)."""
+    looked: only ``tenants create`` may start a new database."""
     source, config = load(path)
     database = config.database.path
-    if not create and database != ":memory:" and not Path(database).exists():
+    if database != ":memory:" and not Path(database).exists():
         raise StoreUnavailable(missing_database(source, config))
     return Database(config.database)
 
