@@ -46,7 +46,8 @@ def instance_id() -> str:
 
 async def serve(config: Config, *, clock: Clock | None = None,
                 stop: asyncio.Event | None = None,
-                on_ready: Callable[[str], None] | None = None) -> None:
+                on_ready: Callable[[str], None] | None = None,
+                on_stopping: Callable[[], None] | None = None) -> None:
     """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
@@ -94,7 +95,8 @@ async def serve(config: Config, *, clock: Clock | None = None,
                                                 backlog=2048)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: "
-                                   f"{exc.strerror or exc}") from None
+                               f"{exc.strerror or exc}; choose another port with server.port "
+                               "(or JOBD_SERVER_PORT), or stop what holds this one") from None
         await lifeline.recover_at_startup()
         await dispatcher.recover_at_startup()
         address = _bound_address(listener, config)
@@ -108,6 +110,8 @@ async def serve(config: Config, *, clock: Clock | None = None,
         if on_ready is not None:
             on_ready(address)
         await stop.wait()
+        if on_stopping is not None:
+            on_stopping()
         log.info("shutting down: no new requests, no new claims")
         ctx.ready = False
         listener.close()
@@ -169,7 +173,8 @@ def tune_gc() -> None:
 GIL_SWITCH_INTERVAL_S = 0.001
 
 
-def run(config: Config) -> None:
+def run(config: Config, *, on_ready: Callable[[str], None] | None = None,
+        on_stopping: Callable[[], None] | None = None) -> None:
     """Blocking entry point used by ``jobd serve`` (uvloop when available).
 
     The writer thread needs the GIL back after every SQLite call, and the event loop
@@ -184,4 +189,4 @@ def run(config: Config) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, on_ready=on_ready, on_stopping=on_stopping))

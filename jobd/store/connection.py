@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from pathlib import Path
 from typing import IO
 
 from jobd.errors import StoreUnavailable
@@ -21,14 +20,10 @@ from jobd.errors import StoreUnavailable
 MIGRATIONS_PACKAGE = "jobd.store.migrations"
 
 
-def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0,
-            must_exist: bool = False) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode with autocommit (explicit ``BEGIN`` only)."""
-    if must_exist and path != ":memory:" and not Path(path).exists():
-        raise StoreUnavailable(
-            f"database {path} does not exist; start the daemon (jobd serve) or set "
-            "database.path / JOBD_DATABASE_PATH to the daemon's database"
-        )
+def connect(path: str, *, synchronous: str = "full",
+            busy_timeout_s: float = 5.0) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with autocommit (explicit ``BEGIN`` only); a missing file
+    is created (the CLI checks first that it exists: jobd/cli/common.py)."""
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                cached_statements=256)

@@ -314,16 +314,21 @@ async def test_dlq_retry_gives_a_fresh_budget_and_keeps_the_webhook_id(
     clock.advance(100)
     assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == [delivery_id]
     again = delivery(db, delivery_id)
+    # `attempts` keeps counting every attempt (as the history does); the budget is new
     assert (again.status, again.attempts, again.next_attempt_at) == (
-        DeliveryStatus.PENDING, 0, clock.now())
+        DeliveryStatus.PENDING, 2, clock.now())
     assert again.dead_at is None
 
+    await round_(dispatcher)  # fails again: the first attempt of the new budget, so a retry
+    retrying = delivery(db, delivery_id)
+    assert (retrying.status, retrying.attempts) == (DeliveryStatus.PENDING, 3)
     receiver.statuses = [200]
+    clock.advance(30)
     assert await round_(dispatcher) == 1
     done = delivery(db, delivery_id)
-    assert (done.status, done.attempts) == (DeliveryStatus.SUCCEEDED, 1)
-    assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery_id] * 3
-    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == 3
+    assert (done.status, done.attempts) == (DeliveryStatus.SUCCEEDED, 4)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery_id] * 4
+    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == done.attempts
     # only dead deliveries can be retried
     assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == []
 

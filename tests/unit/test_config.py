@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from jobd.config import CONFIG_ENV, Config, DatabaseConfig, load_config, mask_password
+import jobd.config
+from jobd.config import (
+    CONFIG_ENV,
+    Config,
+    DatabaseConfig,
+    database_path_is_explicit,
+    load_config,
+    locate_config,
+    mask_password,
+)
 from jobd.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "jobd.toml.example"
@@ -224,6 +233,64 @@ def test_mask_password(url: str, masked: str) -> None:
     assert DatabaseConfig(url=url).location == masked
 
 
+# where the file is found ------------------------------------------------------------
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A working directory and an /etc stand-in, searched in that order."""
+    cwd, etc = tmp_path / "cwd", tmp_path / "etc" / "jobd"
+    cwd.mkdir()
+    etc.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(jobd.config, "SEARCH_PATHS", (Path("jobd.toml"), etc / "jobd.toml"))
+    return {"local": cwd / "jobd.toml", "etc": etc / "jobd.toml", "given": tmp_path / "given.toml",
+            "env": tmp_path / "env.toml"}
+
+
+def test_the_search_order(places: dict[str, Path]) -> None:
+    def port_and_source(path: Path | None = None, env: dict[str, str] | None = None) -> tuple[
+            int, str]:
+        source = locate_config(path, environ=env or {})
+        return load_config(path, environ=env or {}).server.port, source.found_by
+
+    assert port_and_source() == (8080, "defaults")
+    places["etc"].write_text("[server]\nport = 1004\n")
+    assert port_and_source() == (1004, "search")
+    places["local"].write_text("[server]\nport = 1003\n")
+    assert port_and_source() == (1003, "search")
+    places["env"].write_text("[server]\nport = 1002\n")
+    assert port_and_source(env={CONFIG_ENV: str(places["env"])}) == (1002, CONFIG_ENV)
+    places["given"].write_text("[server]\nport = 1001\n")
+    assert port_and_source(places["given"], env={CONFIG_ENV: str(places["env"])}) == (
+        1001, "--config")
+
+
+def test_the_source_says_which_file_or_where_it_looked(places: dict[str, Path]) -> None:
+    nothing = locate_config(environ={}).describe()
+    assert str(places["local"]) in nothing and str(places["etc"]) in nothing
+    assert "defaults" in nothing
+    places["etc"].write_text("")
+    assert locate_config(environ={}).describe() == f"config file {places['etc']} (found by search)"
+    given = locate_config(places["given"], environ={}).describe()
+    assert given == f"config file {places['given']} (from --config)"
+
+
+def test_a_searched_file_that_is_broken_is_an_error_not_skipped(places: dict[str, Path]) -> None:
+    places["local"].write_text("[server\n")
+    places["etc"].write_text("[server]\nport = 1004\n")
+    with pytest.raises(ConfigError, match=re.escape("config file jobd.toml is not valid TOML")):
+        load_config(environ={})
+
+
+def test_whether_database_path_was_set(tmp_path: Path) -> None:
+    assert not database_path_is_explicit(load_config(environ={}))
+    assert not database_path_is_explicit(load_config(write(tmp_path, "[database]\n"), environ={}))
+    in_file = write(tmp_path, '[database]\npath = "jobd.db"\n', "a.toml")
+    assert database_path_is_explicit(load_config(in_file, environ={}))
+    assert database_path_is_explicit(load_config(environ={"JOBD_DATABASE_PATH": "x.db"}))
+
+
 # durations --------------------------------------------------------------------------
 
 
@@ -274,11 +341,28 @@ def test_invalid_value_names_the_key(tmp_path: Path, text: str, key: str) -> Non
         load_config(path, environ={})
 
 
-def test_invalid_env_value_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"server\.port"):
+def test_invalid_env_value_names_the_variable_and_the_key() -> None:
+    with pytest.raises(ConfigError) as bad_port:
         load_config(environ={"JOBD_SERVER_PORT": "abc"})
-    with pytest.raises(ConfigError, match=r"database\.synchronous"):
+    assert "JOBD_SERVER_PORT='abc'" in str(bad_port.value)
+    assert "server.port" in str(bad_port.value)
+    with pytest.raises(ConfigError) as bad_mode:
         load_config(environ={"JOBD_DATABASE_SYNCHRONOUS": "sometimes"})
+    assert "JOBD_DATABASE_SYNCHRONOUS='sometimes'" in str(bad_mode.value)
+    assert "database.synchronous" in str(bad_mode.value)
+
+
+def test_unknown_env_key_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="environment variable JOBD_SERVER_PROT"):
+        load_config(environ={"JOBD_SERVER_PROT": "1"})
+
+
+def test_a_bad_value_in_the_file_does_not_blame_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = "abc"\n')
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, environ={"JOBD_SERVER_HOST": "0.0.0.0"})
+    assert "JOBD_" not in str(bad.value)
+    assert str(path) in str(bad.value)
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
@@ -287,9 +371,9 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
-def test_missing_file_via_env_names_the_path(tmp_path: Path) -> None:
+def test_missing_file_via_env_names_the_path_and_the_variable(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
-    with pytest.raises(ConfigError, match=re.escape(str(path))):
+    with pytest.raises(ConfigError, match=re.escape(f"{path} (from JOBD_CONFIG) does not exist")):
         load_config(environ={CONFIG_ENV: str(path)})
 
 
