@@ -31,13 +31,13 @@ PLAYS = [*REFUSED_HEADS, "/chunk-ext", "/trailer", "/big-body", "/drip"]
 
 @pytest.fixture
 def hostile() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.peers"], cwd=ROOT,
-                            stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()
-    proc.wait(10)
+    with subprocess.Popen([sys.executable, "-m", "tests.peers"], cwd=ROOT,
+                          stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+        proc.kill()
+        proc.wait(10)
 
 
 def rss_mb(pid: int) -> float:

@@ -115,7 +115,9 @@ CREATE TABLE deliveries (
     body             bytea NOT NULL,                       -- the exact bytes signed and sent
     status           text COLLATE "C" NOT NULL CHECK (status IN
                         ('pending', 'sending', 'succeeded', 'dead')),
-    attempts         integer NOT NULL DEFAULT 0,           -- in the current retry budget
+    attempts         integer NOT NULL DEFAULT 0,           -- every attempt made to send it
+    budget_base      integer NOT NULL DEFAULT 0,           -- attempts before the current retry
+                                                           -- budget (renewed by a DLQ retry)
     next_attempt_at  double precision,                     -- due time while pending
     lease_expires_at double precision,                     -- while sending; the fencing token
     last_error       text,
