@@ -1,36 +1,55 @@
-# jobd: `make run` serves with the defaults, `make test` installs and runs the tests.
+# jobd: `make run` serves with the defaults, `make test` installs the dev tools and runs the tests.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# One stamp per install: an install runs again only when pyproject.toml is newer than its stamp.
+CREATED := $(VENV)/.created
+RUNTIME := $(VENV)/.installed-runtime
+DEV     := $(VENV)/.installed-dev
+BENCH   := $(VENV)/.installed-bench
 
-.PHONY: help install run test lint bench clean
+.PHONY: help install dev run test lint bench soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml
+$(CREATED):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	touch $@
+
+$(RUNTIME): pyproject.toml | $(CREATED)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV): pyproject.toml | $(CREATED)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $@ $(RUNTIME)  # the dev install holds everything running needs
 
-install: $(STAMP)  ## create .venv and install jobd with its dev extras
+$(BENCH): pyproject.toml $(DEV)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
 
-run: install  ## serve with the defaults (jobd.db in this directory, port 8080)
+install: $(RUNTIME)  ## create .venv with jobd and what running it needs (.venv/bin/jobd)
+
+dev: $(DEV)  ## install also the test, lint and type-check tools
+
+run: $(RUNTIME)  ## serve with the defaults (jobd.db in this directory, port 8080)
 	$(BIN)/jobd serve
 
-test: install  ## run the whole test suite
+test: $(DEV)  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-lint: install  ## ruff and mypy
-	$(BIN)/ruff check jobd tests bench
+lint: $(DEV)  ## ruff and mypy
+	$(BIN)/ruff check jobd tests bench docs
 	$(BIN)/mypy jobd
 
-bench: install  ## print throughput and latency figures (see bench/README.md)
+bench: $(BENCH)  ## print throughput and latency figures (see bench/README.md)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py --runs 3
 
+soak: $(DEV)  ## kill -9 cycles under load, then lost/duplicated/stuck (SOAK_ARGS="--duration 60")
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
 clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) *.egg-info build dist .pytest_cache .ruff_cache .mypy_cache

@@ -1,8 +1,8 @@
 """CPU per webhook-like POST: aiohttp's client against jobd's Poster, to receiver.py.
 
 Run: python bench/clients.py [N]   (N POSTs each, 64 in flight; prints us of this
-process's CPU per request and the rate). The dispatcher used aiohttp's client
-until the third session; this is the measurement that replaced it.
+process's CPU per request and the rate). This is the measurement
+behind the dispatcher's own client (``webhooks.fast_client``).
 """
 
 from __future__ import annotations

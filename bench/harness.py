@@ -114,8 +114,8 @@ class Daemon:
 
     def writer(self) -> tuple[float, float, float, float, float]:
         """The writer's totals so far, from /metrics: committed transactions, the writes
-        they carried, their seconds (BEGIN to COMMIT), and the WAL's fsyncs (made apart
-        since the tenth session) and their seconds."""
+        they carried, their seconds (BEGIN to COMMIT), and the WAL's fsyncs (made by the
+        writer's syncer thread) and their seconds."""
         with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
         found = {(s.name, s.labels.get("outcome")): s.value

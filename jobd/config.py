@@ -1,23 +1,31 @@
 """Configuration: defaults, then a TOML file, then ``JOBD_<SECTION>_<KEY>`` variables.
 
 Settings are declared once, here, as pydantic models. Unknown keys are
-rejected with the key named; durations are seconds and accept fractions.
+rejected with the key named (or the variable, for a value from the
+environment); durations are seconds and accept fractions.
+
+The file is the first of: the ``--config`` path, ``JOBD_CONFIG``, ``./jobd.toml``,
+``/etc/jobd/jobd.toml``. A path that was given must exist; the last two are
+only looked for. With none of them, every key has its default.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobd.errors import ConfigError
 
 ENV_PREFIX = "JOBD_"
 CONFIG_ENV = "JOBD_CONFIG"
+SEARCH_PATHS: tuple[Path, ...] = (Path("jobd.toml"), Path("/etc/jobd/jobd.toml"))
 
 
 class _Section(BaseModel):
@@ -30,10 +38,86 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(262_144, ge=1024)
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+SQLITE_ONLY_KEYS = ("path", "busy_timeout")
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+
+
 class DatabaseConfig(_Section):
+    """SQLite at ``path`` unless ``url`` names a PostgreSQL database."""
+
     path: str = "jobd.db"
     synchronous: Literal["off", "normal", "full", "extra"] = "full"
     busy_timeout: float = Field(5.0, gt=0)
+    url: str | None = None
+    pool_size: int = Field(10, ge=1, le=1000)
+    statement_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None  # an empty JOBD_DATABASE_URL leaves the database on SQLite
+        url = url.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in POSTGRES_SCHEMES:
+            raise ValueError(f"{mask_password(url)!r} is not a PostgreSQL URL; expected "
+                             "postgresql://user:password@host:5432/database (or postgres://)")
+        if "," not in parts.netloc:  # libpq's host list (h1:5432,h2:5432) is the driver's
+            try:
+                parts.port  # noqa: B018 - raises for a port that is not a number in range
+            except ValueError:
+                raise ValueError(f"{mask_password(url)!r} has an invalid port") from None
+        return url
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url is not None
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, fit for logs: the file, or the URL without its password."""
+        return mask_password(self.url) if self.url is not None else self.path
+
+    def ignored_keys(self) -> tuple[str, ...]:
+        """The SQLite-only keys this config sets although ``url`` selects PostgreSQL."""
+        if self.url is None:
+            return ()
+        return tuple(key for key in SQLITE_ONLY_KEYS if key in self.model_fields_set)
+
+    def ignored_keys_warning(self) -> str | None:
+        """The one startup warning about :meth:`ignored_keys`, or None when there are none."""
+        keys = self.ignored_keys()
+        if not keys:
+            return None
+        names = ", ".join(f"database.{key}" for key in keys)
+        return (f"{names} only apply to SQLite and are ignored: database.url selects "
+                f"PostgreSQL ({self.location})")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with any password (in the user part or the query) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # The authority ends at the first "/" or "?" after the last "@" (a password may
+    # hold either unescaped).
+    at = rest.rfind("@")
+    end = min((i for i in (rest.find("/", at + 1), rest.find("?", at + 1)) if i >= 0),
+              default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    userinfo, at_sign, hosts = authority.rpartition("@")
+    if at_sign and ":" in userinfo:
+        authority = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    path, question, query = path.partition("?")
+    if question:
+        query = "&".join(_mask_query_item(item) for item in query.split("&"))
+    return f"{scheme}://{authority}{path}{question}{query}"
+
+
+def _mask_query_item(item: str) -> str:
+    key, eq, _value = item.partition("=")
+    return f"{key}=***" if eq and unquote(key).lower() in _SECRET_QUERY_KEYS else item
 
 
 class WorkersConfig(_Section):
@@ -65,6 +149,7 @@ class WebhooksConfig(_Section):
     retry_delays: tuple[float, ...] = (30.0, 60.0, 120.0)
     allow_private_networks: bool = False
     concurrency: int = Field(32, ge=1, le=1000)
+    fast_client: bool = True  # the hand-written client; false: aiohttp's, same bounds
 
 
 class SmtpConfig(_Section):
@@ -98,39 +183,89 @@ class Config(_Section):
 SECTIONS = tuple(Config.model_fields)
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Build the configuration; raise :class:`ConfigError` naming any bad key."""
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where the configuration came from: ``path`` is None when no file was read."""
+
+    path: Path | None
+    found_by: str  # "--config", "JOBD_CONFIG", "search" or "defaults"
+    searched: tuple[Path, ...] = ()
+
+    def describe(self) -> str:
+        if self.path is None:
+            looked = " and ".join(str(p.absolute()) for p in self.searched) or "none"
+            return f"no config file (looked for {looked}): defaults and JOBD_* variables"
+        how = "found by search" if self.found_by == "search" else f"from {self.found_by}"
+        return f"config file {self.path.absolute()} ({how})"
+
+
+def locate_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                  search: Sequence[Path] | None = None) -> ConfigSource:
+    """The file to read: ``path``, else ``JOBD_CONFIG``, else the first of ``search``
+    (default :data:`SEARCH_PATHS`) that exists, else none."""
     env = os.environ if environ is None else environ
-    path = path or env.get(CONFIG_ENV) or None
-    data: dict[str, Any] = _read_toml(Path(path)) if path else {}
-    for section, key, value in _env_overrides(env):
+    if path:
+        return ConfigSource(Path(path), "--config")
+    if env.get(CONFIG_ENV):
+        return ConfigSource(Path(env[CONFIG_ENV]), CONFIG_ENV)
+    candidates = tuple(SEARCH_PATHS if search is None else search)
+    for candidate in candidates:
+        if candidate.exists():
+            return ConfigSource(candidate, "search", candidates)
+    return ConfigSource(None, "defaults", candidates)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                search: Sequence[Path] | None = None) -> Config:
+    """Build the configuration; raise :class:`ConfigError` naming any bad key."""
+    return read_config(locate_config(path, environ, search), environ)
+
+
+def read_config(source: ConfigSource, environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration from ``source``'s file (if any) and ``JOBD_*`` variables."""
+    env = os.environ if environ is None else environ
+    path = source.path
+    data: dict[str, Any] = {}
+    if path is not None:
+        named = f"config file {path}" + (f" (from {CONFIG_ENV})" if source.found_by == CONFIG_ENV
+                                         else "")
+        data = _read_toml(path, named)
+    from_env: dict[tuple[str, str], str] = {}
+    for section, key, value, name in _env_overrides(env):
         target = data.setdefault(section, {})
         if not isinstance(target, dict):
-            raise ConfigError(f"config key {section!r} must be a table")
+            raise ConfigError(f"config key {section!r} must be a table ({name} sets a key in it)")
         target[key] = value
+        from_env[(section, key)] = name
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path, from_env, env)) from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def database_path_is_explicit(config: Config) -> bool:
+    """Whether ``database.path`` was set (in the file or by ``JOBD_DATABASE_PATH``)."""
+    return "path" in config.database.model_fields_set
+
+
+def _read_toml(path: Path, named: str) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{named} does not exist") from None
     except PermissionError:
-        raise ConfigError(f"config file {path} is not readable") from None
+        raise ConfigError(f"{named} is not readable") from None
     except OSError as exc:  # a directory, an I/O error
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{named} cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not valid TOML: it is not UTF-8 text") from None
+        raise ConfigError(f"{named} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{named} is not valid TOML: {exc}") from None
 
 
-def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any, str]]:
+    """``(section, key, value, variable name)`` of every ``JOBD_<SECTION>_<KEY>``."""
     found = []
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
@@ -142,7 +277,8 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
         key = rest[len(section) + 1:]
         if section == "handlers":
             key = name[len(ENV_PREFIX) + len(section) + 1:]
-        found.append((section, key, raw if _expects_text(section, key) else _parse_env_value(raw)))
+        value = raw if _expects_text(section, key) else _parse_env_value(raw)
+        found.append((section, key, value, name))
     return found
 
 
@@ -166,13 +302,30 @@ def _expects_text(section: str, key: str) -> bool:
     return annotation is str or str in get_args(annotation) or get_origin(annotation) is Literal
 
 
-def _describe(exc: ValidationError, path: str | Path | None) -> str:
+def _describe(exc: ValidationError, path: str | Path | None,
+              from_env: Mapping[tuple[str, str], str], env_values: Mapping[str, str]) -> str:
+    """One clause per problem, naming the key, and the variable when its value came
+    from the environment (``JOBD_SERVER_PORT='abc': ...``)."""
     where = f" in {path}" if path else ""
     problems = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc)
+        variable = from_env.get((loc[0], loc[1])) if len(loc) >= 2 else None
+        if variable is not None and err["type"] == "extra_forbidden":
+            problems.append(f"environment variable {variable} sets unknown config key {key!r}")
+        elif variable is not None:
+            problems.append(f"environment variable {variable}={_shown(env_values[variable])} "
+                            f"is not a valid {key}: {err['msg']}")
+        elif err["type"] == "extra_forbidden":
             problems.append(f"unknown config key {key!r}{where}")
         else:
             problems.append(f"config key {key!r}{where}: {err['msg']}")
     return "; ".join(problems)
+
+
+def _shown(raw: str, limit: int = 40) -> str:
+    """A variable's value for an error message: shortened, and with any password in a
+    URL masked (``JOBD_DATABASE_URL``)."""
+    raw = mask_password(raw)
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")

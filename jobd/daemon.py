@@ -14,7 +14,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-import aiohttp
 from aiohttp import web
 
 from jobd import __version__
@@ -27,7 +26,7 @@ from jobd.errors import StartupError, TaskFailed
 from jobd.handlers.base import Services
 from jobd.handlers.registry import build_registry
 from jobd.models import NewJob
-from jobd.netguard import guarded_connector
+from jobd.outbound import client_session
 from jobd.runtime.dispatcher import Dispatcher
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -49,9 +48,11 @@ def instance_id() -> str:
 async def serve(config: Config, *, clock: Clock | None = None,
                 stop: asyncio.Event | None = None,
                 on_ready: Callable[[str], None] | None = None,
+                on_stopping: Callable[[], None] | None = None,
                 supervisor: Supervisor | None = None) -> None:
     """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; raise
-    :class:`TaskFailed` if it stopped because a long-lived task gave up."""
+    :class:`TaskFailed` if it stopped because a long-lived task gave up. ``on_ready``
+    is called once the API answers (reads at least: on a full disk, writes may wait)."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,7 +69,7 @@ async def serve(config: Config, *, clock: Clock | None = None,
     store = Store(config.database, supervisor=supervisor)
     store.open(daemon_lock=True)
     allow_private = config.webhooks.allow_private_networks
-    http = aiohttp.ClientSession(connector=guarded_connector(allow_private), trust_env=False)
+    http = client_session(allow_private)
     services = Services(config=config, http=http)
     pool = WorkerPool(store=store, registry=registry, services=services, clock=clock,
                       config=config, owner=instance_id())
@@ -102,10 +103,14 @@ async def serve(config: Config, *, clock: Clock | None = None,
                                                 backlog=2048)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: "
-                                   f"{exc.strerror or exc}") from None
+                               f"{exc.strerror or exc}; choose another port with server.port "
+                               "(or JOBD_SERVER_PORT), or stop what holds this one") from None
         address = _bound_address(listener, config)
         supervisor.start("idle-connection sweeper", supervisor.loop(
             "idle-connection sweeper", lane.run_idle_sweeper, running=lambda: True))
+        _log_startup(config, address, registry.names())
+        if on_ready is not None:
+            on_ready(address)
         # Reads are served from here on; on a full disk (or with the database locked
         # elsewhere) the recovery below waits, retried, and /healthz says why.
         if await _recover_at_startup(supervisor, lifeline, dispatcher, stop):
@@ -114,12 +119,11 @@ async def serve(config: Config, *, clock: Clock | None = None,
             supervisor.start("webhook dispatcher", dispatcher.run(supervisor))
             supervisor.start("pruner", pruner.run(supervisor))
             ctx.ready = True
-            _log_startup(config, address, registry.names())
-            if on_ready is not None:
-                on_ready(address)
             await stop.wait()
         if supervisor.gave_up is not None:  # /healthz says why meanwhile
             await asyncio.sleep(GIVE_UP_NOTICE_S)
+        if on_stopping is not None:
+            on_stopping()
         log.info("shutting down: no new requests, no new claims")
         ctx.ready = False
         supervisor.stopping = True
@@ -210,7 +214,8 @@ def tune_gc() -> None:
 GIL_SWITCH_INTERVAL_S = 0.001
 
 
-def run(config: Config) -> None:
+def run(config: Config, *, on_ready: Callable[[str], None] | None = None,
+        on_stopping: Callable[[], None] | None = None) -> None:
     """Blocking entry point used by ``jobd serve`` (uvloop when available).
 
     The writer thread needs the GIL back after every SQLite call, and the event loop
@@ -225,4 +230,4 @@ def run(config: Config) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, on_ready=on_ready, on_stopping=on_stopping))

@@ -4,7 +4,11 @@ Two layers:
 
 * :func:`check_url` — static check before a request: scheme, host, port,
   ``localhost`` names and IP-literal hosts (including legacy forms such as
-  ``2130706433``, ``0x7f000001``, ``127.1``, ``0177.0.0.1``).
+  ``2130706433``, ``0x7f000001``, ``127.1``, ``0177.0.0.1``). It also refuses,
+  whatever the address policy, a URL that could never be sent (:func:`check_host`):
+  over :data:`MAX_URL_CHARS`, control characters, a host that is neither an IP literal
+  nor a DNS name (a space, an empty or overlong label, an ``xn--`` label that is not
+  valid Punycode), port 0.
 * :func:`guarded_connector` — an aiohttp connector whose :class:`GuardedResolver`
   re-checks every address a hostname resolves to at connect time.
 
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from typing import Any, TypeAlias
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -69,6 +74,11 @@ _DENY: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = t
 _FLAGS = ("unspecified", "loopback", "link_local", "multicast", "private", "reserved")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _HEX_CHARS = frozenset("0123456789abcdefx.")
+MAX_URL_CHARS = 8192  # servers refuse longer request lines; and check_url keeps what it saw
+MAX_HOST_NAME_CHARS = 253  # RFC 1035, without a trailing dot
+MAX_LABEL_CHARS = 63
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NAME_LABEL = re.compile(r"[A-Za-z0-9_-]+")  # letters, digits, hyphens; underscores exist too
 
 
 class BlockedAddress(ValueError):
@@ -166,9 +176,66 @@ def parse_ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return addr
 
 
+def check_host(host: str) -> None:
+    """Raise :class:`BlockedAddress` unless ``host`` (as yarl gives it: IDNA-encoded)
+    is an IP literal or a name a resolver can look up: labels of 1-63 letters, digits,
+    hyphens or underscores, at most 253 characters, ``xn--`` labels valid Punycode, and
+    a last label that is not a number (``1.2.3.256`` is no address and no name)."""
+    if parse_ip_literal(host) is not None:
+        return
+    shown = repr(host[:80])
+    name = host.removesuffix(".")
+    if len(name) > MAX_HOST_NAME_CHARS:
+        raise BlockedAddress(f"host {shown} is over {MAX_HOST_NAME_CHARS} characters")
+    labels = name.split(".")
+    for label in labels:
+        if not label:
+            raise BlockedAddress(f"host {shown} has an empty label")
+        if len(label) > MAX_LABEL_CHARS:
+            raise BlockedAddress(f"host {shown} has a label over {MAX_LABEL_CHARS} characters")
+        if not _NAME_LABEL.fullmatch(label):
+            bad = next(c for c in label if not _NAME_LABEL.fullmatch(c))
+            raise BlockedAddress(f"host {shown} contains {bad!r}: a host name has only "
+                                 "letters, digits, hyphens and underscores")
+        if label[:4].lower() == "xn--":
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                raise BlockedAddress(f"host {shown}: {label!r} is not a valid IDNA "
+                                     "label") from None
+    if labels[-1].isdigit():
+        raise BlockedAddress(f"host {shown} ends in a number but is not an IPv4 address")
+
+
+def _check_authority(url: str) -> None:
+    """What yarl normalises away: a bracketed host that is not IPv6, a port that is not
+    a number (``: 80``, ``+80``)."""
+    try:
+        netloc = urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError as exc:
+        raise BlockedAddress(f"invalid URL: {exc}") from None
+    port = ""
+    if netloc.startswith("["):
+        inside, _, after = netloc[1:].partition("]")
+        if not isinstance(parse_ip_literal(inside), ipaddress.IPv6Address):
+            raise BlockedAddress(f"host [{inside[:80]}] is not an IPv6 address")
+        if after and after[0] != ":":
+            raise BlockedAddress(f"unexpected {after[:20]!r} after the host [{inside}]")
+        port = after[1:]
+    elif ":" in netloc:
+        port = netloc.rpartition(":")[2]
+    if port and not (port.isascii() and port.isdigit()):
+        raise BlockedAddress(f"port {port[:20]!r} is not a number")
+
+
 @functools.lru_cache(maxsize=4096)  # a pure function of its arguments; refusals are not kept
 def check_url(url: str, *, allow_private: bool) -> None:
     """Raise :class:`BlockedAddress` if ``url`` must not be fetched."""
+    if len(url) > MAX_URL_CHARS:
+        raise BlockedAddress(f"URL is over {MAX_URL_CHARS} characters")
+    control = _CONTROL.search(url)
+    if control is not None:
+        raise BlockedAddress(f"URL contains the control character {control.group()!r}")
     try:
         parsed = URL(url)
         _ = parsed.explicit_port  # yarl validates the port lazily on some versions
@@ -180,6 +247,10 @@ def check_url(url: str, *, allow_private: bool) -> None:
     host = parsed.raw_host
     if not host:
         raise BlockedAddress(f"URL {url!r} has no host")
+    _check_authority(url)
+    check_host(host)
+    if parsed.port == 0:
+        raise BlockedAddress("port 0 cannot be connected to")
     if allow_private:
         return
     name = unquote(host).rstrip(".").lower()

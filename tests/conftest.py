@@ -5,33 +5,28 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+import jobd.config
 from jobd.config import Config
 from jobd.models import NewTenant
 from jobd.store import tenants as store_tenants
 from jobd.store.database import Database
 from jobd.store.store import Store
+from tests.support import make_config
+
+__all__ = ["T0", "make_config"]  # make_config is imported from here by many tests
+
+pytest_plugins = ["tests.pg"]  # pg_url, pg_database_url: a throwaway PostgreSQL
 
 T0 = 1_750_000_000.0
 
 
-def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
-    """A config for tests: a temp database, tiny delays, loopback allowed."""
-    data: dict[str, Any] = {
-        "database": {"path": str(tmp_path / "jobd.db")},
-        "server": {"host": "127.0.0.1", "port": 0},
-        "workers": {"poll_interval": 0.05, "lease_seconds": 5, "shutdown_grace": 2},
-        "jobs": {"backoff_base": 0.01, "backoff_max": 0.05},
-        "webhooks": {"allow_private_networks": True, "retry_delays": [0.05, 0.1, 0.2],
-                     "timeout": 2},
-        "rate_limit": {"rate": 1000, "burst": 1000},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return Config.model_validate(data)
+@pytest.fixture(autouse=True)
+def _no_config_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the ./jobd.toml or /etc/jobd/jobd.toml of the machine it runs on."""
+    monkeypatch.setattr(jobd.config, "SEARCH_PATHS", ())
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from jobd.cli.config import render_toml
+from jobd.config import Config
+
 T = TypeVar("T")
 JOBD = [sys.executable, "-m", "jobd.cli.main"]
 
@@ -38,24 +41,45 @@ def wait_for(check: Callable[[], T | None], *, timeout_s: float = 10.0, interval
         time.sleep(interval_s)
 
 
-def write_config(path: Path, tmp: Path, port: int, **sections: dict[str, Any]) -> Path:
-    data: dict[str, dict[str, Any]] = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "database": {"path": str(tmp / "jobd.db")},
-        "workers": {"poll_interval": 0.05, "lease_seconds": 5, "shutdown_grace": 5},
-        "jobs": {"backoff_base": 0.05, "backoff_max": 0.2},
-        "webhooks": {"allow_private_networks": True, "retry_delays": [0.1, 0.2, 0.4],
-                     "timeout": 2},
-        "rate_limit": {"rate": 10000, "burst": 10000},
-    }
+# Settings every test starts from: a database in the test's own directory, tiny delays,
+# loopback webhooks allowed, rate limits out of the way. One dict, rendered either to a
+# Config (make_config) or to a TOML file for a jobd process (write_config).
+TEST_DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {"host": "127.0.0.1", "port": 0},
+    "workers": {"poll_interval": 0.05, "lease_seconds": 5, "shutdown_grace": 2},
+    "jobs": {"backoff_base": 0.05, "backoff_max": 0.2},
+    "webhooks": {"allow_private_networks": True, "retry_delays": [0.1, 0.2, 0.4], "timeout": 2},
+    "rate_limit": {"rate": 10000, "burst": 10000},
+}
+
+
+def config_data(tmp: Path, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """:data:`TEST_DEFAULTS` with the database at ``tmp / "jobd.db"``, then ``sections``
+    merged key by key (``workers={"concurrency": 2}`` keeps the other workers keys)."""
+    data = {name: dict(values) for name, values in TEST_DEFAULTS.items()}
+    data["database"] = {"path": str(tmp / "jobd.db")}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
-    path.write_text("\n".join(lines) + "\n")
+    return data
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """The test settings as a :class:`Config`, for code run inside the test process."""
+    return Config.model_validate(config_data(tmp_path, **sections))
+
+
+def write_config(path: Path, tmp: Path, port: int, **sections: dict[str, Any]) -> Path:
+    """The test settings as a TOML file at ``path``, for a ``jobd`` process."""
+    server = {"port": port, **sections.pop("server", {})}
+    path.write_text(render_toml(config_data(tmp, server=server, **sections)))
     return path
+
+
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc`` if a test left it running, and wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 class Daemon:
@@ -70,9 +94,9 @@ class Daemon:
 
     def start(self, timeout_s: float = 15.0, *, healthy: bool = True) -> Daemon:
         """Start and wait until /healthz answers 200 (with ``healthy=False``: answers)."""
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
-                                     stdout=log, stderr=log, env=_env())
+        with self.log_path.open("ab") as log:  # the process keeps its own copy
+            self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
+                                         stdout=log, stderr=log, env=_env())
         wait_for(lambda: self._answers(healthy), timeout_s=timeout_s,
                  what="jobd serve to be healthy" if healthy else "jobd serve to answer")
         return self
@@ -107,15 +131,20 @@ class Daemon:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBD_")}
+    """The test run's environment without JOBD_* settings or a service manager's socket."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JOBD_") and k != "NOTIFY_SOCKET"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def cli(config_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``jobd ARGS --config PATH``; return the finished process."""
+def cli(config_path: Path, *args: str, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``jobd ARGS --config PATH`` (not on a terminal; ``env`` added to the
+    environment); return the finished process."""
     proc = subprocess.run([*JOBD, *args, "--config", str(config_path)], capture_output=True,
-                          text=True, env=_env(), timeout=60)
+                          stdin=subprocess.DEVNULL, text=True, env={**_env(), **(env or {})},
+                          timeout=60)
     if check and proc.returncode != 0:
         raise AssertionError(f"jobd {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc

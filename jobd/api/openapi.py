@@ -1,4 +1,11 @@
-"""The OpenAPI 3.1 document, generated from the models that validate requests."""
+"""The OpenAPI 3.1 document, generated from the models that validate requests.
+
+It describes what the API answers, not only what it accepts: every status code an
+operation can answer, each with its body (``application/problem+json`` for every error)
+and its headers (``Location``, ``Idempotent-Replayed``, ``RateLimit-*``, ``Retry-After``,
+``WWW-Authenticate``), and links from a created job to reading and cancelling it.
+``tests/api/test_fuzz_openapi.py`` holds the API to it with generated requests.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from jobd import __version__
+from jobd.api.problems import PROBLEM_JSON
 from jobd.api.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
     FieldError,
     Health,
     JobCreatedResponse,
@@ -18,77 +27,174 @@ from jobd.api.schemas import (
 )
 
 REF = "#/components/schemas/{model}"
+JSON = "application/json"
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def _json_body(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+def _header(description: str, schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/problem+json": {"schema": _ref(Problem)}}}
+def _rate_headers(*, required: bool) -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "RateLimit-Limit": _header("The tenant's burst: requests allowed at once.", count,
+                                   required=required),
+        "RateLimit-Remaining": _header("Requests left in the bucket.", count, required=required),
+        "RateLimit-Reset": _header("Seconds until the bucket is full again.", count,
+                                   required=required),
+    }
 
 
-RATE_HEADERS = {name: {"schema": {"type": "integer"}} for name in
-                ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")}
+RATE_HEADERS = _rate_headers(required=True)
+WWW_AUTHENTICATE = {"WWW-Authenticate": _header("Always `Bearer realm=\"jobd\"`.",
+                                                {"type": "string"})}
+
+
+def _json_body(model: type[BaseModel], description: str,
+               headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {JSON: {"schema": _ref(model)}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {PROBLEM_JSON: {"schema": _ref(Problem)}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _links(*operation_ids: str) -> dict[str, Any]:
+    """Links from a response whose body has the job's ``jobId`` to these operations."""
+    names = {"getJob": "GetJob", "cancelJob": "CancelJob"}
+    return {names[op]: {"operationId": op, "parameters": {"jobId": "$response.body#/jobId"}}
+            for op in operation_ids}
+
+
+UNAUTHORIZED = _problem("`unauthorized`: the API key is missing, unknown or revoked, or its "
+                        "tenant is disabled.", WWW_AUTHENTICATE)
+NOT_FOUND = _problem("`not_found`: no job with this id for this tenant (another tenant's job "
+                     "too).")
+INTERNAL = _problem("`internal_error`: the request failed inside jobd; its log has the cause.")
+STORE_UNAVAILABLE = _problem("`store_unavailable`: the database could not be written or "
+                             "synced; nothing was changed.")
+
+
+def _create_job() -> dict[str, Any]:
+    created = _json_body(JobCreatedResponse, "Created, after the job was committed; or the "
+                         "original answer replayed, with `Idempotent-Replayed: true`.", {
+                             "Location": _header("The job's URL: `/jobs/{jobId}`.",
+                                                 {"type": "string"}),
+                             "Idempotent-Replayed": _header(
+                                 "`true` when this answers a replay of the same key and body.",
+                                 {"type": "string", "enum": ["true"]}, required=False),
+                             **RATE_HEADERS})
+    created["links"] = _links("getJob", "cancelJob")
+    optional_rate = _rate_headers(required=False)
+    return {
+        "operationId": "createJob", "summary": "Create a job to run in the background",
+        "description": "Checked in this order: API key (401), rate limit (429), "
+                       "Idempotency-Key (400), body size (413), JSON (400), tenantId (401), "
+                       "fields, payload and outbound URLs (400), then the key is claimed "
+                       "(201, a replay, or 409) in the transaction that inserts the job.",
+        "parameters": [{
+            "name": "Idempotency-Key", "in": "header", "required": True,
+            "description": "1-255 printable ASCII characters; the same key and body (as "
+                           "parsed JSON) replay the original 201 for idempotency.ttl_hours.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                       "pattern": IDEMPOTENCY_KEY_PATTERN},
+        }],
+        "requestBody": {"required": True, "content": {JSON: {"schema": _ref(JobCreateRequest)}}},
+        "responses": {
+            "201": created,
+            "400": _problem("`validation_error` (malformed JSON, an unknown or invalid field, "
+                            "an unknown type, a payload its type refuses, a refused outbound "
+                            "URL; `errors` names each field) or `missing_idempotency_key`. "
+                            "RateLimit-* are sent once the API key was accepted.", optional_rate),
+            "401": _problem("`unauthorized`: the API key is missing, unknown or revoked, its "
+                            "tenant is disabled, or `tenantId` is another tenant's.",
+                            {**WWW_AUTHENTICATE, **optional_rate}),
+            "409": _problem("`idempotency_conflict`: the Idempotency-Key was used with "
+                            "another body.", RATE_HEADERS),
+            "413": _problem("`payload_too_large`: the body is over server.max_body_bytes.",
+                            RATE_HEADERS),
+            "429": _problem("`rate_limited`: the tenant's bucket is empty.", {
+                "Retry-After": _header("Whole seconds until a request is allowed again.",
+                                       {"type": "integer", "minimum": 1}),
+                **RATE_HEADERS}),
+            "500": INTERNAL,
+            "503": STORE_UNAVAILABLE,
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    job_id = {"name": "jobId", "in": "path", "required": True,
+              "description": "A job id as `POST /jobs` returned it (`job_` and 22 URL-safe "
+                             "characters); any other text is a 404.",
+              "schema": {"type": "string", "minLength": 1}}
+    return {
+        "/jobs": {"post": _create_job()},
+        "/jobs/{jobId}": {
+            "get": {"operationId": "getJob", "summary": "A job's state (not rate limited)",
+                    "parameters": [job_id],
+                    "responses": {"200": {**_json_body(JobResponse, "The job."),
+                                          "links": _links("cancelJob")},
+                                  "401": UNAUTHORIZED, "404": NOT_FOUND, "500": INTERNAL}},
+            "delete": {"operationId": "cancelJob",
+                       "summary": "Cancel a job (a running one cooperatively)",
+                       "description": "A queued or retry job is cancelled at once; a running "
+                                      "one gets `cancelRequested: true` and is cancelled by "
+                                      "its handler.",
+                       "parameters": [job_id],
+                       "responses": {"200": {**_json_body(JobResponse, "The job after the "
+                                                          "request."), "links": _links("getJob")},
+                                     "401": UNAUTHORIZED, "404": NOT_FOUND,
+                                     "409": _problem("`invalid_state`: the job already "
+                                                     "finished."),
+                                     "500": INTERNAL, "503": STORE_UNAVAILABLE}},
+        },
+        "/healthz": {"get": {
+            "operationId": "health", "summary": "Readiness, for a load balancer", "security": [],
+            "responses": {"200": _json_body(Health, "Ready."),
+                          "503": _problem("`not_ready` while starting or stopping; "
+                                          "`storage_failed` after the database could not be "
+                                          "synced to disk.")}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
+            "responses": {"200": {"description": "Prometheus text format 0.0.4.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "500": INTERNAL}}},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document", "security": [],
+            "responses": {"200": {"description": "This document.",
+                                  "content": {JSON: {"schema": {"type": "object"}}}}}}},
+    }
 
 
 def build_openapi() -> dict[str, Any]:
     models: list[type[BaseModel]] = [JobCreateRequest, JobCreatedResponse, JobResponse, Problem,
                                      FieldError, Health]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
-    job_id_param = {"name": "jobId", "in": "path", "required": True, "schema": {"type": "string"}}
-    created = _json_body(JobCreatedResponse, "Created, after the job was committed.")
-    created["headers"] = RATE_HEADERS
     return {
         "openapi": "3.1.0",
         "info": {"title": "jobd", "version": __version__,
-                 "description": "Background jobs with retries and signed webhooks."},
+                 "description": "Background jobs with retries and signed webhooks. Every "
+                                "error is application/problem+json (RFC 9457) with a stable "
+                                "`code`."},
         "components": {
             "schemas": defs.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "A tenant's API key (`jobd_sk_...`), "
+                                                          "from `jobd tenants create`."}},
         },
         "security": [{"bearer": []}],
-        "paths": {
-            "/jobs": {"post": {
-                "operationId": "createJob", "summary": "Create a job to run in the background",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": True,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": _ref(JobCreateRequest)}}},
-                "responses": {
-                    "201": created,
-                    "400": _problem("Invalid body, field or Idempotency-Key."),
-                    "401": _problem("Missing or unknown API key, or another tenant's id."),
-                    "409": _problem("Idempotency-Key reused with a different body."),
-                    "413": _problem("Body over server.max_body_bytes."),
-                    "429": _problem("Rate limit exceeded; see Retry-After."),
-                },
-            }},
-            "/jobs/{jobId}": {
-                "get": {"operationId": "getJob", "summary": "A job's state",
-                        "parameters": [job_id_param],
-                        "responses": {"200": _json_body(JobResponse, "The job."),
-                                      "401": _problem("Unauthorized."),
-                                      "404": _problem("No such job for this tenant.")}},
-                "delete": {"operationId": "cancelJob",
-                           "summary": "Cancel a job (a running one cooperatively)",
-                           "parameters": [job_id_param],
-                           "responses": {"200": _json_body(JobResponse, "The job after the request."),
-                                         "401": _problem("Unauthorized."),
-                                         "404": _problem("No such job for this tenant."),
-                                         "409": _problem("The job already finished.")}},
-            },
-            "/healthz": {"get": {"operationId": "health", "security": [],
-                                 "responses": {"200": _json_body(Health, "Ready.")}}},
-            "/metrics": {"get": {"operationId": "metrics", "security": [],
-                                 "responses": {"200": {"description": "Prometheus text format.",
-                                                       "content": {"text/plain": {}}}}}},
-            "/openapi.json": {"get": {"operationId": "openapi", "security": [],
-                                      "responses": {"200": {"description": "This document."}}}},
-        },
+        "paths": _paths(),
     }

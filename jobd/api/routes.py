@@ -28,7 +28,7 @@ from jobd.errors import (
 )
 from jobd.handlers.base import AnyPayload
 from jobd.models import IdempotentResult, Job, NewJob
-from jobd.netguard import check_url
+from jobd.netguard import BlockedAddress, check_url
 
 JSON = "application/json"
 
@@ -222,9 +222,11 @@ def _parse_new_job(ctx: ApiContext, data: dict[str, Any], key: str, now: float) 
             raise _validation_failed(exc, prefix="payload") from None
     if req.webhookUrl is not None:
         allow_private = ctx.config.webhooks.allow_private_networks
-        _guard("webhookUrl", check_url, req.webhookUrl, allow_private=allow_private)
+        _guard("webhookUrl", check_url, req.webhookUrl, url=req.webhookUrl,
+               allow_private=allow_private)
     if job_type.submit_check is not None:
-        _guard("payload", job_type.submit_check, payload, ctx.config)
+        _guard("payload", job_type.submit_check, payload, ctx.config,
+               url=getattr(payload, "url", None))
     jobs_cfg = ctx.config.jobs
     return NewJob(
         tenant_id=req.tenantId, type=req.type,
@@ -236,13 +238,31 @@ def _parse_new_job(ctx: ApiContext, data: dict[str, Any], key: str, now: float) 
     )
 
 
-def _guard(field: str, check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-    """Run a submit-time check; a ValueError (e.g. a refused address) becomes a 400."""
+PRIVATE_REMEDY = ("; private, loopback and link-local addresses are refused unless "
+                  "webhooks.allow_private_networks = true (JOBD_WEBHOOKS_ALLOW_PRIVATE_NETWORKS"
+                  "=true), e.g. for local testing")
+
+
+def _guard(field: str, check: Callable[..., object], *args: Any, url: object = None,
+           **kwargs: Any) -> None:
+    """Run a submit-time check; a ValueError (e.g. a refused address) becomes a 400.
+    A refusal of ``url`` for its address only also names the setting that allows it."""
     try:
         check(*args, **kwargs)
     except ValueError as exc:
-        raise ValidationFailed(f"{field}: {exc}",
-                               errors=[{"field": field, "message": str(exc)}]) from None
+        message = f"{exc}{_remedy(exc, url)}"
+        raise ValidationFailed(f"{field}: {message}",
+                               errors=[{"field": field, "message": message}]) from None
+
+
+def _remedy(exc: ValueError, url: object) -> str:
+    if not isinstance(exc, BlockedAddress) or not isinstance(url, str):
+        return ""
+    try:
+        check_url(url, allow_private=True)  # refused for its scheme or form, not its address?
+    except BlockedAddress:
+        return ""
+    return PRIVATE_REMEDY
 
 
 def _validation_failed(exc: ValidationError, prefix: str | None = None) -> ValidationFailed:

@@ -18,6 +18,9 @@ from pydantic import (
 )
 
 JobStatusName = Literal["queued", "running", "retry", "succeeded", "fatal", "cancelled"]
+# An Idempotency-Key as it arrives: 1-255 printable ASCII characters (HTTP takes the
+# spaces around a header's value off, so it neither starts nor ends with one)
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 
 
 class JobCreateRequest(BaseModel):
@@ -25,10 +28,17 @@ class JobCreateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tenantId: StrictStr = Field(min_length=1, max_length=64)
-    type: StrictStr = Field(min_length=1, max_length=64)
-    payload: dict[str, Any]
-    webhookUrl: StrictStr | None = Field(None, max_length=2048)
+    tenantId: StrictStr = Field(min_length=1, max_length=64,
+                                description="The tenant of the API key (another one is a 401).")
+    type: StrictStr = Field(min_length=1, max_length=64,
+                            description="A registered job type: noop, http, email, or one of "
+                                        "[handlers] (another one is a 400).")
+    payload: dict[str, Any] = Field(description="Handed to the job type, which validates it.")
+    webhookUrl: StrictStr | None = Field(
+        None, max_length=2048, examples=["https://client.example/webhooks/jobd"],
+        description="An absolute http or https URL, POSTed the signed result when the job "
+                    "ends; loopback and private addresses are refused unless "
+                    "webhooks.allow_private_networks.")
     runAt: AwareDatetime | None = Field(None, description="Run no earlier than this (RFC 3339).")
     maxAttempts: StrictInt | None = Field(None, ge=1, le=100)
     priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000,
@@ -61,7 +71,8 @@ def _is_absolute_http_url(value: str) -> bool:
 
 class JobCreatedResponse(BaseModel):
     jobId: str
-    status: JobStatusName
+    status: Literal["queued"] = Field(description="Always `queued`: it describes the creation "
+                                      "(a GET right after may already say `running`).")
     createdAt: datetime
 
 
@@ -105,7 +116,7 @@ class Problem(BaseModel):
 
     type: str
     title: str
-    status: int
+    status: int = Field(ge=400, le=599, description="The response's status code.")
     detail: str
     code: str
     errors: list[FieldError] | None = None

@@ -1,9 +1,12 @@
-"""What every command shares: the --config option, the database, output and errors."""
+"""What every command shares: the --config option, the database, output, errors and
+the confirmation that destructive commands ask for."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -11,31 +14,111 @@ import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
-from jobd.config import Config, load_config
-from jobd.errors import JobdError
+from jobd.clock import to_rfc3339
+from jobd.config import (
+    CONFIG_ENV,
+    Config,
+    ConfigSource,
+    database_path_is_explicit,
+    locate_config,
+    read_config,
+)
+from jobd.errors import JobdError, StoreUnavailable
 from jobd.store.database import Database
 
 try:  # Typer >= 0.26 carries its own copy of click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older Typer depends on click
-    from click.exceptions import ClickException  # type: ignore[no-redef]
+    from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
 
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", envvar="JOBD_CONFIG", show_envvar=True,
-    help="TOML config file (defaults for every key; JOBD_<SECTION>_<KEY> overrides).")]
+ConfigOpt = Annotated[Path | None, typer.Option(  # JOBD_CONFIG is read by locate_config
+    "--config", "-c",
+    help=f"TOML config file. Without it: ${CONFIG_ENV}, then ./jobd.toml, then "
+         "/etc/jobd/jobd.toml, else the defaults; JOBD_<SECTION>_<KEY> variables override "
+         "keys. `jobd config show` says which file is read.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+YesOpt = Annotated[bool, typer.Option(
+    "--yes", "-y", help="Do not ask for confirmation (required when not on a terminal).")]
 
 out = Console()
 err = Console(stderr=True)
 
 
+def load(path: Path | None) -> tuple[ConfigSource, Config]:
+    """The config file to use (``--config``/``JOBD_CONFIG``, else the search) and its config."""
+    source = locate_config(path)
+    return source, read_config(source)
+
+
 def config_from(path: Path | None) -> Config:
-    return load_config(path)
+    return load(path)[1]
 
 
-def open_db(path: Path | None, *, must_exist: bool = True) -> Database:
-    return Database(config_from(path).database, must_exist=must_exist)
+def open_db(path: Path | None) -> Database:
+    """The database the config names. A missing file is an error that says where jobd
+    looked: only ``tenants create`` may start a new database."""
+    source, config = load(path)
+    database = config.database.path
+    if database != ":memory:" and not Path(database).exists():
+        raise StoreUnavailable(missing_database(source, config))
+    return Database(config.database)
+
+
+def missing_database(source: ConfigSource, config: Config, *, can_create: bool = False) -> str:
+    """Which file was looked for, why there, and how to point jobd at the right one."""
+    path = config.database.path
+    shown = Path(path).absolute()
+    if database_path_is_explicit(config):
+        why = ("JOBD_DATABASE_PATH" if "JOBD_DATABASE_PATH" in os.environ
+               else f"database.path in {source.path}")
+        return (f"database {shown} ({why}) does not exist; start the daemon (jobd serve) "
+                "first, or set database.path / JOBD_DATABASE_PATH to the daemon's database")
+    create = "; or pass --create to start a new, empty database here" if can_create else ""
+    return (f"no database at {shown} (database.path is not set, so it is {path!r} in the "
+            f"current directory; {source.describe()}). Point jobd at the daemon's database "
+            f"with --config FILE or {CONFIG_ENV}=FILE (a config that sets database.path), or "
+            f"with JOBD_DATABASE_PATH=PATH{create}")
+
+
+def confirm(question: str, *, yes: bool, ask: bool = True) -> None:
+    """Go on with a destructive command: with ``--yes``, or when the operator answers yes
+    on a terminal (asked only if ``ask``: there is something to delete). Not on a
+    terminal and no ``--yes``: exit 2 having done nothing, whatever there is to delete,
+    so a script behaves the same on every run."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{question} Not on a terminal to ask, so nothing was done: pass --yes to "
+             "confirm", 2)
+    if not ask:
+        return
+    err.print(f"{question} [y/N] ", end="", highlight=False, markup=False)
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):  # the prompt and answer stay
+        fail("not confirmed: nothing was done")                   # off stdout (--json)
+
+
+def fields_table(rows: Iterable[tuple[str, Any]], *, title: str | None = None) -> Table:
+    """A two-column table of names and values. Values wrap rather than being cut, so an
+    id, key or URL is never shortened; a value that fits the line stays on one line."""
+    table = Table(show_header=False, title=title)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, "-" if value is None else str(value))
+    return table
+
+
+def list_table(*, title: str | None = None) -> Table:
+    """A borderless table for lists of rows: it leaves the width to the columns, so lists
+    fit an 80-column terminal."""
+    return Table(title=title, box=None, pad_edge=False)
+
+
+def short_time(ts: float | None) -> str:
+    """``08-20 10:00:00`` (UTC), for list tables; --json has RFC 3339 times."""
+    return "-" if ts is None else (to_rfc3339(ts) or "")[5:19].replace("T", " ")
 
 
 def print_json(doc: Any) -> None:

@@ -16,7 +16,19 @@ from rich.json import JSON
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from jobd.cli.common import ConfigOpt, JsonOpt, fail, open_db, out, print_json
+from jobd.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    YesOpt,
+    confirm,
+    fail,
+    fields_table,
+    list_table,
+    open_db,
+    out,
+    print_json,
+    short_time,
+)
 from jobd.clock import SystemClock, to_rfc3339
 from jobd.models import Delivery, DeliveryAttempt
 from jobd.store import deliveries as store_deliveries
@@ -70,19 +82,25 @@ def list_(tenant: TenantOpt = None,
     if json:
         print_json([dead_doc(d) for d in dead])
         return
-    table = Table(title=f"{len(dead)} dead delivery(ies)")
-    table.add_column("id", no_wrap=True, min_width=max((len(d.id) for d in dead), default=2))
-    for name in ("job", "tenant", "url", "attempts", "last error", "dead since"):
-        table.add_column(name, overflow="fold")
+    table = list_table(title=f"{len(dead)} dead delivery(ies), most recent first "
+                             "(dlq show ID: the job, body and every attempt)")
+    table.add_column("delivery / tenant", overflow="fold",
+                     min_width=max((len(d.id) for d in dead), default=2))
+    table.add_column("tries", no_wrap=True)
+    table.add_column("dead since", no_wrap=True)
+    table.add_column("url / last error", overflow="fold")
     for d in dead:
-        table.add_row(d.id, d.job_id, d.tenant_id, d.url, str(d.attempts), d.last_error or "-",
-                      to_rfc3339(d.dead_at) or "-")
+        table.add_row(f"{d.id}\n{d.tenant_id}", str(d.attempts), short_time(d.dead_at),
+                      f"{d.url}\n{d.last_error or '-'}")
     out.print(table)
 
 
 @app.command("show")
 def show(delivery_id: RequiredDeliveryArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Show a delivery, the JSON body it sends and every attempt made.
+
+    Its attempts count every time jobd tried to send it, DLQ retries included; the
+    body's "attempts" is the job's count of runs.
 
     Example: jobd dlq show msg_abc123 --json
     """
@@ -96,13 +114,11 @@ def show(delivery_id: RequiredDeliveryArg, json: JsonOpt = False, config: Config
     if json:
         print_json(doc)
         return
-    table = Table(show_header=False, title=f"delivery {delivery.id}")
-    for key, value in doc.items():
-        if key not in ("body", "history"):
-            table.add_row(key, "-" if value is None else str(value))
-    out.print(table)
+    rows = [(key, value) for key, value in doc.items() if key not in ("body", "history")]
+    out.print(fields_table(rows, title=f"delivery {delivery.id}"))
+    out.print("body (as sent; its \"attempts\" counts the job's runs, not these sends):")
     out.print(JSON(orjson.dumps(doc["body"]).decode()))
-    history = Table("#", "at", "status", "error", "ms", title="attempts")
+    history = Table("#", "at", "status", "error", "ms", title="attempts to send it")
     for number, a in enumerate(attempts, 1):
         history.add_row(str(number), to_rfc3339(a.attempted_at), str(a.status_code or "-"),
                         a.error or "-", f"{a.duration_ms:.1f}")
@@ -161,13 +177,19 @@ def retry(delivery_id: DeliveryArg = None, all_: AllOpt = False, tenant: TenantO
 
 @app.command("purge")
 def purge(delivery_id: DeliveryArg = None, all_: AllOpt = False, tenant: TenantOpt = None,
-          json: JsonOpt = False, config: ConfigOpt = None) -> None:
+          yes: YesOpt = False, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Delete dead deliveries and their attempt history.
 
-    Examples: jobd dlq purge msg_abc123 | jobd dlq purge --all --tenant acme
+    --all asks for confirmation on a terminal; elsewhere it needs --yes.
+
+    Examples: jobd dlq purge msg_abc123 | jobd dlq purge --all --tenant acme --yes
     """
     with open_db(config) as db:
         ids = _selected(db, delivery_id, all_, tenant)
+        if all_:
+            whose = f" of tenant {tenant}" if tenant else ""
+            confirm(f"Delete {len(ids):,} dead delivery(ies){whose} and their attempt "
+                    "history?", yes=yes, ask=bool(ids))
         purged = _in_batches(db, store_deliveries.purge_dead, ids, label="purging",
                              progress=all_ and not json)
     if json:

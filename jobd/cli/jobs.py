@@ -9,7 +9,16 @@ import typer
 from rich.table import Table
 
 from jobd.api.views import job_view
-from jobd.cli.common import ConfigOpt, JsonOpt, open_db, out, print_json
+from jobd.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    fields_table,
+    list_table,
+    open_db,
+    out,
+    print_json,
+    short_time,
+)
 from jobd.clock import SystemClock, to_rfc3339
 from jobd.models import Delivery, Job, JobStatus
 from jobd.store import deliveries as store_deliveries
@@ -20,11 +29,6 @@ app = typer.Typer(help="List, inspect, cancel and retry jobs.\n\n"
                   no_args_is_help=True)
 JobArg = Annotated[str, typer.Argument(help="Job id (job_...).")]
 _clock = SystemClock()
-
-
-def _short_time(ts: float | None) -> str:
-    """``08-20 10:00:00`` (UTC) for an 80-column table; --json has RFC 3339 times."""
-    return "-" if ts is None else (to_rfc3339(ts) or "")[5:19].replace("T", " ")
 
 
 def job_doc(job: Job) -> dict[str, Any]:
@@ -76,7 +80,7 @@ def list_(tenant: Annotated[str | None, typer.Option("--tenant", help="Only this
     if json:
         print_json([job_doc(j) for j in jobs])
         return
-    table = Table(title=f"{len(jobs)} job(s), newest first", box=None, pad_edge=False)
+    table = list_table(title=f"{len(jobs)} job(s), newest first")
     table.add_column("id", no_wrap=True, min_width=max((len(j.id) for j in jobs), default=2))
     table.add_column("tenant", overflow="fold")
     table.add_column("type", overflow="fold")
@@ -86,13 +90,16 @@ def list_(tenant: Annotated[str | None, typer.Option("--tenant", help="Only this
     for j in jobs:
         when = j.next_run_at if j.status in (JobStatus.QUEUED, JobStatus.RETRY) else j.updated_at
         table.add_row(j.id, j.tenant_id, j.type, j.status.value, f"{j.attempts}/{j.max_attempts}",
-                      _short_time(when))
+                      short_time(when))
     out.print(table)
 
 
 @app.command("show")
 def show(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Show a job: payload, result or last error, every attempt, its webhook deliveries.
+
+    Two counts: the job's attempts are its runs (of maxAttempts); a webhook delivery's
+    attempts are the times jobd tried to send it, DLQ retries included (its history).
 
     Example: jobd jobs show job_abc123 --json
     """
@@ -106,19 +113,23 @@ def show(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> Non
     if json:
         print_json(doc)
         return
-    table = Table(show_header=False, title=f"job {job.id}")
-    for key, value in doc.items():
-        if key not in ("history", "deliveries"):
-            table.add_row(key, "-" if value is None else orjson.dumps(value).decode()
-                          if isinstance(value, dict | list) else str(value))
-    out.print(table)
-    attempts = Table("#", "at", "outcome", "error", title="attempts")
+    rows = [(key, orjson.dumps(value).decode() if isinstance(value, dict | list) else value)
+            for key, value in doc.items() if key not in ("history", "deliveries")]
+    out.print(fields_table(rows, title=f"job {job.id}"))
+    runs = Table("#", "at", "outcome", "error", title="attempts (runs of the job)")
     for a in doc["history"]:
-        attempts.add_row(str(a["attempt"]), a["at"] or "-", a["outcome"], a["error"] or "-")
-    out.print(attempts)
-    for d in deliveries:
-        out.print(f"delivery {d['deliveryId']}: {d['status']} -> {d['url']} "
-                  f"({len(d['history'])} attempt(s), last error: {d['lastError'] or '-'})")
+        runs.add_row(str(a["attempt"]), a["at"] or "-", a["outcome"], a["error"] or "-")
+    out.print(runs)
+    if deliveries:
+        sends = list_table(title="webhook deliveries (tries: attempts to send it)")
+        sends.add_column("delivery", overflow="fold", min_width=len(deliveries[0]["deliveryId"]))
+        sends.add_column("status", no_wrap=True)
+        sends.add_column("tries", no_wrap=True)
+        sends.add_column("url / last error", overflow="fold")
+        for d in deliveries:
+            sends.add_row(d["deliveryId"], d["status"], str(d["attempts"]),
+                          f"{d['url']}\n{d['lastError'] or '-'}")
+        out.print(sends)
 
 
 def _transition(config: Any, fn: Any, job_id: str, json: bool, verb: str) -> None:

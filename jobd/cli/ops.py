@@ -8,11 +8,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
-from jobd.cli.common import ConfigOpt, JsonOpt, config_from, open_db, out, print_json
+from jobd.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    YesOpt,
+    config_from,
+    confirm,
+    list_table,
+    open_db,
+    out,
+    print_json,
+)
 from jobd.clock import SystemClock, to_rfc3339
 from jobd.models import JobStatus
 from jobd.store import retention
@@ -35,23 +44,48 @@ def stats_doc(stats: Stats, now: float) -> dict[str, Any]:
     }
 
 
-def render_stats(doc: dict[str, Any], throughput: float | None = None) -> Group:
-    statuses = Table("status", "jobs", title="jobs by status")
-    for status, n in doc["byStatus"].items():
-        statuses.add_row(status, f"{n:,}")
-    tenants = Table("tenant", *[s.value for s in JobStatus], title="jobs by tenant")
-    for tenant, counts in sorted(doc["byTenant"].items()):
-        tenants.add_row(tenant, *[f"{counts.get(s.value, 0):,}" for s in JobStatus])
-    recent = Table("window", "succeeded", "fatal", "cancelled", title="finished")
-    for label, key in (("last minute", "finishedLastMinute"), ("last hour", "finishedLastHour")):
-        counts = doc[key]
-        recent.add_row(label, *[f"{counts.get(s, 0):,}" for s in ("succeeded", "fatal", "cancelled")])
+FINISHED = ("succeeded", "fatal", "cancelled")
+WAITING = ("queued", "retry", "running")
+
+
+def render_stats(doc: dict[str, Any], max_tenants: int | None = None) -> Group:
+    """The figures of ``jobd stats`` in 80 columns. ``jobd top`` passes ``max_tenants`` so
+    that a frame fits the terminal's height: one line per tenant, the busiest first (most
+    jobs waiting or running), and a last line that counts the others."""
     age = doc["oldestQueuedAgeSeconds"]
-    lines = [f"DLQ size: {doc['dlqSize']:,}",
-             f"oldest queued job waiting: {'-' if age is None else f'{age:.1f}s'}"]
-    if throughput is not None:
-        lines.append(f"throughput (last minute): {throughput:,.1f} jobs/s")
-    return Group(statuses, tenants, recent, Panel("\n".join(lines), title=doc["at"]))
+    facts = (f"DLQ size: {doc['dlqSize']:,}   oldest queued job waiting: "
+             f"{'-' if age is None else f'{age:.1f}s'}")
+
+    recent = list_table(title="jobs finished")
+    recent.add_column("", no_wrap=True)
+    for status in FINISHED:
+        recent.add_column(status, justify="right", no_wrap=True)
+    recent.add_column("jobs/s", justify="right", no_wrap=True)
+    for label, key, seconds in (("last minute", "finishedLastMinute", 60),
+                                ("last hour", "finishedLastHour", 3600)):
+        counts = [doc[key].get(s, 0) for s in FINISHED]
+        recent.add_row(label, *[f"{n:,}" for n in counts], f"{sum(counts) / seconds:,.1f}")
+
+    by_tenant = sorted(doc["byTenant"].items(),
+                       key=lambda item: (-sum(item[1].get(s, 0) for s in WAITING), item[0]))
+    shown = by_tenant if max_tenants is None else by_tenant[:max(0, max_tenants)]
+    jobs = list_table(title="jobs by status, then by tenant")
+    jobs.add_column("tenant", overflow="fold")  # the column that gives way to the counts
+    for status in JobStatus:
+        jobs.add_column(status.value, justify="right", no_wrap=True)
+    jobs.add_row("all", *[f"{n:,}" for n in doc["byStatus"].values()], style="bold")
+    for tenant, counts in shown:
+        # a live frame has one line per tenant: a long id is cut short there
+        name = tenant if max_tenants is None else Text(tenant, no_wrap=True, overflow="ellipsis")
+        jobs.add_row(name, *[f"{counts.get(s.value, 0):,}" for s in JobStatus])
+    parts: list[Any] = [Text(f"at {doc['at']}"), Text(facts), recent, jobs]
+    if len(shown) < len(by_tenant):
+        parts.append(Text(f"... and {len(by_tenant) - len(shown)} more tenant(s): jobd stats "
+                          "lists them all"))
+    return Group(*parts)
+
+
+TOP_FIXED_LINES = 11  # the lines of a frame besides the tenants' rows, and one to spare
 
 
 def stats(json: JsonOpt = False, config: ConfigOpt = None) -> None:
@@ -80,8 +114,8 @@ def top(interval: Annotated[float, typer.Option("--interval", min=0.1,
             while True:
                 now = _clock.now()
                 doc = stats_doc(db.read(collect_stats, now=now), now)
-                done = sum(doc["finishedLastMinute"].values())
-                live.update(render_stats(doc, throughput=done / 60), refresh=True)
+                rows = out.size.height - TOP_FIXED_LINES
+                live.update(render_stats(doc, max_tenants=rows), refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
             pass
@@ -90,10 +124,11 @@ def top(interval: Annotated[float, typer.Option("--interval", min=0.1,
 def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")] = False,
           older_than_days: Annotated[float | None, typer.Option(
               "--older-than-days", min=0, help="Default: jobs.retention_days.")] = None,
-          json: JsonOpt = False, config: ConfigOpt = None) -> None:
+          yes: YesOpt = False, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Delete finished jobs and delivered webhooks past retention, in small batches.
 
     A job whose Idempotency-Key is still live (idempotency.ttl_hours) is kept.
+    Without --dry-run it asks for confirmation on a terminal; elsewhere it needs --yes.
 
     Example: jobd prune --dry-run
     """
@@ -103,14 +138,17 @@ def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")
     cutoff = now - days * 86_400
     jobs_before = retention.job_cutoff(now, retention_s=days * 86_400,
                                        idempotency_ttl_s=cfg.idempotency.ttl_hours * 3600)
-    with Database(cfg.database, must_exist=True) as db:
+    with open_db(config) as db:
         total = db.read(retention.count_prunable_jobs, cutoff=jobs_before)
+        deliveries_due = db.read(retention.count_prunable_deliveries, cutoff=cutoff)
         result: dict[str, object]
         if dry_run:
-            result = {"dryRun": True, "jobs": total,
-                      "deliveries": db.read(retention.count_prunable_deliveries, cutoff=cutoff),
+            result = {"dryRun": True, "jobs": total, "deliveries": deliveries_due,
                       "cutoff": to_rfc3339(cutoff)}
         else:
+            confirm(f"Delete {total:,} finished job(s) and {deliveries_due:,} delivered "
+                    f"webhook(s) older than {to_rfc3339(cutoff)}?", yes=yes,
+                    ask=bool(total or deliveries_due))
             started = time.perf_counter()
             jobs = _prune_with_progress(db, jobs_before, total, show=not json)
             deliveries = _drain(db, retention.prune_deliveries_batch, cutoff=cutoff)

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from jobd.cli.common import ConfigOpt, JsonOpt, config_from, err, fail, open_db, out, print_json
+from jobd.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    err,
+    fail,
+    fields_table,
+    list_table,
+    load,
+    missing_database,
+    open_db,
+    out,
+    print_json,
+)
 from jobd.clock import SystemClock, to_rfc3339
+from jobd.config import database_path_is_explicit
+from jobd.errors import StoreUnavailable
 from jobd.models import NewTenant, Tenant
 from jobd.store import tenants as store_tenants
 from jobd.store.database import Database
@@ -45,11 +59,8 @@ def _print_credentials(new: NewTenant, as_json: bool, what: str) -> None:
         print_json({"tenantId": new.tenant.id, "apiKey": new.api_key,
                     "webhookSecret": new.tenant.webhook_secret})
         return
-    table = Table(title=what, show_header=False)
-    table.add_row("tenantId", new.tenant.id)
-    table.add_row("apiKey", new.api_key)
-    table.add_row("webhookSecret", new.tenant.webhook_secret)
-    out.print(table)
+    out.print(fields_table([("tenantId", new.tenant.id), ("apiKey", new.api_key),
+                            ("webhookSecret", new.tenant.webhook_secret)], title=what))
     err.print("[yellow]The API key is shown only now; jobd keeps only its hash.[/]")
 
 
@@ -58,32 +69,45 @@ def _print_tenant(tenant: Tenant, as_json: bool) -> None:
     if as_json:
         print_json(doc)
         return
-    table = Table(show_header=False)
-    for key, value in doc.items():
-        table.add_row(key, "-" if value is None else str(value))
-    out.print(table)
+    out.print(fields_table(doc.items()))
 
 
 def _write(config: ConfigOpt, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with Database(config_from(config).database) as db:
+    with open_db(config) as db:
         return db.write(fn, *args, now=_clock.now(), **kwargs)
 
 
 @app.command("create")
 def create(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
            max_concurrency: ConcurrencyOpt = None, json: JsonOpt = False,
+           create_database: Annotated[bool, typer.Option(
+               "--create", help="Start a new database if the file does not exist (needed "
+                                "when database.path is only the default).")] = False,
            config: ConfigOpt = None) -> None:
     """Create a tenant and print its API key (once) and webhook secret.
+
+    The database must exist (jobd serve creates it), unless --create is given or the
+    config sets database.path: a key written to a database the daemon does not use
+    would be refused.
 
     Example: jobd tenants create acme --rate 50 --burst 100 --json
     """
     if not TENANT_ID.match(tenant_id):
         fail("tenant id must be 1-64 characters: letters, digits, '_', '.', '-'", 2)
-    defaults = config_from(config).rate_limit
-    new = _write(config, store_tenants.create_tenant, tenant_id,
-                 rate=defaults.rate if rate is None else rate,
-                 burst=defaults.burst if burst is None else burst,
-                 max_concurrency=max_concurrency or None)
+    source, cfg = load(config)
+    path = Path(cfg.database.path)
+    new_file = cfg.database.path != ":memory:" and not path.exists()
+    if new_file and not (create_database or database_path_is_explicit(cfg)):
+        raise StoreUnavailable(missing_database(source, cfg, can_create=True))
+    defaults = cfg.rate_limit
+    with Database(cfg.database) as db:
+        new = db.write(store_tenants.create_tenant, tenant_id,
+                       rate=defaults.rate if rate is None else rate,
+                       burst=defaults.burst if burst is None else burst,
+                       max_concurrency=max_concurrency or None, now=_clock.now())
+    if new_file:
+        err.print(f"created a new database at {path.absolute()}", highlight=False,
+                  soft_wrap=True)
     _print_credentials(new, json, f"tenant {tenant_id} created")
 
 
@@ -98,11 +122,14 @@ def list_(json: JsonOpt = False, config: ConfigOpt = None) -> None:
     if json:
         print_json([tenant_doc(t) for t in tenants])
         return
-    table = Table("tenant", "key", "rate/s", "burst", "max conc.", "state", "created")
+    table = list_table(title=f"{len(tenants)} tenant(s)")
+    table.add_column("tenant", overflow="fold")
+    for name in ("key", "rate/s", "burst", "max conc.", "state", "created"):
+        table.add_column(name, no_wrap=True)
     for t in tenants:
         table.add_row(t.id, t.api_key_prefix, f"{t.rate:g}", str(t.burst),
                       str(t.max_concurrency or "-"), "disabled" if t.disabled else "enabled",
-                      to_rfc3339(t.created_at))
+                      (to_rfc3339(t.created_at) or "")[:10])
     out.print(table)
 
 
@@ -133,13 +160,25 @@ def update(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
     _print_tenant(tenant, json)
 
 
+DISABLED_NOTE = (
+    "Its API key is now refused (401) on every endpoint. Disabling does not pause the "
+    "tenant: its jobs already queued or retrying still run, and their webhooks are still "
+    "sent. To stop those jobs, cancel them: jobd jobs list --tenant {id} --status queued "
+    "(and --status retry), then jobd jobs cancel JOB_ID.")
+
+
 @app.command("disable")
 def disable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Refuse the tenant's API key (401) until enabled again.
 
+    It does not pause the tenant: its queued and retrying jobs still run, and
+    their webhooks are still sent. To stop them, cancel them (jobd jobs cancel).
+
     Example: jobd tenants disable acme
     """
     _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=True), json)
+    err.print(f"tenant {tenant_id} disabled. " + DISABLED_NOTE.format(id=tenant_id),
+              highlight=False)
 
 
 @app.command("enable")
@@ -149,6 +188,7 @@ def enable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None
     Example: jobd tenants enable acme
     """
     _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=False), json)
+    err.print(f"tenant {tenant_id} enabled: its API key is accepted again", highlight=False)
 
 
 @app.command("rotate-key")

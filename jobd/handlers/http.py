@@ -3,7 +3,10 @@
 Redirects are not followed (a 3xx is a failure) and every outbound address
 is subject to :mod:`jobd.netguard`: the URL is checked when the job is
 submitted (:func:`validate_submit`), again before the request, and the
-session's connector re-checks resolved addresses at connect time.
+session's connector re-checks resolved addresses at connect time. The session
+(:func:`jobd.outbound.client_session`) bounds what an answer may cost; one past a
+bound fails the attempt (retryable) at once. Of the body, :data:`MAX_READ_BYTES`
+are read and :data:`MAX_RESULT_CHARS` kept in the result.
 
 Error messages never contain request header values, URL credentials or
 query strings: they end up in job records, logs and webhooks.
@@ -20,6 +23,7 @@ from yarl import URL
 
 from jobd import netguard
 from jobd.handlers.base import JobContext, JobType, PermanentError, StrictPayload
+from jobd.outbound import client_session
 
 if TYPE_CHECKING:
     from jobd.config import Config
@@ -148,10 +152,7 @@ async def run_http(payload: HttpPayload, ctx: JobContext) -> dict[str, Any]:
     session = ctx.services.http
     own_session = session is None
     if session is None:
-        session = aiohttp.ClientSession(
-            connector=netguard.guarded_connector(allow_private=allow_private),
-            trust_env=False,
-        )
+        session = client_session(allow_private)
     try:
         async with session.request(payload.method, payload.url, **kwargs) as resp:
             status = resp.status

@@ -15,9 +15,10 @@ every slot is taken, new deliveries queue and are claimed oldest first until a
 claim round finds fewer due than it asked for.
 
 One attempt: ``netguard.check_url``, then one POST of the stored body bytes
-through :class:`~jobd.runtime.poster.Poster` (kept-alive connections, every
-address checked, no redirects, no proxies), ``webhooks.timeout`` in total, at
-most :data:`MAX_READ_BYTES` of the answer kept. A 2xx is delivered; anything else is a failure, retried after
+through :mod:`~jobd.runtime.webhook_client` (kept-alive connections, every address
+checked, no redirects, no proxies, the answer bounded by :mod:`jobd.outbound`),
+``webhooks.timeout`` in total, at most :data:`MAX_READ_BYTES` of the answer kept.
+A 2xx is delivered; anything else is a failure, retried after
 ``webhooks.retry_delays`` and then dead-lettered (see :func:`retry_at`).
 """
 
@@ -35,7 +36,7 @@ from jobd.clock import Clock
 from jobd.config import Config
 from jobd.credentials import new_delivery_id
 from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
-from jobd.runtime.poster import Poster
+from jobd.runtime.webhook_client import WebhookClient, webhook_client
 from jobd.signing import signature_headers
 from jobd.store.deliveries import ClaimedDelivery
 from jobd.store.scheduling import DirectDelivery, webhook_body
@@ -106,7 +107,7 @@ class AttemptResult:
     duration_ms: float
 
 
-async def send(poster: Poster, delivery: ClaimedDelivery, *, timestamp: int,
+async def send(poster: WebhookClient, delivery: ClaimedDelivery, *, timestamp: int,
                timeout_s: float, allow_private: bool) -> AttemptResult:
     """POST one delivery; never raises for a failed attempt."""
     started = time.perf_counter()
@@ -136,7 +137,8 @@ class Dispatcher:
         self._clock = clock
         self._webhooks = config.webhooks
         self._poll_interval_s = config.workers.poll_interval
-        self._poster = Poster(allow_private=config.webhooks.allow_private_networks)
+        self._poster = webhook_client(fast=config.webhooks.fast_client,
+                                      allow_private=config.webhooks.allow_private_networks)
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._recording: set[asyncio.Task[None]] = set()  # answer in, outcome being written
         self._reserved = 0  # slots held for deliveries being created sending (see reserve)

@@ -1,23 +1,31 @@
 """A lean HTTP/1.1 client for one kind of request: POST a small body, read the status
-and the start of the answer. The webhook dispatcher sends every delivery through it.
+and the start of the answer. The webhook dispatcher sends every delivery through it,
+unless ``webhooks.fast_client = false`` (then aiohttp's client, with the same bounds:
+:mod:`jobd.runtime.webhook_client`).
 
-Why not aiohttp's client (which ``http`` jobs still use): a webhook is always the same
+Why not aiohttp's client (which ``http`` jobs use): a webhook is always the same
 request -- no redirects, cookies, proxies, compression or streaming -- and aiohttp's
-general machinery cost ~200 us of the event loop per request here, this ~45 us
+general machinery costs several times more of the event loop per request
 (``bench/README.md``). Responses are parsed by httptools (llhttp, the parser Node.js
-uses); what is written here is only the request line, the headers and a pool.
+uses); what is written here is only the request line, the headers, the bounds and a pool.
 
-* Connections are kept alive and reused, per scheme, host and port; one idle longer
-  than ``max_idle_s`` is closed rather than reused. A request that fails on a reused
-  connection before any byte of an answer came back (the receiver closed it while
-  idle) is sent once more on a new connection; receivers de-duplicate on
+* Connections are kept alive and reused, per scheme, host and port, and closed once
+  idle for ``max_idle_s`` (a timer runs while any is idle). A request that fails on a
+  reused connection before any byte of an answer came back (the receiver closed it
+  while idle) is sent once more on a new connection; receivers de-duplicate on
   ``webhook-id`` in any case.
 * Addresses: unless ``allow_private``, every address a host name resolves to must be
   public (:func:`jobd.netguard.check_address`), and the connection goes to an
   address that was checked, so a second lookup cannot swap it.
 * ``timeout_s`` bounds the whole request: lookup, connect, TLS, send and answer.
-* Of the answer's body, the first ``read_limit`` bytes are kept. A body over
-  :data:`MAX_DRAIN_BYTES` is not read to its end: the connection is closed instead.
+* An answer costs at most what :mod:`jobd.outbound` allows: a head (interim answers
+  included) over :data:`~jobd.outbound.MAX_HEAD_BYTES`, with more than
+  :data:`~jobd.outbound.MAX_HEADER_LINES` lines, or more than
+  :data:`~jobd.outbound.MAX_INTERIM_ANSWERS` interim answers fails the request at once
+  (:class:`~jobd.outbound.AnswerRefused`). Of the body, the first ``read_limit`` bytes
+  are kept; one whose bytes on the wire go past :data:`~jobd.outbound.MAX_BODY_WIRE_BYTES`
+  is not read to its end: the answer ends there and its connection is closed. The
+  bounds cost a subtraction and a comparison per read and per header line.
 """
 
 from __future__ import annotations
@@ -37,10 +45,20 @@ import httptools
 from yarl import URL
 
 from jobd import netguard
+from jobd.outbound import (
+    HEAD_TOO_LARGE,
+    IDLE_S,
+    MAX_BODY_WIRE_BYTES,
+    MAX_HEAD_BYTES,
+    MAX_HEADER_LINES,
+    MAX_INTERIM_ANSWERS,
+    TOO_MANY_INTERIM,
+    TOO_MANY_LINES,
+    AnswerRefused,
+)
 
-MAX_DRAIN_BYTES = 64 * 1024  # of an answer's body read to keep its connection
-IDLE_PER_ORIGIN = 256         # idle connections kept per origin; more are closed
-SWEEP_EVERY = 1000            # posts between sweeps of stale idle connections
+IDLE_PER_ORIGIN = 256  # idle connections kept per origin; more are closed
+_PARSE_ENDED = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
 class AnswerError(ConnectionError):
@@ -85,7 +103,10 @@ class _Connection(asyncio.Protocol):
         self._framed = False  # Content-Length or chunked: the body's end is known
         self._excerpt = bytearray()
         self._limit = 0
-        self._body_bytes = 0
+        # the bounds of :mod:`jobd.outbound`, counted down; _status < 200: in the head
+        self._room = 0        # bytes the answer may still take: its heads, then its body
+        self._lines = 0       # header lines the head being read may still have
+        self._interim = 0     # interim answers that may still come
         self.answered_any = False  # a byte of this request's answer arrived
         self.reusable = True
 
@@ -118,7 +139,9 @@ class _Connection(asyncio.Protocol):
     def request(self, data: bytes, read_limit: int) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None and self._waiter is None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._status, self._framed, self._body_bytes, self._limit = 0, False, 0, read_limit
+        self._status, self._framed, self._limit = 0, False, read_limit
+        self._room, self._lines, self._interim = (MAX_HEAD_BYTES, MAX_HEADER_LINES,
+                                                  MAX_INTERIM_ANSWERS)
         self._excerpt.clear()
         self.answered_any = False
         self.transport.write(data)
@@ -129,33 +152,74 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.answered_any = True
+        room = self._room - len(data)
+        if room < 0:
+            self._past_room(data)
+            return
+        self._room = room
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except _PARSE_ENDED as exc:
+            self._parse_ended(exc)
+
+    def _past_room(self, data: bytes) -> None:
+        """``data`` goes past the answer's room: parse what fits, then refuse a head that
+        is still not over, or end the answer where its body's room ends."""
+        allowed, self._room = self._room, 0
+        self._feed(data[:allowed])  # if the head ends there, the body's room is added
+        if self._waiter is None:  # answered (or failed) within it
+            if len(data) > allowed:  # and more came after the answer
+                self.close()
+            return
+        if self._status < 200:  # still in the head
             self.close()
-            self._fail(AnswerError(f"malformed HTTP answer: {exc}"))
+            self._fail(AnswerRefused(HEAD_TOO_LARGE))
+        elif self._room > 0:
+            self.data_received(data[allowed:])
+        else:  # not worth reading on: the answer ends here, and so does the connection
+            self._finish()
+            self.close()
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except _PARSE_ENDED as exc:
+            self._parse_ended(exc)
+
+    def _parse_ended(self, exc: Exception) -> None:
+        self.close()
+        if isinstance(exc, httptools.HttpParserUpgrade):  # 101 Switching Protocols: no
+            self._status = self._parser.get_status_code()  # answer to a POST, a failure
+            self._finish()
+            return
+        refused = exc.__context__  # raised by a callback below
+        self._fail(refused if isinstance(refused, AnswerRefused)
+                   else AnswerError(f"malformed HTTP answer: {exc}"))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._lines -= 1
+        if self._lines < 0:
+            raise AnswerRefused(TOO_MANY_LINES)
         if name.lower() in (b"content-length", b"transfer-encoding"):
             self._framed = True
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        if self._status >= 200:  # the final head: the body's room
+            self._room += MAX_BODY_WIRE_BYTES
 
     def on_body(self, body: bytes) -> None:
         room = self._limit - len(self._excerpt)
         if room > 0:
             self._excerpt += body[:room]
-        self._body_bytes += len(body)
-        if self._body_bytes > MAX_DRAIN_BYTES:  # not worth reading on: drop the connection
-            self.reusable = False
-            self._finish()
-            self.close()
 
     def on_message_complete(self) -> None:
         if self._status < 200:  # 1xx: an interim answer; the real one follows
-            self._status, self._framed = 0, False
+            self._interim -= 1
+            if self._interim < 0:
+                raise AnswerRefused(TOO_MANY_INTERIM)
+            self._status, self._framed, self._lines = 0, False, MAX_HEADER_LINES
             return
         if not self._parser.should_keep_alive():
             self.reusable = False
@@ -175,14 +239,14 @@ class _Connection(asyncio.Protocol):
 
 
 class Poster:
-    def __init__(self, *, allow_private: bool, max_idle_s: float = 15.0,
+    def __init__(self, *, allow_private: bool, max_idle_s: float = IDLE_S,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self._allow_private = allow_private
         self._max_idle_s = max_idle_s
         self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._busy: set[_Connection] = set()
-        self._until_sweep = SWEEP_EVERY
+        self._sweeper: asyncio.TimerHandle | None = None  # while any connection is idle
 
     async def post(self, url: str, body: bytes, headers: Iterable[tuple[str, str]], *,
                    timeout_s: float, read_limit: int) -> tuple[int, bytes]:
@@ -196,9 +260,6 @@ class Poster:
         lines.append(body)
         data = b"".join(lines)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        self._until_sweep -= 1
-        if self._until_sweep <= 0:
-            self.sweep()
         conn = self._take_idle(where.origin)
         if conn is not None:
             try:
@@ -211,6 +272,9 @@ class Poster:
         return await self._exchange(conn, where, data, read_limit, deadline)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
@@ -219,20 +283,31 @@ class Poster:
             conn.close()
         self._busy.clear()
 
-    def sweep(self) -> None:
-        """Close idle connections past ``max_idle_s`` and forget closed ones and origins
-        with nothing left (receivers come and go)."""
-        self._until_sweep = SWEEP_EVERY
+    def sweep(self) -> float | None:
+        """Close idle connections past ``max_idle_s``, forget closed ones and origins with
+        nothing left (receivers come and go); return when the next one falls due, if any.
+        Runs on a timer while any connection is idle (:meth:`_sweep_when_due`)."""
         now = time.monotonic()
+        oldest: float | None = None
         for origin, conns in list(self._idle.items()):
-            keep = [c for c in conns if c.open and now - c.idle_since < self._max_idle_s]
+            keep = deque(c for c in conns if c.open and now - c.idle_since < self._max_idle_s)
             for conn in conns:
                 if conn not in keep:
                     conn.close()
             if keep:
-                self._idle[origin] = deque(keep)
+                self._idle[origin] = keep
+                since = min(c.idle_since for c in keep)
+                oldest = since if oldest is None else min(oldest, since)
             else:
                 del self._idle[origin]
+        return None if oldest is None else oldest + self._max_idle_s
+
+    def _sweep_when_due(self) -> None:
+        self._sweeper = None
+        due = self.sweep()
+        if due is not None:  # at most ~20 sweeps per idle period, however they fall due
+            delay = max(due - time.monotonic(), self._max_idle_s / 20)
+            self._sweeper = asyncio.get_running_loop().call_later(delay, self._sweep_when_due)
 
     @property
     def idle_connections(self) -> int:
@@ -257,6 +332,9 @@ class Poster:
         conns.append(conn)
         if len(conns) > IDLE_PER_ORIGIN:
             conns.popleft().close()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._max_idle_s,
+                                                                  self._sweep_when_due)
 
     async def _exchange(self, conn: _Connection, where: Target, data: bytes, read_limit: int,
                         deadline: float) -> tuple[int, bytes]:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from pathlib import Path
 from typing import IO
 
 from jobd.errors import StoreUnavailable
@@ -25,14 +24,10 @@ FILE_MODE = 0o600  # the database holds every tenant's webhook secret
 
 
 def connect(path: str, *, synchronous: str = "full", busy_timeout_s: float = 5.0,
-            must_exist: bool = False, read_only: bool = False) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode with autocommit (explicit ``BEGIN`` only). A new file
-    is created with mode 0600; SQLite gives its ``-wal`` and ``-shm`` files the same."""
-    if must_exist and path != ":memory:" and not Path(path).exists():
-        raise StoreUnavailable(
-            f"database {path} does not exist; start the daemon (jobd serve) or set "
-            "database.path / JOBD_DATABASE_PATH to the daemon's database"
-        )
+            read_only: bool = False) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with autocommit (explicit ``BEGIN`` only); a missing file
+    is created (the CLI checks first that it exists: jobd/cli/common.py), with mode 0600,
+    and SQLite gives its ``-wal`` and ``-shm`` files the same."""
     try:
         if path != ":memory:" and not read_only:
             create_private(path)

@@ -15,9 +15,9 @@ T = TypeVar("T")
 
 
 class Database:
-    def __init__(self, config: DatabaseConfig, *, must_exist: bool = False) -> None:
+    def __init__(self, config: DatabaseConfig) -> None:
         self._conn = connect(config.path, synchronous=config.synchronous,
-                             busy_timeout_s=config.busy_timeout, must_exist=must_exist)
+                             busy_timeout_s=config.busy_timeout)
         self.path = config.path
         try:
             migrate(self._conn)

@@ -321,7 +321,7 @@ SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id;
 SELECT json_group_array(json_array(seq, id, job_id, tenant_id, url, body, attempts,
                                    webhook_secret))
 FROM (SELECT d.seq, d.id, d.job_id, d.tenant_id, d.url, CAST(d.body AS TEXT) AS body,
-             d.attempts, t.webhook_secret
+             d.attempts - d.budget_base AS attempts, t.webhook_secret
       FROM deliveries d LEFT JOIN tenants t ON t.id = d.tenant_id
       WHERE d.status = 'pending' AND d.next_attempt_at <= :now
       ORDER BY d.next_attempt_at
@@ -405,9 +405,10 @@ ORDER BY seq;
 -- name: deliveries_dead_count
 SELECT count(*) FROM deliveries WHERE status = 'dead';
 
--- A fresh retry budget: attempts start again at 0; the id (webhook-id) is kept.
+-- A fresh retry budget: it counts from the attempts made so far (budget_base); `attempts`
+-- keeps counting every attempt, and the id (webhook-id) is kept.
 -- name: delivery_redeliver_dead
-UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = :now,
+UPDATE deliveries SET status = 'pending', budget_base = attempts, next_attempt_at = :now,
                       lease_expires_at = NULL, dead_at = NULL, updated_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'dead'
 RETURNING id;

@@ -319,7 +319,14 @@ async def test_private_addresses_are_refused_at_submit(api: Api) -> None:
     for i, (body, field) in enumerate(cases):
         r = await api.post_job(body, key=f"ssrf-{i}")
         assert field in r.error_fields(), (body, r.json)
+        # the refusal names the setting that lifts it, in the detail and the field's message
+        assert "webhooks.allow_private_networks" in r.json["detail"], r.json
+        assert "webhooks.allow_private_networks" in r.json["errors"][0]["message"]
     assert api.job_count() == 0
+    # a URL refused for another reason does not point at that setting
+    r = await api.post_job(api.body(webhookUrl="ftp://example.com/hook"), key="ftp")
+    assert "webhookUrl" in r.error_fields()
+    assert "allow_private_networks" not in r.json["detail"]
     ok = await api.post_job(api.body(type="http", payload={"url": "https://example.com/"},
                                      webhookUrl="https://client.example/hook"), key="public")
     assert ok.status == 201, ok.raw

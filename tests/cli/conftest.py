@@ -47,8 +47,8 @@ class InProcessCli:
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = ["jobd", *args, "--config", str(self.config_path)]
         stdout, stderr = io.StringIO(), io.StringIO()
-        saved = sys.argv
-        sys.argv = argv
+        saved = sys.argv, sys.stdin
+        sys.argv, sys.stdin = argv, io.StringIO()  # not a terminal: nothing asks
         try:
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 try:
@@ -57,7 +57,7 @@ class InProcessCli:
                 except SystemExit as exc:
                     code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         finally:
-            sys.argv = saved
+            sys.argv, sys.stdin = saved
         proc = subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
         if check and code != 0:
             raise AssertionError(f"jobd {' '.join(args)} exited {code}: {proc.stderr}")

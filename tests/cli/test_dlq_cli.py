@@ -106,7 +106,13 @@ def test_retry_one_gives_a_fresh_budget_then_it_is_no_longer_in_the_dlq(cfg, db,
     assert cli_json(cfg, "dlq", "retry", delivery_id) == {"retried": 1,
                                                          "deliveryIds": [delivery_id]}
     again = db.read(store_deliveries.get_delivery, delivery_id)
-    assert (again.status, again.attempts, again.dead_at) == (DeliveryStatus.PENDING, 0, None)
+    # still 2 attempts made (the history's count); the retry budget starts again
+    assert (again.status, again.attempts, again.dead_at) == (DeliveryStatus.PENDING, 2, None)
+    [claimed] = db.write(store_deliveries.claim_due_deliveries, now=again.next_attempt_at,
+                         limit=1, lease_s=60)
+    assert claimed.attempts == 0  # attempts of the new budget, as the dispatcher sees them
+    db.write(store_deliveries.release_sending_deliveries, now=again.next_attempt_at,
+             all_sending=True)
     assert again.next_attempt_at > T0  # now, by the CLI's clock
     assert cli_json(cfg, "dlq", "list") == []
 
@@ -137,7 +143,7 @@ def test_purge_deletes_deliveries_and_their_attempts(cfg, db, new_tenant):
     assert db.read(store_deliveries.find_delivery, one) is None
     assert db.read(store_deliveries.attempts_of_delivery, one) == []
 
-    proc = cli(cfg, "dlq", "purge", "--all")
+    proc = cli(cfg, "dlq", "purge", "--all", "--yes")
     assert "2 dead delivery(ies) purged" in proc.stdout
     assert all(db.read(store_deliveries.find_delivery, i) is None for i in rest)
     assert json.loads(cli(cfg, "dlq", "list", "--json").stdout) == []
@@ -147,7 +153,7 @@ def test_purge_leaves_deliveries_that_are_not_dead(cfg, db, new_tenant):
     new_tenant()
     dead = dead_delivery(db, job_id="job_1")
     cli_json(cfg, "dlq", "retry", dead)  # pending again
-    assert cli_json(cfg, "dlq", "purge", "--all") == {"purged": 0, "deliveryIds": []}
+    assert cli_json(cfg, "dlq", "purge", "--all", "--yes") == {"purged": 0, "deliveryIds": []}
     assert status_of(db, dead) is DeliveryStatus.PENDING
     proc = cli(cfg, "dlq", "purge", dead, check=False)
     assert proc.returncode == 1

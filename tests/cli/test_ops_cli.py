@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -52,7 +53,7 @@ def test_stats_counts_by_status_and_tenant_recent_dlq_and_oldest(jobd, seed):
     assert doc["at"].endswith("Z")
 
     human = jobd("stats").stdout
-    assert "jobs by status" in human and "jobs by tenant" in human
+    assert "jobs by status, then by tenant" in human and "jobs finished" in human
     assert "DLQ size: 1" in human
     assert "oldest queued job waiting: 1" in human  # 1xx.x s
 
@@ -118,7 +119,7 @@ def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged):
 
 
 def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db, aged):
-    doc = jobd.json("prune")
+    doc = jobd.json("prune", "--yes")
     assert doc["dryRun"] is False
     assert (doc["jobs"], doc["deliveries"]) == (5, 3)
     assert doc["seconds"] >= 0
@@ -129,12 +130,12 @@ def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db
     assert jobd.json("dlq", "list")[0]["deliveryId"] == aged["dead_delivery"]
     assert held_keys(db) == 4  # the jobs that are left keep theirs
 
-    again = jobd.json("prune")
+    again = jobd.json("prune", "--yes")
     assert (again["jobs"], again["deliveries"]) == (0, 0)
-    assert "jobs: 0" in jobd("prune").stdout
+    assert "jobs: 0" in jobd("prune", "--yes").stdout
 
     # --older-than-days overrides jobs.retention_days
-    assert jobd.json("prune", "--older-than-days", "0")["jobs"] == 1
+    assert jobd.json("prune", "--older-than-days", "0", "--yes")["jobs"] == 1
     assert aged["recent_succeeded"] not in remaining(db)
 
 
@@ -145,7 +146,7 @@ def test_prune_many_jobs_in_batches_with_progress(jobd, db, seed, monkeypatch):
     old = time.time() - 3 * DAY
     for i in range(20):
         seed.succeeded("acme", at=old + i)
-    proc = jobd("prune")
+    proc = jobd("prune", "--yes")
     assert "pruning jobs" in proc.stdout and "20/20" in proc.stdout
     assert "jobs: 20" in proc.stdout
     assert remaining(db) == set()
@@ -158,7 +159,7 @@ def test_top_refreshes_until_ctrl_c(tmp_path: Path, cfg, seed):
     seed.succeeded("acme", at=time.time() - 5)
     out_path = tmp_path / "top.out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBD_")}
-    env.update(TTY_COMPATIBLE="1", COLUMNS="100", LINES="60")  # render frames as on a terminal
+    env.update(TTY_COMPATIBLE="1", COLUMNS="80", LINES="24")  # frames as on an 80x24 terminal
     with out_path.open("wb") as out:
         proc = subprocess.Popen([*JOBD, "top", "--interval", "0.1", "--config", str(cfg)],
                                 stdout=out, stderr=subprocess.PIPE, env=env)
@@ -174,5 +175,7 @@ def test_top_refreshes_until_ctrl_c(tmp_path: Path, cfg, seed):
     assert proc.returncode in (0, 130), stderr
     assert b"Traceback" not in stderr
     text = out_path.read_text(errors="replace")
-    assert "throughput (last minute)" in text
+    assert "jobs/s" in text
+    visible = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "\n")
+    assert max(len(line) for line in visible.splitlines()) <= 80
     assert "succeeded" in text

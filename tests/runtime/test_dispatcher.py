@@ -32,6 +32,7 @@ from jobd.store.queries import Q
 from jobd.store.scheduling import DirectDelivery
 from jobd.store.store import Store
 from tests.conftest import T0, make_config
+from tests.peers import REFUSED_HEADS, hostile_server
 
 
 @dataclass
@@ -111,6 +112,12 @@ async def make_dispatcher(store: Store, clock: FakeClock, tmp_path: Path) -> Asy
 LADDER = {"retry_delays": [30, 60, 120]}
 
 
+@pytest.fixture(params=[True, False], ids=["fast", "aiohttp"])
+def fast_client(request: pytest.FixtureRequest) -> bool:
+    """webhooks.fast_client: the sending tests run with both clients."""
+    return bool(request.param)
+
+
 async def finish_job_with_webhook(store: Store, clock: FakeClock, url: str, *,
                                   key: str = "k") -> tuple[str, str]:
     """Submit, claim and succeed a job the way the pool does; return (job id, delivery id)."""
@@ -159,8 +166,8 @@ def test_claim_query_uses_the_due_index(db):
 # sending --------------------------------------------------------------------------------
 
 async def test_success_records_one_attempt_and_a_verifiable_signature(
-        store, db, clock, receiver, tenant, make_dispatcher):
-    dispatcher = make_dispatcher()
+        store, db, clock, receiver, tenant, make_dispatcher, fast_client):
+    dispatcher = make_dispatcher(fast_client=fast_client)
     job_id, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
     assert await round_(dispatcher) == 1
 
@@ -193,9 +200,9 @@ async def test_success_records_one_attempt_and_a_verifiable_signature(
 
 
 async def test_500_walks_the_ladder_then_dead_letters(store, db, clock, receiver, tenant,
-                                                      make_dispatcher, caplog):
+                                                      make_dispatcher, caplog, fast_client):
     receiver.statuses = [500]
-    dispatcher = make_dispatcher(**LADDER)
+    dispatcher = make_dispatcher(fast_client=fast_client, **LADDER)
     _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
     states, gaps = [], []
     for number in range(1, 5):
@@ -231,9 +238,9 @@ async def test_500_walks_the_ladder_then_dead_letters(store, db, clock, receiver
 
 
 async def test_redirect_is_a_failure_and_never_followed(store, db, clock, receiver, tenant,
-                                                        make_dispatcher):
+                                                        make_dispatcher, fast_client):
     receiver.statuses = [302]
-    dispatcher = make_dispatcher(**LADDER)
+    dispatcher = make_dispatcher(fast_client=fast_client, **LADDER)
     _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
     await round_(dispatcher)
     d = delivery(db, delivery_id)
@@ -245,9 +252,9 @@ async def test_redirect_is_a_failure_and_never_followed(store, db, clock, receiv
 
 
 async def test_a_receiver_slower_than_the_timeout_is_a_failure(store, db, clock, receiver, tenant,
-                                                               make_dispatcher):
+                                                               make_dispatcher, fast_client):
     receiver.hang_s = 5
-    dispatcher = make_dispatcher(timeout=0.2, **LADDER)
+    dispatcher = make_dispatcher(fast_client=fast_client, timeout=0.2, **LADDER)
     _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
     started = time.perf_counter()
     await round_(dispatcher)
@@ -261,8 +268,8 @@ async def test_a_receiver_slower_than_the_timeout_is_a_failure(store, db, clock,
 
 
 async def test_private_addresses_are_refused_when_not_allowed(store, db, clock, receiver, tenant,
-                                                              make_dispatcher):
-    dispatcher = make_dispatcher(allow_private_networks=False, **LADDER)
+                                                              make_dispatcher, fast_client):
+    dispatcher = make_dispatcher(fast_client=fast_client, allow_private_networks=False, **LADDER)
     _, loopback = await finish_job_with_webhook(store, clock, receiver.url(), key="a")
     port = receiver.base.rsplit(":", 1)[1]
     _, by_name = await finish_job_with_webhook(store, clock, f"http://localhost:{port}/hook",
@@ -275,6 +282,23 @@ async def test_private_addresses_are_refused_when_not_allowed(store, db, clock, 
     assert "localhost" in second.last_error
     [attempt] = db.read(store_deliveries.attempts_of_delivery, loopback)
     assert attempt.status_code is None
+
+
+async def test_a_hostile_receiver_fails_the_attempt_at_once_with_a_clear_error(
+        store, db, clock, tenant, make_dispatcher, fast_client):
+    async with hostile_server() as hostile:
+        dispatcher = make_dispatcher(fast_client=fast_client, timeout=10, **LADDER)
+        sent = {path: (await finish_job_with_webhook(store, clock, hostile.url(path),
+                                                     key=path))[1]
+                for path in REFUSED_HEADS}
+        started = time.perf_counter()
+        assert await round_(dispatcher) == len(sent)
+        assert time.perf_counter() - started < 3  # not webhooks.timeout
+    for path, delivery_id in sent.items():
+        d = delivery(db, delivery_id)
+        assert d.status is DeliveryStatus.PENDING
+        assert d.last_error == f"AnswerRefused: {REFUSED_HEADS[path]}"
+        assert d.last_status_code is None
 
 
 async def test_dlq_retry_gives_a_fresh_budget_and_keeps_the_webhook_id(
@@ -290,16 +314,21 @@ async def test_dlq_retry_gives_a_fresh_budget_and_keeps_the_webhook_id(
     clock.advance(100)
     assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == [delivery_id]
     again = delivery(db, delivery_id)
+    # `attempts` keeps counting every attempt (as the history does); the budget is new
     assert (again.status, again.attempts, again.next_attempt_at) == (
-        DeliveryStatus.PENDING, 0, clock.now())
+        DeliveryStatus.PENDING, 2, clock.now())
     assert again.dead_at is None
 
+    await round_(dispatcher)  # fails again: the first attempt of the new budget, so a retry
+    retrying = delivery(db, delivery_id)
+    assert (retrying.status, retrying.attempts) == (DeliveryStatus.PENDING, 3)
     receiver.statuses = [200]
+    clock.advance(30)
     assert await round_(dispatcher) == 1
     done = delivery(db, delivery_id)
-    assert (done.status, done.attempts) == (DeliveryStatus.SUCCEEDED, 1)
-    assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery_id] * 3
-    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == 3
+    assert (done.status, done.attempts) == (DeliveryStatus.SUCCEEDED, 4)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery_id] * 4
+    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == done.attempts
     # only dead deliveries can be retried
     assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == []
 

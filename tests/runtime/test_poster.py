@@ -1,78 +1,30 @@
 """The webhook client against real servers on 127.0.0.1 that answer from a script:
 keep-alive, interim answers, bodies of every framing, stale connections, timeouts,
-address checks, TLS."""
+address checks, TLS, the idle timer. (What both webhook clients share, the bounds on an
+answer included, is in test_webhook_client.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import ssl
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import pytest
 import trustme
 import uvloop
 
 from jobd import netguard
-from jobd.runtime.poster import MAX_DRAIN_BYTES, AnswerError, Poster
-
-Answer = Callable[[int], bytes | None]  # n-th request on a connection -> answer (None: hang up)
-
-
-def ok(body: bytes = b"ok", extra: str = "") -> bytes:
-    return (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
-
-
-@dataclass
-class Server:
-    """Reads requests (head + Content-Length body) and answers each from ``answer``."""
-
-    answer: Answer = lambda n: ok()
-    requests: list[bytes] = field(default_factory=list)
-    connections: int = 0
-    close_after: bool = False  # close the connection after each answer
-    port: int = 0
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.append(writer)
-        n = 0
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                self.requests.append(head + await reader.readexactly(length))
-                answer = self.answer(n)
-                if answer is None:
-                    break
-                writer.write(answer)
-                await writer.drain()
-                n += 1
-                if self.close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def url(self, path: str = "/hook", scheme: str = "http") -> str:
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-    def drop_idle_connections(self) -> None:
-        for writer in self.writers:
-            writer.close()
+from jobd.outbound import MAX_BODY_WIRE_BYTES
+from jobd.runtime.poster import AnswerError, Poster
+from tests.peers import Server, ok, scripted_server
+from tests.runtime.conftest import until
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    srv = Server()
-    listener = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
-    srv.port = listener.sockets[0].getsockname()[1]
-    yield srv
-    listener.close()
+    async with scripted_server() as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -192,7 +144,7 @@ async def test_only_read_limit_bytes_are_kept_and_a_huge_body_is_not_drained(
     assert await post(poster, server.url(), read_limit=10) == (200, b"x" * 10)
     assert await post(poster, server.url(), read_limit=10) == (200, b"x" * 10)
     assert server.connections == 1  # a small body is read to its end: reusable
-    server.answer = lambda n: ok(b"y" * MAX_DRAIN_BYTES * 4)
+    server.answer = lambda n: ok(b"y" * MAX_BODY_WIRE_BYTES * 4)
     assert await post(poster, server.url(), read_limit=3) == (200, b"yyy")
     server.answer = lambda n: ok()
     await post(poster, server.url())
@@ -316,5 +268,19 @@ async def test_a_sweep_closes_connections_idle_past_max_idle(server) -> None:
         [conn] = [c for conns in poster._idle.values() for c in conns]
         poster.sweep()
         assert poster.idle_connections == 0 and not conn.open
+    finally:
+        await poster.close()
+
+
+async def test_the_idle_timer_keeps_connections_in_use_and_stops_when_none_is_idle(
+        server) -> None:
+    poster = Poster(allow_private=True, max_idle_s=0.2)
+    try:
+        for _ in range(4):  # used again before it falls due: kept
+            await post(poster, server.url())
+            await asyncio.sleep(0.1)
+        assert server.connections == 1 and poster.idle_connections == 1
+        await until(lambda: poster.idle_connections == 0, "not closed once idle")
+        await until(lambda: poster._sweeper is None, "the timer runs on with nothing idle")
     finally:
         await poster.close()

@@ -76,6 +76,29 @@ def test_0004_moves_live_idempotency_keys_onto_their_jobs(fresh: sqlite3.Connect
                     "job_reused": (None, None), "job_new": ("k3", b"hash-k3")}
 
 
+def test_0006_gives_deliveries_their_history_count_and_keeps_their_budget(
+        fresh: sqlite3.Connection) -> None:
+    for number, _name, sql in migrations()[:5]:
+        fresh.executescript(sql)
+        fresh.execute(f"PRAGMA user_version = {number}")
+    # (id, attempts in the current budget, rows of history): retried from the DLQ once
+    # after 4 attempts and tried once since; never retried; never tried
+    for delivery_id, attempts, history in (("msg_retried", 1, 5), ("msg_plain", 3, 3),
+                                           ("msg_new", 0, 0)):
+        fresh.execute("INSERT INTO deliveries (id, job_id, tenant_id, url, body, status, "
+                      "attempts, next_attempt_at, created_at, updated_at) VALUES "
+                      "(?, 'job_x', 'acme', 'https://example.com/', x'7b7d', 'pending', ?, 0, 0, 0)",
+                      (delivery_id, attempts))
+        for n in range(history):
+            fresh.execute("INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, "
+                          "error, duration_ms) VALUES (?, ?, 500, 'HTTP 500', 1.0)", (delivery_id, n))
+    assert migrate(fresh) == len(migrations())
+    rows = {r[0]: (r[1], r[2]) for r in fresh.execute(
+        "SELECT id, attempts, attempts - budget_base FROM deliveries")}
+    # attempts: every attempt made; attempts - budget_base: the current budget, as before
+    assert rows == {"msg_retried": (5, 1), "msg_plain": (3, 3), "msg_new": (0, 0)}
+
+
 def test_migrating_twice_is_a_no_op(fresh: sqlite3.Connection) -> None:
     migrate(fresh)
     before = schema(fresh)

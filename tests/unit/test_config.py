@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from jobd.config import CONFIG_ENV, Config, load_config
+import jobd.config
+from jobd.config import (
+    CONFIG_ENV,
+    Config,
+    DatabaseConfig,
+    database_path_is_explicit,
+    load_config,
+    locate_config,
+    mask_password,
+)
 from jobd.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "jobd.toml.example"
@@ -116,6 +125,172 @@ def test_env_string_keys_keep_numeric_looking_values(name: str, raw: str, get: t
     assert get(load_config(environ={name: raw})) == raw
 
 
+# PostgreSQL: database.url and its keys ---------------------------------------------
+
+PG_URL = "postgresql://jobd:s3cret-pw@db.example.com:5432/jobd"
+
+
+def test_without_url_the_database_is_sqlite() -> None:
+    database = load_config(environ={}).database
+    assert database.url is None
+    assert not database.is_postgres
+    assert database.location == "jobd.db"
+    assert (database.pool_size, database.statement_timeout) == (10, 30.0)
+
+
+@pytest.mark.parametrize("url", [PG_URL, "postgres://jobd:s3cret-pw@db.example.com/jobd",
+                                 "postgresql:///jobd?host=/var/run/postgresql",
+                                 "postgresql://jobd@h1:5432,h2:5432/jobd"])
+def test_a_postgresql_url_selects_postgresql(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'[database]\nurl = "{url}"\n')
+    database = load_config(path, environ={}).database
+    assert database.url == url
+    assert database.is_postgres
+
+
+def test_url_pool_size_and_statement_timeout_from_the_environment() -> None:
+    database = load_config(environ={"JOBD_DATABASE_URL": PG_URL, "JOBD_DATABASE_POOL_SIZE": "4",
+                                    "JOBD_DATABASE_STATEMENT_TIMEOUT": "2.5"}).database
+    assert (database.url, database.pool_size, database.statement_timeout) == (PG_URL, 4, 2.5)
+
+
+def test_an_empty_url_leaves_the_database_on_sqlite() -> None:
+    assert load_config(environ={"JOBD_DATABASE_URL": ""}).database.url is None
+
+
+def test_statement_timeout_zero_means_no_limit() -> None:
+    assert load_config(environ={"JOBD_DATABASE_STATEMENT_TIMEOUT": "0"}
+                       ).database.statement_timeout == 0
+
+
+@pytest.mark.parametrize(("variable", "raw"), [
+    ("JOBD_DATABASE_URL", "mysql://jobd:s3cret-pw@db/jobd"),
+    ("JOBD_DATABASE_URL", "/var/lib/jobd.db"),
+    ("JOBD_DATABASE_URL", "postgresql://jobd:s3cret-pw@db:port/jobd"),
+    ("JOBD_DATABASE_URL", "postgresql://jobd:s3cret-pw@db:70000/jobd"),
+    ("JOBD_DATABASE_POOL_SIZE", "0"),
+    ("JOBD_DATABASE_STATEMENT_TIMEOUT", "-1"),
+])
+def test_invalid_postgresql_settings_name_the_key(variable: str, raw: str) -> None:
+    key = "database." + variable.removeprefix("JOBD_DATABASE_").lower()
+    with pytest.raises(ConfigError, match=re.escape(key)) as caught:
+        load_config(environ={variable: raw})
+    assert "s3cret-pw" not in str(caught.value)
+
+
+def test_a_wrong_url_in_the_file_names_the_key_and_hides_the_password(tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\nurl = "mysql://jobd:s3cret-pw@db/jobd"\n')
+    with pytest.raises(ConfigError, match=r"database\.url.*not a PostgreSQL URL") as caught:
+        load_config(path, environ={})
+    assert "mysql://jobd:***@db/jobd" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+
+
+def test_sqlite_only_keys_set_beside_a_url_are_named_once(tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\npath = "/var/lib/jobd.db"\nbusy_timeout = 2\n'
+                           'synchronous = "normal"\n')
+    database = load_config(path, environ={"JOBD_DATABASE_URL": PG_URL}).database
+    assert database.ignored_keys() == ("path", "busy_timeout")
+    warning = database.ignored_keys_warning()
+    assert warning is not None
+    assert "database.path, database.busy_timeout" in warning
+    assert "synchronous" not in warning  # it has a meaning on PostgreSQL
+    assert "postgresql://jobd:***@db.example.com:5432/jobd" in warning
+    assert "s3cret-pw" not in warning
+
+
+def test_the_example_file_switches_backends_by_its_url_alone() -> None:
+    database = load_config(EXAMPLE, environ={"JOBD_DATABASE_URL": PG_URL}).database
+    assert database.is_postgres
+    assert database.ignored_keys() == ("path", "busy_timeout")
+
+
+@pytest.mark.parametrize("environ", [
+    {},                                   # SQLite: path and busy_timeout mean something
+    {"JOBD_DATABASE_PATH": "x.db"},
+    {"JOBD_DATABASE_URL": PG_URL},        # PostgreSQL with no SQLite key set
+    {"JOBD_DATABASE_URL": PG_URL, "JOBD_DATABASE_SYNCHRONOUS": "off"},
+])
+def test_no_warning_without_ignored_keys(environ: dict[str, str]) -> None:
+    database = load_config(environ=environ).database
+    assert database.ignored_keys() == ()
+    assert database.ignored_keys_warning() is None
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    (PG_URL, "postgresql://jobd:***@db.example.com:5432/jobd"),
+    ("postgres://jobd:p%40ss@db/jobd", "postgres://jobd:***@db/jobd"),
+    ("postgresql://jobd:p@ss/w?rd@db:5432/jobd", "postgresql://jobd:***@db:5432/jobd"),
+    ("postgresql://jobd:@db/jobd", "postgresql://jobd:***@db/jobd"),
+    ("postgresql://jobd@db/jobd?sslmode=require", "postgresql://jobd@db/jobd?sslmode=require"),
+    ("postgresql://db/jobd?user=jobd&password=s3cret-pw&sslpassword=k",
+     "postgresql://db/jobd?user=jobd&password=***&sslpassword=***"),
+    ("postgresql://jobd:pw@db?password=pw", "postgresql://jobd:***@db?password=***"),
+    ("postgresql:///jobd?host=/run/postgresql", "postgresql:///jobd?host=/run/postgresql"),
+])
+def test_mask_password(url: str, masked: str) -> None:
+    assert mask_password(url) == masked
+    assert DatabaseConfig(url=url).location == masked
+
+
+# where the file is found ------------------------------------------------------------
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A working directory and an /etc stand-in, searched in that order."""
+    cwd, etc = tmp_path / "cwd", tmp_path / "etc" / "jobd"
+    cwd.mkdir()
+    etc.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(jobd.config, "SEARCH_PATHS", (Path("jobd.toml"), etc / "jobd.toml"))
+    return {"local": cwd / "jobd.toml", "etc": etc / "jobd.toml", "given": tmp_path / "given.toml",
+            "env": tmp_path / "env.toml"}
+
+
+def test_the_search_order(places: dict[str, Path]) -> None:
+    def port_and_source(path: Path | None = None, env: dict[str, str] | None = None) -> tuple[
+            int, str]:
+        source = locate_config(path, environ=env or {})
+        return load_config(path, environ=env or {}).server.port, source.found_by
+
+    assert port_and_source() == (8080, "defaults")
+    places["etc"].write_text("[server]\nport = 1004\n")
+    assert port_and_source() == (1004, "search")
+    places["local"].write_text("[server]\nport = 1003\n")
+    assert port_and_source() == (1003, "search")
+    places["env"].write_text("[server]\nport = 1002\n")
+    assert port_and_source(env={CONFIG_ENV: str(places["env"])}) == (1002, CONFIG_ENV)
+    places["given"].write_text("[server]\nport = 1001\n")
+    assert port_and_source(places["given"], env={CONFIG_ENV: str(places["env"])}) == (
+        1001, "--config")
+
+
+def test_the_source_says_which_file_or_where_it_looked(places: dict[str, Path]) -> None:
+    nothing = locate_config(environ={}).describe()
+    assert str(places["local"]) in nothing and str(places["etc"]) in nothing
+    assert "defaults" in nothing
+    places["etc"].write_text("")
+    assert locate_config(environ={}).describe() == f"config file {places['etc']} (found by search)"
+    given = locate_config(places["given"], environ={}).describe()
+    assert given == f"config file {places['given']} (from --config)"
+
+
+def test_a_searched_file_that_is_broken_is_an_error_not_skipped(places: dict[str, Path]) -> None:
+    places["local"].write_text("[server\n")
+    places["etc"].write_text("[server]\nport = 1004\n")
+    with pytest.raises(ConfigError, match=re.escape("config file jobd.toml is not valid TOML")):
+        load_config(environ={})
+
+
+def test_whether_database_path_was_set(tmp_path: Path) -> None:
+    assert not database_path_is_explicit(load_config(environ={}))
+    assert not database_path_is_explicit(load_config(write(tmp_path, "[database]\n"), environ={}))
+    in_file = write(tmp_path, '[database]\npath = "jobd.db"\n', "a.toml")
+    assert database_path_is_explicit(load_config(in_file, environ={}))
+    assert database_path_is_explicit(load_config(environ={"JOBD_DATABASE_PATH": "x.db"}))
+
+
 # durations --------------------------------------------------------------------------
 
 
@@ -166,11 +341,28 @@ def test_invalid_value_names_the_key(tmp_path: Path, text: str, key: str) -> Non
         load_config(path, environ={})
 
 
-def test_invalid_env_value_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"server\.port"):
+def test_invalid_env_value_names_the_variable_and_the_key() -> None:
+    with pytest.raises(ConfigError) as bad_port:
         load_config(environ={"JOBD_SERVER_PORT": "abc"})
-    with pytest.raises(ConfigError, match=r"database\.synchronous"):
+    assert "JOBD_SERVER_PORT='abc'" in str(bad_port.value)
+    assert "server.port" in str(bad_port.value)
+    with pytest.raises(ConfigError) as bad_mode:
         load_config(environ={"JOBD_DATABASE_SYNCHRONOUS": "sometimes"})
+    assert "JOBD_DATABASE_SYNCHRONOUS='sometimes'" in str(bad_mode.value)
+    assert "database.synchronous" in str(bad_mode.value)
+
+
+def test_unknown_env_key_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="environment variable JOBD_SERVER_PROT"):
+        load_config(environ={"JOBD_SERVER_PROT": "1"})
+
+
+def test_a_bad_value_in_the_file_does_not_blame_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = "abc"\n')
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, environ={"JOBD_SERVER_HOST": "0.0.0.0"})
+    assert "JOBD_" not in str(bad.value)
+    assert str(path) in str(bad.value)
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
@@ -179,9 +371,9 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
-def test_missing_file_via_env_names_the_path(tmp_path: Path) -> None:
+def test_missing_file_via_env_names_the_path_and_the_variable(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
-    with pytest.raises(ConfigError, match=re.escape(str(path))):
+    with pytest.raises(ConfigError, match=re.escape(f"{path} (from JOBD_CONFIG) does not exist")):
         load_config(environ={CONFIG_ENV: str(path)})
 
 
@@ -268,10 +460,12 @@ def test_example_documents_every_model_key_and_nothing_else() -> None:
     assert not unknown, f"jobd.toml.example has keys the config model lacks: {unknown}"
 
 
-def test_example_comments_out_only_optional_login() -> None:
+def test_example_comments_out_only_optional_keys() -> None:
+    """Keys without a default value (the SMTP login, the PostgreSQL URL) are commented out."""
     commented = _commented_keys(EXAMPLE.read_text())
     leaves, _ = _model_keys(Config)
-    assert {k for k in commented if k in leaves} == {("smtp", "username"), ("smtp", "password")}
+    assert {k for k in commented if k in leaves} == {
+        ("smtp", "username"), ("smtp", "password"), ("database", "url")}
 
 
 def test_example_loads_and_equals_the_defaults() -> None:

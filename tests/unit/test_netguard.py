@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -127,6 +128,72 @@ BAD_FORM_CASES: list[str] = [
     "http://[::1/",
     "http://example.com\\@127.0.0.1/",
 ]
+
+
+# URLs that could never be sent, refused whatever the address policy: (url, reason)
+UNSENDABLE_CASES: list[tuple[str, str]] = [
+    ("http://a..b.example/", "empty label"),
+    ("http://.example.com/", "empty label"),
+    ("http://example.com../", "empty label"),
+    ("http://\u2488.com/", "empty label"),  # UTS 46 maps it to "1." : "1..com"
+    ("http://ex ample.com/", "contains ' '"),
+    ("http://ex%20ample.com/", "contains '%'"),
+    ("http://a*b.example/", "contains '*'"),
+    ('http://a"b.example/', "contains '\"'"),
+    ("http://a{b.example/", "contains '{'"),
+    ("http://xn--zz.example/", "not a valid IDNA label"),
+    ("http://xn--a.example/", "not a valid IDNA label"),
+    ("http://xn--.example/", "not a valid IDNA label"),
+    ("http://" + "a" * 64 + ".example/", "label over 63"),
+    ("http://" + "a." * 127 + "com/", "over 253 characters"),
+    ("http://1.2.3.256/", "not an IPv4 address"),
+    ("http://4294967296/", "not an IPv4 address"),
+    ("http://example.123/", "not an IPv4 address"),
+    ("http://exa\x00mple.com/", "control character"),
+    ("http://exa\tmple.com/", "control character"),  # yarl would drop it silently
+    ("http://example.com/\r\nX-Injected: 1", "control character"),
+    ("http://example.com/\x7f", "control character"),
+    ("http://example.com:0/", "port 0"),
+    ("http://[::1]:0/", "port 0"),
+    ("http://example.com:65536/", "out of range"),
+    ("http://example.com: 80/", "not a number"),
+    ("http://example.com:+80/", "not a number"),
+    ("http://[v1.fe]/", "not an IPv6 address"),
+    ("http://\udcff.com/", "invalid URL"),  # no IDNA encoding exists
+    ("http://example.com/" + "a" * 8174, "over 8192 characters"),
+    ("http://\u200b.com/", "invalid URL"),
+]
+
+# Odd but sendable: they stay accepted.
+SENDABLE_CASES: list[str] = [
+    "http://example.com./",  # a fully qualified name
+    "http://_acme.example.com/",
+    "http://a-b.example/",
+    "http://xn--exmple-cua.com/",  # exämple.com
+    "http://ex\u00e4mple.com/",
+    "http://xn--ls8h.la/",  # valid Punycode, valid for IDNA 2003 resolvers
+    "http://a\u3002b.example/",  # ideographic full stop, mapped to "."
+    "http://example.com:/",  # an empty port is the default port
+    "http://example.com:065535/",
+    "http://" + "a" * 63 + ".example/",
+    "http://" + "a." * 125 + "com./",  # 253 characters and the root
+    "http://example.com/a path",  # yarl percent-encodes the space
+    "http://1e100.net/",
+    "http://example.com/" + "a" * 8173,  # 8192 characters
+]
+
+
+@pytest.mark.parametrize(("url", "reason"), UNSENDABLE_CASES)
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_urls_that_could_never_be_sent_are_refused(url: str, reason: str,
+                                                   allow_private: bool) -> None:
+    with pytest.raises(BlockedAddress, match=re.escape(reason)):
+        check_url(url, allow_private=allow_private)
+
+
+@pytest.mark.parametrize("url", SENDABLE_CASES)
+def test_odd_but_sendable_urls_are_accepted(url: str) -> None:
+    check_url(url, allow_private=False)
 
 
 @pytest.mark.parametrize(("url", "allowed"), URL_CASES)

@@ -1,0 +1,1 @@
+"""PostgreSQL schema migrations, numbered ``NNNN_name.sql``, applied in order once each."""

@@ -1,0 +1,114 @@
+"""The API served from an event loop in a thread of its own, for clients that block.
+
+Property-based tests drive the API with a blocking HTTP client (schemathesis sends its
+requests with ``requests``), so the server cannot share their thread. :class:`ServedApi`
+wires ``create_app(ApiContext(...))`` as the daemon does, over a real SQLite store, and
+listens twice on 127.0.0.1: aiohttp's own server alone (``base_url("aiohttp")``), and the
+fast lane in front of it as ``jobd serve`` listens (``base_url("fastlane")``). No worker
+pool and no dispatcher run, so no job is executed and nothing is sent anywhere: whatever
+a generator puts in a job's ``url`` or ``webhookUrl`` stays in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+
+from jobd.api.app import create_app
+from jobd.api.context import ApiContext
+from jobd.api.fastlane import FastLane
+from jobd.clock import SystemClock
+from jobd.config import Config
+from jobd.daemon import metrics_handler
+from jobd.handlers.registry import build_registry
+from jobd.models import NewTenant
+from jobd.runtime.metrics import Metrics
+from jobd.store import tenants as store_tenants
+from jobd.store.store import Store
+
+Path = Literal["aiohttp", "fastlane"]
+PATHS: tuple[Path, ...] = ("aiohttp", "fastlane")
+T = TypeVar("T")
+
+
+class ServedApi:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.database)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="served-api",
+                                        daemon=True)
+        self._ports: dict[Path, int] = {}
+        self._runner: web.AppRunner | None = None
+        self._lane: FastLane | None = None
+        self._listener: asyncio.Server | None = None
+
+    def __enter__(self) -> ServedApi:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def base_url(self, path: Path) -> str:
+        return f"http://127.0.0.1:{self._ports[path]}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
+        """Run ``coro`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def create_tenant(self, tenant_id: str, *, rate: float = 1e6, burst: int = 1_000_000,
+                      max_concurrency: int | None = None) -> NewTenant:
+        return self.run(self.store.write(store_tenants.create_tenant, tenant_id, rate=rate,
+                                         burst=burst, max_concurrency=max_concurrency,
+                                         now=SystemClock().now()))
+
+    def start(self) -> ServedApi:
+        self.store.open()
+        self._thread.start()
+        try:
+            self.run(self._serve())
+        except (Exception, concurrent.futures.TimeoutError):
+            self.stop()
+            raise
+        return self
+
+    async def _serve(self) -> None:
+        ctx = ApiContext(config=self.config, store=self.store,
+                         registry=build_registry(use_entry_points=False), clock=SystemClock())
+        app = create_app(ctx, extra_routes=[web.get("/metrics", metrics_handler(self.store, Metrics()),
+                                                    allow_head=False)])
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._ports["aiohttp"] = self._runner.addresses[0][1]
+        assert self._runner.server is not None
+        self._lane = FastLane(ctx, fallback=self._runner.server)
+        self._listener = await asyncio.get_running_loop().create_server(self._lane, "127.0.0.1", 0)
+        self._ports["fastlane"] = self._listener.sockets[0].getsockname()[1]
+        ctx.ready = True
+
+    async def _shutdown(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        if self._lane is not None:
+            await self._lane.shutdown(1)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            try:
+                self.run(self._shutdown())
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(10)
+        self._loop.close()
+        self.store.close()

@@ -1,0 +1,65 @@
+"""The Makefile installs what a target needs, once: `make run` only the runtime, `make test`
+the dev tools, and nothing again until pyproject.toml changes (checked with `make -n`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def planned(where: Path, target: str) -> list[str]:
+    proc = subprocess.run(["make", "-n", target], cwd=where, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    past = time.time() - 3600
+    os.utime(tmp_path / "pyproject.toml", (past, past))
+    return tmp_path
+
+
+def stamp(project: Path, *names: str) -> None:
+    (project / ".venv").mkdir(exist_ok=True)
+    for name in names:
+        (project / ".venv" / name).touch()
+
+
+def test_a_fresh_checkout_run_installs_only_the_runtime(project: Path) -> None:
+    steps = planned(project, "run")
+    assert any("-m venv .venv" in s for s in steps)
+    assert ".venv/bin/pip install --quiet -e ." in steps
+    assert not any("[dev]" in s for s in steps)
+    assert steps[-1] == ".venv/bin/jobd serve"
+
+
+def test_test_installs_the_dev_tools(project: Path) -> None:
+    stamp(project, ".created", ".installed-runtime")
+    steps = planned(project, "test")
+    assert ".venv/bin/pip install --quiet -e '.[dev]'" in steps
+    assert not any("-m venv" in s for s in steps)
+    assert steps[-1] == ".venv/bin/python -m pytest -q"
+
+
+def test_nothing_is_installed_again_until_pyproject_changes(project: Path) -> None:
+    stamp(project, ".created", ".installed-runtime", ".installed-dev")
+    assert planned(project, "run") == [".venv/bin/jobd serve"]
+    assert planned(project, "test") == [".venv/bin/python -m pytest -q"]
+    assert not any("pip install" in s for s in planned(project, "install"))
+    (project / "pyproject.toml").touch()  # newer than every stamp
+    steps = planned(project, "run")
+    assert ".venv/bin/pip install --quiet -e ." in steps
+    assert not any("-m venv" in s for s in steps)  # the virtualenv stays
