@@ -52,7 +52,8 @@ async def serve(config: Config, *, clock: Clock | None = None,
                 supervisor: Supervisor | None = None) -> None:
     """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; raise
     :class:`TaskFailed` if it stopped because a long-lived task gave up. ``on_ready``
-    is called once the API answers (reads at least: on a full disk, writes may wait)."""
+    is called once it is ready, or once the API answers reads while the recovery at
+    startup waits for the database (a full disk, a lock held elsewhere)."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,16 +110,24 @@ async def serve(config: Config, *, clock: Clock | None = None,
         supervisor.start("idle-connection sweeper", supervisor.loop(
             "idle-connection sweeper", lane.run_idle_sweeper, running=lambda: True))
         _log_startup(config, address, registry.names())
-        if on_ready is not None:
-            on_ready(address)
+        announced = False
+
+        def announce() -> None:
+            nonlocal announced
+            if on_ready is not None and not announced:
+                on_ready(address)
+            announced = True
         # Reads are served from here on; on a full disk (or with the database locked
-        # elsewhere) the recovery below waits, retried, and /healthz says why.
-        if await _recover_at_startup(supervisor, lifeline, dispatcher, stop):
+        # elsewhere) the recovery below waits, retried, and /healthz says why (announced
+        # as started meanwhile: it serves what it can).
+        if await _recover_at_startup(supervisor, lifeline, dispatcher, stop,
+                                     on_failure=announce):
             supervisor.start("scheduler", pool.run(supervisor))
             supervisor.start("lifeline", lifeline.run(supervisor))
             supervisor.start("webhook dispatcher", dispatcher.run(supervisor))
             supervisor.start("pruner", pruner.run(supervisor))
             ctx.ready = True
+            announce()
             await stop.wait()
         if supervisor.gave_up is not None:  # /healthz says why meanwhile
             await asyncio.sleep(GIVE_UP_NOTICE_S)
@@ -160,15 +169,20 @@ CLOSE_S = 1.0
 
 
 async def _recover_at_startup(supervisor: Supervisor, lifeline: Lifeline,
-                              dispatcher: Dispatcher, stop: asyncio.Event) -> bool:
+                              dispatcher: Dispatcher, stop: asyncio.Event, *,
+                              on_failure: Callable[[], None]) -> bool:
     """Put back what a dead process left running or sending, retried until it is written
     (or the daemon is stopped: False). Nothing claims before it is done."""
     done = False
 
     async def recover() -> None:
         nonlocal done
-        await lifeline.recover_at_startup()
-        await dispatcher.recover_at_startup()
+        try:
+            await lifeline.recover_at_startup()
+            await dispatcher.recover_at_startup()
+        except Exception:
+            on_failure()
+            raise
         done = True
     await supervisor.loop("startup recovery", recover, running=lambda: not done, stop=stop)
     return done
