@@ -15,7 +15,7 @@ from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
 from jobd.store.backend import ClaimedDelivery
 from jobd.store.postgres import rows
 from jobd.store.postgres.batching import Outcome, all_else_each
-from jobd.store.postgres.queries import Q, changed
+from jobd.store.postgres.queries import Q, changed, fetch_planned
 
 
 async def claim_deliveries(conn: asyncpg.Connection, *, now: float, limit: int,
@@ -69,8 +69,8 @@ async def record_attempts(conn: asyncpg.Connection, items: list[Attempt]) -> lis
 
 async def _record_all(conn: asyncpg.Connection, items: list[Attempt]) -> list[Outcome | None]:
     statuses = [a.status for a in items]
-    moved = {r[0] for r in await conn.fetch(Q["deliveries_record"], *_attempt_columns(items,
-                                                                                  statuses))}
+    moved = {r[0] for r in await fetch_planned(conn, "deliveries_record",
+                                               *_attempt_columns(items, statuses))}
     outcomes: list[Outcome | None] = []
     for a, status in zip(items, statuses, strict=True):
         outcomes.append((True, status if a.delivery.id in moved else None))

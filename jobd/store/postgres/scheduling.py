@@ -18,7 +18,7 @@ from jobd.store.backend import ClaimRound, DirectDelivery
 from jobd.store.postgres import rows
 from jobd.store.postgres.batching import Outcome, all_else_each
 from jobd.store.postgres.jobs import queue_webhook
-from jobd.store.postgres.queries import Q, changed
+from jobd.store.postgres.queries import Q, changed, fetch_planned
 
 
 async def claim_jobs(conn: asyncpg.Connection, *, now: float, limit: int, owner: str,
@@ -54,7 +54,7 @@ async def finish_jobs(conn: asyncpg.Connection, items: list[Finish]) -> list[Out
 
 
 async def _finish_all(conn: asyncpg.Connection, items: list[Finish]) -> list[Outcome | None]:
-    finished = {r[0] for r in await conn.fetch(Q["jobs_finish"], *_finish_columns(items))}
+    finished = {r[0] for r in await fetch_planned(conn, "jobs_finish", *_finish_columns(items))}
     outcomes: list[Outcome | None] = []
     for f in items:
         outcomes.append((True, f.job.id in finished))

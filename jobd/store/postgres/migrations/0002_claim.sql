@@ -50,6 +50,9 @@ CREATE INDEX deliveries_due ON deliveries (next_attempt_at, seq) WHERE status = 
 --    stays locked only until this transaction commits.
 -- 4. The chosen jobs become running: attempts + 1, next_run_at NULL, the lease, started
 --    now. They are updated by their ctid (locked by this transaction, so it is stable).
+-- The skip scan orders by jobs_due's whole key so that no other index can serve it (the
+-- planner would otherwise walk jobs_tenant_seq while statistics say most jobs wait,
+-- stepping over every job already drained).
 CREATE FUNCTION jobd_claim(p_now double precision, p_limit integer, p_owner text,
                            p_expires double precision, p_after text)
 RETURNS TABLE (last_tenant text, queue_was_empty boolean, id text, tenant_id text,
@@ -82,10 +85,12 @@ DECLARE
     c_due     double precision[] := '{}';
 BEGIN
     WITH RECURSIVE w (t) AS (
-        SELECT min(j.tenant_id) FROM jobs j WHERE j.status IN ('queued', 'retry')
+        (SELECT j.tenant_id FROM jobs j WHERE j.status IN ('queued', 'retry')
+         ORDER BY j.tenant_id, j.priority DESC, j.next_run_at, j.seq LIMIT 1)
         UNION ALL
-        SELECT (SELECT min(j.tenant_id) FROM jobs j
-                WHERE j.status IN ('queued', 'retry') AND j.tenant_id > w.t)
+        SELECT (SELECT j.tenant_id FROM jobs j
+                WHERE j.status IN ('queued', 'retry') AND j.tenant_id > w.t
+                ORDER BY j.tenant_id, j.priority DESC, j.next_run_at, j.seq LIMIT 1)
         FROM w WHERE w.t IS NOT NULL
     )
     SELECT array_agg(w.t ORDER BY coalesce(w.t <= p_after COLLATE "C", false), w.t)
@@ -169,25 +174,29 @@ BEGIN
         RETURN;
     END IF;
 
+    SELECT array_agg(c.tid ORDER BY c.rank, c.pos), array_agg(c.seq ORDER BY c.rank, c.pos),
+           array_agg(c.due ORDER BY c.rank, c.pos)
+    INTO got_tid, got_seq, got_due
+    FROM (SELECT * FROM unnest(c_tid, c_seq, c_due, c_rank, c_pos)
+                        AS u (tid, seq, due, rank, pos)
+          ORDER BY u.rank, u.pos LIMIT p_limit) c;
+
+    -- By ctid (a TID scan), and put in order by array_position: no join whose plan
+    -- depends on how many rows the arrays hold (a cached plan cannot know).
     RETURN QUERY
-    WITH chosen AS (
-        SELECT c.tid, c.seq, c.due, row_number() OVER (ORDER BY c.rank, c.pos) AS ord
-        FROM unnest(c_tid, c_seq, c_due, c_rank, c_pos) AS c (tid, seq, due, rank, pos)
-        ORDER BY c.rank, c.pos
-        LIMIT p_limit
-    ), claimed AS (
+    WITH claimed AS (
         UPDATE jobs j
         SET status = 'running', attempts = j.attempts + 1, next_run_at = NULL,
             lease_owner = p_owner, lease_expires_at = p_expires, started_at = p_now,
             updated_at = p_now
-        WHERE j.ctid = ANY (ARRAY(SELECT chosen.tid FROM chosen))
+        WHERE j.ctid = ANY (got_tid)
         RETURNING j.seq, j.id, j.tenant_id, j.type, j.payload, j.attempts, j.max_attempts,
                   j.timeout_seconds, j.webhook_url
     )
     SELECT looked, false, claimed.id, claimed.tenant_id, claimed.type, claimed.payload,
-           claimed.attempts, claimed.max_attempts, claimed.timeout_seconds, chosen.due,
-           claimed.webhook_url
-    FROM claimed JOIN chosen ON chosen.seq = claimed.seq
-    ORDER BY chosen.ord;
+           claimed.attempts, claimed.max_attempts, claimed.timeout_seconds,
+           got_due[array_position(got_seq, claimed.seq)], claimed.webhook_url
+    FROM claimed
+    ORDER BY array_position(got_seq, claimed.seq);
 END;
 $$;
