@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -137,10 +138,14 @@ async def test_claims_in_flight_at_once_continue_each_others_rotation(backend: B
     assert rotation.after == "c"
 
 
-async def test_ids_rotate_in_byte_order(backend: Backend) -> None:
-    for t in ("b", "B", "a", "_"):
+async def one_job_each(backend: Backend, *tenant_ids: str, **fields: Any) -> None:
+    for t in tenant_ids:
         await tenant(backend, t)
-        await submit(backend, tenant_id=t)
+        await submit(backend, tenant_id=t, **fields)
+
+
+async def test_ids_rotate_in_byte_order(backend: Backend) -> None:
+    await one_job_each(backend, "b", "B", "a", "_")
     round_ = await claim(backend, limit=4)
     assert [j.tenant_id for j in round_.jobs] == sorted(["b", "B", "a", "_"])
 
@@ -156,9 +161,7 @@ async def test_a_single_job_is_not_stuck_behind_a_flood(backend: Backend, peek: 
 
 
 async def test_tenants_with_nothing_due_do_not_use_up_the_round(backend: Backend) -> None:
-    for t in ("a1", "a2", "a3"):
-        await tenant(backend, t)
-        await submit(backend, tenant_id=t, run_at=T0 + 3600)
+    await one_job_each(backend, "a1", "a2", "a3", run_at=T0 + 3600)  # scheduled for later
     await tenant(backend, "zz")
     due = (await submit(backend, tenant_id="zz")).job_id
     round_ = await claim(backend, now=T0, limit=2)
@@ -167,9 +170,7 @@ async def test_tenants_with_nothing_due_do_not_use_up_the_round(backend: Backend
 
 
 async def test_the_round_stops_after_limit_tenants_with_jobs(backend: Backend) -> None:
-    for t in ("a", "b", "c", "d"):
-        await tenant(backend, t)
-        await submit(backend, tenant_id=t)
+    await one_job_each(backend, "a", "b", "c", "d")
     round_ = await claim(backend, limit=2)
     assert [j.tenant_id for j in round_.jobs] == ["a", "b"]
     assert round_.last_tenant == "b"
