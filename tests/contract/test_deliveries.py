@@ -236,13 +236,15 @@ async def test_redeliver_gives_a_fresh_budget_and_keeps_the_id(
     for delivery_id in ids:
         d = await backend.find_delivery(delivery_id)
         assert d is not None
+        # `attempts` keeps counting every attempt (its history); the budget starts again
         assert (d.status, d.attempts, d.next_attempt_at, d.dead_at) == (
-            DeliveryStatus.PENDING, 0, T0 + 500, None)
+            DeliveryStatus.PENDING, 1, T0 + 500, None)
         assert d.last_error == "HTTP 410"  # the last failure is still shown
     assert await backend.redeliver_dead(ids, now=T0 + 501) == []  # no longer dead
     assert await backend.redeliver_dead([], now=T0 + 501) == []
     again = await backend.claim_deliveries(now=T0 + 500, limit=5, lease_s=LEASE_S)
     assert sorted(d.id for d in again) == sorted(ids)
+    assert [d.attempts for d in again] == [0, 0]  # what the dispatcher counts its budget from
     assert await stored.count(peek, "delivery_attempts") == 2  # the history is kept
 
 

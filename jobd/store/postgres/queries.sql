@@ -225,7 +225,7 @@ UPDATE deliveries d
 SET status = 'sending', next_attempt_at = NULL, lease_expires_at = $3, updated_at = $1
 FROM due
 WHERE d.seq = due.seq
-RETURNING d.id, d.job_id, d.tenant_id, d.url, d.body, d.attempts,
+RETURNING d.id, d.job_id, d.tenant_id, d.url, d.body, d.attempts - d.budget_base AS attempts,
           (SELECT t.webhook_secret FROM tenants t WHERE t.id = d.tenant_id) AS secret,
           due.next_attempt_at AS due, d.seq;
 
@@ -284,9 +284,10 @@ SELECT id FROM deliveries
 WHERE status = 'dead' AND ($1::text IS NULL OR tenant_id = $1)
 ORDER BY seq;
 
--- A fresh retry budget: attempts start again at 0; the id (webhook-id) is kept.
+-- A fresh retry budget: it counts from the attempts made so far (budget_base); `attempts`
+-- keeps counting every attempt, as delivery_attempts does. The id (webhook-id) is kept.
 -- name: deliveries_redeliver_dead
-UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+UPDATE deliveries SET status = 'pending', budget_base = attempts, next_attempt_at = $2,
                       lease_expires_at = NULL, dead_at = NULL, updated_at = $2
 WHERE id = ANY ($1::text[]) AND status = 'dead'
 RETURNING id;
