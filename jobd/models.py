@@ -132,11 +132,11 @@ class NewJob:
 
 @dataclass(slots=True)
 class IdempotentResult:
-    """The stored answer to a ``POST /jobs``; ``replayed`` when it was not created now."""
+    """What a ``POST /jobs`` created or replayed: the job's id and creation time (the API
+    renders the 201 from them); ``replayed`` when it was not created now."""
 
-    status: int
-    body: bytes
     job_id: str
+    created_at: float
     replayed: bool
     started: bool = False  # created already running, under a StartLease
 

@@ -96,7 +96,7 @@ def insert(ctx: ApiContext, submission: Submission) -> asyncio.Future[Idempotent
                                                          capped=submission.capped)
     future = ctx.store.insert_job_soon(
         job, body_hash=submission.body_hash, now=submission.now,
-        idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600, render=created_body,
+        idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600,
         api_key_hash=submission.api_key_hash, lease=lease)
     if starter is not None and lease is not None:
         starter.follow(job, submission.now, future)
@@ -113,7 +113,7 @@ def created(ctx: ApiContext, submission: Submission, result: IdempotentResult,
     headers["Location"] = f"/jobs/{result.job_id}"
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Answer(result.status, headers, result.body)
+    return Answer(201, headers, created_body(result.job_id, result.created_at))
 
 
 async def submit_job(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -15,8 +14,6 @@ from jobd.store.connection import transaction
 from jobd.store.outbox import enqueue_delivery
 from jobd.store.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
 from jobd.store.writer import Outcome, in_savepoint
-
-RenderCreated = Callable[[str, float], bytes]
 
 
 @dataclass(slots=True)
@@ -32,8 +29,8 @@ class Creation:
     lease: StartLease | None = None  # create it running (only on the one-statement path)
 
 
-def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_ttl_s: float,
-                render: RenderCreated) -> list[Outcome]:
+def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *,
+                idempotency_ttl_s: float) -> list[Outcome]:
     """Create many jobs, one outcome per item (a result, or the error for that item).
 
     The common case (live API keys, no Idempotency-Key seen before) is one statement,
@@ -52,7 +49,7 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
     one statement; by :func:`insert_job` it is created queued like the rest."""
     if len(items) > MAX_ROWS_PER_STATEMENT and not conn.in_transaction:
         with transaction(conn):  # more than one statement: not alone
-            return insert_jobs(conn, items, idempotency_ttl_s=idempotency_ttl_s, render=render)
+            return insert_jobs(conn, items, idempotency_ttl_s=idempotency_ttl_s)
     ids = [new_job_id() for _ in items]
     try:
         inserted = run_rows(conn, "jobs_insert_if_key_live", [
@@ -63,27 +60,25 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *, idempotency_
     except sqlite3.IntegrityError:
         inserted = -1  # that statement was undone (an earlier one of 500 rows was not)
     if inserted == len(items):
-        return [(True, _created(job_id, c, render)) for job_id, c in zip(ids, items, strict=True)]
+        return [(True, _created(job_id, c)) for job_id, c in zip(ids, items, strict=True)]
     present = {row[0] for row in conn.execute(Q["jobs_present"], (orjson.dumps(ids).decode(),))}
     with transaction(conn):
-        return [(True, _created(job_id, c, render)) if job_id in present
-                else _isolated(conn, c, idempotency_ttl_s, render)
+        return [(True, _created(job_id, c)) if job_id in present
+                else _isolated(conn, c, idempotency_ttl_s)
                 for job_id, c in zip(ids, items, strict=True)]
 
 
-def _created(job_id: str, item: Creation, render: RenderCreated) -> IdempotentResult:
-    return IdempotentResult(status=201, body=render(job_id, item.now), job_id=job_id,
-                            replayed=False, started=item.lease is not None)
+def _created(job_id: str, item: Creation) -> IdempotentResult:
+    return IdempotentResult(job_id, item.now, replayed=False, started=item.lease is not None)
 
 
-def _isolated(conn: sqlite3.Connection, item: Creation, ttl_s: float,
-              render: RenderCreated) -> Outcome:
+def _isolated(conn: sqlite3.Connection, item: Creation, ttl_s: float) -> Outcome:
     return in_savepoint(conn, insert_job, item.job, body_hash=item.body_hash, now=item.now,
-                        idempotency_ttl_s=ttl_s, render=render, api_key_hash=item.api_key_hash)
+                        idempotency_ttl_s=ttl_s, api_key_hash=item.api_key_hash)
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: float,
-               idempotency_ttl_s: float, render: RenderCreated,
+               idempotency_ttl_s: float,
                api_key_hash: str | None = None) -> IdempotentResult:
     """Create the job unless its Idempotency-Key already answered (then replay, or 409
     for a different body). A key older than ``idempotency_ttl_s`` is taken over."""
@@ -98,11 +93,10 @@ def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: 
                 raise IdempotencyConflict(
                     f"Idempotency-Key {job.idempotency_key!r} was already used with a different "
                     "request body")
-            return IdempotentResult(status=201, body=render(holder["id"], holder["created_at"]),
-                                    job_id=holder["id"], replayed=True)
+            return IdempotentResult(holder["id"], holder["created_at"], replayed=True)
         conn.execute(Q["job_release_key"], (holder["id"],))
         conn.execute(Q["job_insert"], row)
-    return IdempotentResult(status=201, body=render(job_id, now), job_id=job_id, replayed=False)
+    return IdempotentResult(job_id, now, replayed=False)
 
 
 def _key_is_live(conn: sqlite3.Connection, tenant_id: str, api_key_hash: str | None) -> bool:

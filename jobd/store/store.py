@@ -34,7 +34,6 @@ from jobd.models import (
 from jobd.store import deliveries, jobs, scheduling, tenants
 from jobd.store.checkpointer import WAL_RESTART_BYTES, Checkpointer
 from jobd.store.connection import connect, hold_daemon_lock, migrate, others_can_read
-from jobd.store.jobs import RenderCreated
 from jobd.store.scheduling import ClaimRound
 from jobd.store.writer import GroupCommitWriter, WriterStats, left_until
 from jobd.supervisor import Supervisor
@@ -61,9 +60,8 @@ class Store:
                                           supervisor=supervisor)
         self._reader: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
-        # one partial per (ttl, renderer) and per owner, so that the writer groups their
-        # items together
-        self._insert_groups: dict[tuple[float, RenderCreated], Callable[..., Any]] = {}
+        # one partial per ttl and per owner, so that the writer groups their items together
+        self._insert_groups: dict[float, Callable[..., Any]] = {}
         self._finish_groups: dict[str, Callable[..., Any]] = {}
 
     # lifecycle -----------------------------------------------------------------
@@ -179,24 +177,24 @@ class Store:
         return self.read(tenants.tenant_for_key_hash, key_hash)
 
     async def insert_job(self, job: NewJob, *, body_hash: bytes, now: float,
-                         idempotency_ttl_s: float, render: RenderCreated,
+                         idempotency_ttl_s: float,
                          api_key_hash: str | None = None) -> IdempotentResult:
         """Create a job (or replay its key). The jobs created in one batch of the
         writer are inserted together, by one multi-row INSERT."""
         return await self.insert_job_soon(job, body_hash=body_hash, now=now,
-                                          idempotency_ttl_s=idempotency_ttl_s, render=render,
+                                          idempotency_ttl_s=idempotency_ttl_s,
                                           api_key_hash=api_key_hash)
 
     def insert_job_soon(self, job: NewJob, *, body_hash: bytes, now: float,
-                        idempotency_ttl_s: float, render: RenderCreated,
+                        idempotency_ttl_s: float,
                         api_key_hash: str | None = None,
                         lease: StartLease | None = None) -> asyncio.Future[IdempotentResult]:
         """:meth:`insert_job` as a future, done after the COMMIT. With a ``lease`` the job
         may be created running (its result says ``started``)."""
-        group = self._insert_groups.get((idempotency_ttl_s, render))
+        group = self._insert_groups.get(idempotency_ttl_s)
         if group is None:
-            group = self._insert_groups[(idempotency_ttl_s, render)] = functools.partial(
-                jobs.insert_jobs, idempotency_ttl_s=idempotency_ttl_s, render=render)
+            group = self._insert_groups[idempotency_ttl_s] = functools.partial(
+                jobs.insert_jobs, idempotency_ttl_s=idempotency_ttl_s)
         return self._writer.call_grouped(group, jobs.Creation(job, body_hash, now, api_key_hash,
                                                                 lease), alone=True)
 

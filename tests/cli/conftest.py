@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 import pytest
 
-from jobd.api.views import created_body
 from jobd.cli.main import main as jobd_main
 from jobd.models import JobStatus, NewJob
 from jobd.store import deliveries as store_deliveries
@@ -98,7 +97,7 @@ class Seeder:
                      run_at=now if run_at is None else run_at, webhook_url=webhook_url,
                      idempotency_key=key)
         result = self.db.write(store_jobs.insert_job, job, body_hash=hashlib.sha256(key.encode()).digest(),
-                               now=now, idempotency_ttl_s=KEY_TTL_S, render=created_body)
+                               now=now, idempotency_ttl_s=KEY_TTL_S)
         return result.job_id
 
     def attempt(self, job_id: str, *, now: float, error: str | None = None,

@@ -19,7 +19,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from jobd.api.views import created_body
 from jobd.clock import FakeClock
 from jobd.config import Config
 from jobd.handlers.base import Services
@@ -125,7 +124,7 @@ async def finish_job_with_webhook(store: Store, clock: FakeClock, url: str, *,
                  max_attempts=3, timeout_seconds=None, run_at=clock.now(), webhook_url=url,
                  idempotency_key=key)
     created = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
-                                     idempotency_ttl_s=3600, render=created_body)
+                                     idempotency_ttl_s=3600)
     claim = await store.claim_due_jobs(now=clock.now(), limit=10, owner="o", lease_s=60)
     for claimed in claim.jobs:
         await store.finish_job(claimed, owner="o", status=JobStatus.SUCCEEDED, now=clock.now(),
@@ -424,7 +423,7 @@ async def submit(store: Store, clock: FakeClock, url: str, key: str) -> str:
     job = NewJob(tenant_id="acme", type="noop", payload="{}", priority=0, max_attempts=1,
                  timeout_seconds=None, run_at=clock.now(), webhook_url=url, idempotency_key=key)
     created = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
-                                     idempotency_ttl_s=60, render=created_body)
+                                     idempotency_ttl_s=60)
     return created.job_id
 
 

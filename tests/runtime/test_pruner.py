@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from jobd.api.views import created_body
 from jobd.clock import FakeClock
 from jobd.config import Config
 from jobd.models import JobStatus, NewJob
@@ -35,8 +34,7 @@ def _insert(conn: sqlite3.Connection, n: int, *, at: float, run_at: float | None
                      timeout_seconds=None, run_at=at if run_at is None else run_at,
                      webhook_url=None, idempotency_key=key)
         ids.append(store_jobs.insert_job(conn, job, body_hash=hashlib.sha256(key.encode()).digest(),
-                                         now=at, idempotency_ttl_s=KEY_TTL_S,
-                                         render=created_body).job_id)
+                                         now=at, idempotency_ttl_s=KEY_TTL_S).job_id)
     return ids
 
 

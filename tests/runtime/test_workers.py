@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from jobd.api.views import created_body
 from jobd.clock import FakeClock
 from jobd.handlers.base import Services
 from jobd.models import JobStatus, NewJob
@@ -31,7 +30,7 @@ async def submit(store, clock, job_type: str, *, tenant: str = "acme", key: str,
                  max_attempts=max_attempts, timeout_seconds=timeout_s, run_at=clock.now(),
                  webhook_url=None, idempotency_key=key)
     result = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
-                                    idempotency_ttl_s=3600, render=created_body)
+                                    idempotency_ttl_s=3600)
     return result.job_id
 
 

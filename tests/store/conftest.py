@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from jobd.api.views import created_body
 from jobd.models import IdempotentResult, NewJob
 from jobd.store import jobs as store_jobs
 from jobd.store.connection import connect
@@ -68,5 +67,5 @@ def submit(db: Database, new_job: NewJobFactory) -> Submit:
         job = job if job is not None else new_job(**fields)
         return db.write(store_jobs.insert_job, job,
                         body_hash=body_hash if body_hash is not None else body_hash_of(job),
-                        now=now, idempotency_ttl_s=TTL_S, render=created_body)
+                        now=now, idempotency_ttl_s=TTL_S)
     return insert

@@ -108,7 +108,6 @@ OWNER = "w"
 
 def _jobs(conn: sqlite3.Connection, statuses: list[tuple[str, str]], *, at: float) -> list[str]:
     """One job per (tenant, status), created in order at ``at`` + i."""
-    from jobd.api.views import created_body
     from jobd.models import NewJob
 
     ids = []
@@ -119,7 +118,7 @@ def _jobs(conn: sqlite3.Connection, statuses: list[tuple[str, str]], *, at: floa
                      timeout_seconds=None, run_at=future, webhook_url=None,
                      idempotency_key=f"k{at}-{i}")
         job_id = store_jobs.insert_job(conn, job, body_hash=b"x" * 32, now=now,
-                                       idempotency_ttl_s=60, render=created_body).job_id
+                                       idempotency_ttl_s=60).job_id
         ids.append(job_id)
         if status == "cancelled":
             store_jobs.cancel_job(conn, job_id, tenant_id=None, now=now)

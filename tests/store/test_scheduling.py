@@ -134,7 +134,7 @@ def _flood(db: Database, new_job: NewJobFactory, tenant_id: str, n: int) -> None
     def insert_all(conn: sqlite3.Connection) -> None:
         for job in jobs:
             store_jobs.insert_job(conn, job, body_hash=b"h", now=T0,
-                                  idempotency_ttl_s=3600.0, render=lambda i, t: b"{}")
+                                  idempotency_ttl_s=3600.0)
     db.write(insert_all)
 
 
