@@ -48,8 +48,11 @@ def to_rfc3339(ts: float | None) -> str | None:
     global _last_second
     cached_second, text = _last_second
     if cached_second != second:  # hot path: many times fall in the same second
-        # (gmtime + strftime: 1.2 us here, a third of datetime's fromtimestamp + strftime)
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        # (gmtime and a format: a third of datetime's fromtimestamp + strftime; and unlike
+        # strftime's %Y on glibc, a year before 1000 keeps its four digits)
+        t = time.gmtime(second)
+        text = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+                f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}")
         _last_second = (second, text)
     return f"{text}.{ms:03d}Z"
 
