@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -61,17 +62,25 @@ def write_config(path: Path, tmp: Path, port: int, **sections: dict[str, Any]) -
 class Daemon:
     """One ``jobd serve`` process on a config file; restartable after a kill."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path,
+                 open_files: int | None = None) -> None:
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
+        self.open_files = open_files  # RLIMIT_NOFILE of the process, if not inherited
         self.proc: subprocess.Popen[bytes] | None = None
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout_s: float = 15.0) -> Daemon:
         log = self.log_path.open("ab")
+        limit = self.open_files
+
+        def limit_files() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
-                                     stdout=log, stderr=log, env=_env())
+                                     stdout=log, stderr=log, env=_env(), preexec_fn=limit_files)
         wait_for(self._healthy, timeout_s=timeout_s, what="jobd serve to be healthy")
         return self
 
