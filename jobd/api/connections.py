@@ -75,6 +75,10 @@ class Connection(Protocol):
 class Connections:
     def __init__(self, server: ServerConfig, limit: int) -> None:
         self.limit = limit
+        if limit < server.max_connections:
+            log.info("accepting at most %d connections: server.max_connections (%d) lowered to "
+                     "fit the open-file limit (RLIMIT_NOFILE, ulimit -n)", limit,
+                     server.max_connections)
         self.read_timeout_s = server.read_timeout
         self.idle_timeout_s = server.idle_timeout
         self.sweep_interval_s = min(server.read_timeout, server.idle_timeout) / 4
@@ -134,8 +138,8 @@ class Connections:
         if not (evicted or refused) or not self._throttle.ready(now):
             return
         self._reported = (self.evicted, self.refused)
-        log.warning("connection limit reached (%d open, server.max_connections %d): closed %d "
-                    "idle connection(s) and refused %d new one(s) since the last such line",
+        log.warning("connection limit reached (%d open, limit %d): closed %d idle connection(s) "
+                    "and refused %d new one(s) since the last such line",
                     len(self._open), self.limit, evicted, refused)
 
     def sweep(self, now: float | None = None) -> None:

@@ -45,7 +45,7 @@ _REFUSED_FIELDS = frozenset((b"transfer-encoding", b"content-encoding", b"expect
 SINGLETON_FIELDS = frozenset((b"content-length", b"content-location", b"content-range",
                               b"content-type", b"etag", b"host", b"max-forwards", b"server",
                               b"transfer-encoding", b"user-agent"))
-_NOT_HEAD_TEXT = re.compile(rb"[^\t\r\n\x20-\xff]")  # control bytes: not an HTTP head
+_NOT_A_REQUEST = re.compile(rb"[^\r\n!#$%&'*+.^_`|~0-9A-Za-z-]")  # not a method's first byte
 MAX_HEAD_BYTES = 16 * 1024     # request line, header lines and the blank line
 MAX_FIELD_BYTES = 8190         # one header's name and value (aiohttp's max_field_size)
 MAX_LINE_BYTES = 8190          # the request line (aiohttp's max_line_size)
@@ -114,10 +114,10 @@ def frame(buf: bytes | bytearray, max_body_bytes: int) -> Request | Verdict:
 def ready_to_hand_over(buf: bytes | bytearray) -> bool:
     """Whether a connection that is not the lane's can go to aiohttp: once a request
     head has arrived whole (or grown past what the lane reads), or at once for bytes that
-    are no HTTP head at all (TLS, say), which aiohttp refuses at once. Until then the
+    cannot start an HTTP request (TLS, say), which aiohttp refuses at once. Until then the
     connection stays here, timed out like any (``server.read_timeout``)."""
-    return len(buf) >= MAX_HEAD_BYTES or buf.find(b"\r\n\r\n") >= 0 or (
-        _NOT_HEAD_TEXT.search(buf) is not None)
+    return (len(buf) >= MAX_HEAD_BYTES or _NOT_A_REQUEST.match(buf) is not None
+            or buf.find(b"\r\n\r\n") >= 0)
 
 
 @dataclass(slots=True)

@@ -95,7 +95,7 @@ async def test_at_the_limit_the_connection_idle_longest_makes_room(
     assert len(lane_of(api).connections) <= LIMIT
     warnings = [line for line in log_lines.at_least(logging.WARNING) if "limit" in line]
     assert len(warnings) == 1, warnings  # one line, not one per connection
-    assert "server.max_connections 4" in warnings[0]
+    assert "limit 4)" in warnings[0]
 
 
 @pytest.mark.parametrize("config", [SLOW], indirect=True)

@@ -31,6 +31,7 @@ from jobd.api.framing import (
     Verdict,
     frame,
     read_head,
+    ready_to_hand_over,
 )
 from jobd.config import ServerConfig
 
@@ -366,3 +367,17 @@ def test_reading_a_head_takes_time_in_proportion_to_its_size() -> None:
     assert read_head(head) is None
     assert frame(post(b"Host: x\r\n" + head), MAX_BODY) is NOT_MINE
     assert time.perf_counter() - started < 0.25
+
+
+@pytest.mark.parametrize(("buf", "ready"), [
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", False),         # its head is still arriving
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", True),
+    (b"DELETE /jobs/x HTTP/1.1\r\nHost: x\r\n\r\n{", True),
+    (b"x" * (MAX_HEAD_BYTES - 1), False),
+    (b"x" * MAX_HEAD_BYTES, True),                                # more than the lane reads
+    (b"\x16\x03\x01\x02\x00", True),                              # TLS: no request at all
+    (b"\x00", True), (b" GET", True), (b"\xffGET", True),
+    (b"\r\nGET /", False),                                        # (an empty line first is allowed)
+])
+def test_when_a_connection_that_is_not_the_lanes_goes_to_aiohttp(buf: bytes, ready: bool) -> None:
+    assert ready_to_hand_over(buf) is ready
