@@ -39,8 +39,8 @@ _GET_LINE = re.compile(rb"GET /jobs/([A-Za-z0-9_-]{1,128}) HTTP/1\.1\r\n")
 # of a line: unanchored, the search tried every position of a long run of token bytes
 # again (quadratic: seconds of the event loop for one 16 KiB head).
 _FIELD = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):([\t\x20-\x7e]*+)\r\n", re.MULTILINE)
-_REFUSED_FIELDS = frozenset((b"transfer-encoding", b"content-encoding", b"expect", b"upgrade",
-                             b"sec-websocket-key1"))
+_REFUSED_FIELDS = (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade",
+                   b"sec-websocket-key1")
 # The headers aiohttp refuses to see twice in a request (RFC 9110 singletons)
 SINGLETON_FIELDS = frozenset((b"content-length", b"content-location", b"content-range",
                               b"content-type", b"etag", b"host", b"max-forwards", b"server",
@@ -51,6 +51,7 @@ MAX_FIELD_BYTES = 8190         # one header's name and value (aiohttp's max_fiel
 MAX_LINE_BYTES = 8190          # the request line (aiohttp's max_line_size)
 MAX_HEADERS = 128              # header lines (aiohttp's max_headers)
 MAX_LENGTH_DIGITS = 18         # a Content-Length of more is not the lane's
+_SHORT_HEAD = 1024             # (a head this short holds few line feeds anyway)
 
 
 class Verdict(Enum):
@@ -137,38 +138,64 @@ def read_head(fields: bytes) -> Head | None:
     counts, as in aiohttp; a ``close`` in any Connection header ends the connection
     after the answer, as in llhttp. Every byte must belong to a field: the lengths of the
     non-overlapping matches, in order, add up to the whole only if nothing lies between
-    them."""
-    if fields.count(b"\n") > MAX_HEADERS:  # (one per line; and few places for a match to start)
-        return None
+    them. (The hot path of POST /jobs: equality tests on names, no hashing, unless the
+    head is unusual.)"""
+    if len(fields) > _SHORT_HEAD and fields.count(b"\n") > MAX_HEADERS:
+        return None  # (each line feed is a place a match may start: bounds the work)
     lines = _FIELD.findall(fields)
-    first: dict[bytes, bytes] = {}  # the first value of each header, by its name in lower case
-    close = False                   # a Connection header after the first asks to close
+    length: int | None = None
+    authorization: bytes | None = None
+    key: bytes | None = None
+    keep_alive = True
+    hosts = 0
+    others: list[bytes] = []
     covered = 0
     for name, value in lines:
         covered += len(name) + len(value) + 3
         name = name.lower()
-        if name not in first:
-            first[name] = value
-        elif name in SINGLETON_FIELDS:
-            return None
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value.strip(b" \t")
+        elif name == b"idempotency-key":
+            if key is None:
+                key = value.strip(b" \t")
+        elif name == b"content-length":
+            value = value.strip(b" \t")
+            if length is not None or not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+                return None
+            length = int(value)
+        elif name == b"host":
+            hosts += 1
         elif name == b"connection":
-            close = close or _asks_to_close(value)
-    if covered != len(fields) or b"host" not in first or not _REFUSED_FIELDS.isdisjoint(first):
-        return None
-    if covered > MAX_FIELD_BYTES and max(len(n) + len(v) for n, v in lines) > MAX_FIELD_BYTES:
-        return None
-    length = first.get(b"content-length")
-    if length is not None:
-        length = length.strip(b" \t")
-        if not length.isdigit() or len(length) > MAX_LENGTH_DIGITS:
+            if _asks_to_close(value):
+                keep_alive = False
+        elif name in _REFUSED_FIELDS:
             return None
-    key = first.get(b"idempotency-key")
-    connection = first.get(b"connection")
-    if connection is not None:
-        close = close or _asks_to_close(connection)
-    return Head(None if length is None else int(length),
-                first.get(b"authorization", b"").strip(b" \t").decode("ascii"),
-                None if key is None else key.strip(b" \t").decode("ascii"), not close)
+        else:
+            others.append(name)
+    if covered != len(fields) or hosts != 1 or not _within_aiohttps_rules(lines, others, covered):
+        return None
+    return Head(length, (authorization or b"").decode("ascii"),
+                None if key is None else key.decode("ascii"), keep_alive)
+
+
+def _within_aiohttps_rules(lines: list[tuple[bytes, bytes]], others: list[bytes],
+                           size: int) -> bool:
+    """At most MAX_HEADERS lines, none longer than MAX_FIELD_BYTES, and no second copy
+    of a header aiohttp allows once among ``others`` (names the lane does not read)."""
+    if len(lines) > MAX_HEADERS:
+        return False
+    if size > MAX_FIELD_BYTES and max(len(n) + len(v) for n, v in lines) > MAX_FIELD_BYTES:
+        return False
+    if len(others) < 2 or len(set(others)) == len(others):
+        return True
+    seen: set[bytes] = set()
+    for name in others:
+        if name in SINGLETON_FIELDS:
+            if name in seen:
+                return False
+            seen.add(name)
+    return True
 
 
 def _asks_to_close(value: bytes) -> bool:
