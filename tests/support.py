@@ -72,15 +72,16 @@ class Daemon:
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout_s: float = 15.0) -> Daemon:
-        log = self.log_path.open("ab")
         limit = self.open_files
 
         def limit_files() -> None:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-        self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
-                                     stdout=log, stderr=log, env=_env(), preexec_fn=limit_files)
+        with self.log_path.open("ab") as log:  # the process keeps its own copy
+            self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
+                                         stdout=log, stderr=log, env=_env(),
+                                         preexec_fn=limit_files)
         wait_for(self._healthy, timeout_s=timeout_s, what="jobd serve to be healthy")
         return self
 
