@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 # runAt must print as RFC 3339 with a four-digit year, to the millisecond, in UTC
-_RUN_AT_MS = (-62_135_596_800_000, 253_402_300_799_999)  # 0001-01-01 .. 9999-12-31T23:59:59.999
+_RUN_AT_MS = (-62_167_219_200_000, 253_402_300_799_999)  # 0000-01-01 .. 9999-12-31T23:59:59.999
 
 JobStatusName = Literal["queued", "running", "retry", "succeeded", "fatal", "cancelled"]
 
@@ -52,7 +52,7 @@ class JobCreateRequest(BaseModel):
     @classmethod
     def _four_digit_year(cls, value: datetime | None) -> datetime | None:
         if value is not None and not _RUN_AT_MS[0] <= round(value.timestamp() * 1000) <= _RUN_AT_MS[1]:
-            raise ValueError("must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z")
+            raise ValueError("must be between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z")
         return value
 
     @field_validator("webhookUrl")

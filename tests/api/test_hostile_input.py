@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.api.conftest import PROBLEM, Api, LogLines, exchange, parse_time, read_answer
+from tests.api.conftest import PROBLEM, Api, LogLines, exchange, read_answer
 
 
 def post_raw(api: Api, *, auth: bytes | None = None, extra: bytes = b"", body: bytes = b"{}",
@@ -164,7 +164,6 @@ async def test_a_payload_integer_past_int64_is_kept_as_sent(api: Api) -> None:
 @pytest.mark.parametrize("run_at", [
     "9999-12-31T23:59:59-01:00",       # 10000-01-01T00:59:59Z
     "9999-12-31T23:59:59.9999Z",       # rounds to 10000-01-01T00:00:00.000Z
-    "0001-01-01T00:00:00+01:00",       # year 0
     "10000-01-01T00:00:00Z",
     "+10000-01-01T00:00:00Z",
     "2025-13-01T00:00:00Z",
@@ -182,6 +181,7 @@ async def test_a_run_at_that_cannot_print_with_four_digits_is_a_400(api: Api, ru
     ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
     ("9999-12-31T23:59:59+00:00", "9999-12-31T23:59:59.000Z"),
     ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),   # Go's zero time.Time
+    ("0001-01-01T00:30:00+01:00", "0000-12-31T23:30:00.000Z"),  # (RFC 3339 has a year 0)
     ("0999-06-01T12:00:00+01:00", "0999-06-01T11:00:00.000Z"),
 ])
 async def test_the_edges_of_run_at_are_kept_and_shown_as_rfc_3339(api: Api, run_at: str,
@@ -190,9 +190,7 @@ async def test_the_edges_of_run_at_are_kept_and_shown_as_rfc_3339(api: Api, run_
     assert r.status == 201, r.raw
     job = (await api.get_job(r.json["jobId"])).json
     assert job["runAt"] == shown
-    parse_time(job["runAt"])
-    if job["nextRunAt"] is not None:
-        parse_time(job["nextRunAt"])
+    assert job["nextRunAt"] in (None, shown)
 
 
 @pytest.mark.parametrize("length", [b"+2", b"-1", b"0x2", b"2 2", b" ", b"1" * 5000,
