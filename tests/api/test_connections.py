@@ -64,8 +64,12 @@ async def connect(api: Api) -> AsyncIterator[Callable[..., Awaitable[Conn]]]:
 
 
 async def closed_by_server(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bytes:
-    """Everything the server sends until it closes the connection (fails if it does not)."""
-    return await asyncio.wait_for(reader.read(), timeout_s)
+    """Everything the server sends until it closes the connection (fails if it does not).
+    (A reset counts as closed: the client may have written after the server's FIN.)"""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout_s)
+    except ConnectionResetError:
+        return b""
 
 
 async def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
