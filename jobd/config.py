@@ -36,6 +36,10 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(262_144, ge=1024)
+    max_connections: int = Field(1000, ge=1)
+    read_timeout: float = Field(10.0, gt=0)
+    idle_timeout: float = Field(75.0, gt=0)
+    fast_lane: bool = True
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")

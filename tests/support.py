@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -85,18 +86,27 @@ def reap(proc: subprocess.Popen[Any]) -> None:
 class Daemon:
     """One ``jobd serve`` process on a config file; restartable after a kill."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path,
+                 open_files: int | None = None) -> None:
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
+        self.open_files = open_files  # RLIMIT_NOFILE of the process, if not inherited
         self.proc: subprocess.Popen[bytes] | None = None
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout_s: float = 15.0, *, healthy: bool = True) -> Daemon:
         """Start and wait until /healthz answers 200 (with ``healthy=False``: answers)."""
+        limit = self.open_files
+
+        def limit_files() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log_path.open("ab") as log:  # the process keeps its own copy
             self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config_path)],
-                                         stdout=log, stderr=log, env=_env())
+                                         stdout=log, stderr=log, env=_env(),
+                                         preexec_fn=limit_files)
         wait_for(lambda: self._answers(healthy), timeout_s=timeout_s,
                  what="jobd serve to be healthy" if healthy else "jobd serve to answer")
         return self

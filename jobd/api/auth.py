@@ -63,6 +63,8 @@ def authenticate_key(header: str, directory: TenantDirectory, *, fresh: bool = T
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise Unauthorized("send 'Authorization: Bearer <apiKey>'")
+    if not key.isascii():  # (a byte 0x80-0xFF arrives from aiohttp as a lone surrogate)
+        raise Unauthorized("the API key is unknown or was revoked")
     caller = directory.lookup(key, fresh=fresh)
     if caller is None:
         raise Unauthorized("the API key is unknown or was revoked")

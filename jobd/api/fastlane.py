@@ -8,21 +8,17 @@ two hot endpoints. The logic is the same functions either way
 (:mod:`jobd.api.routes`: ``admit``, ``prepare``, ``insert``, ``created`` and
 ``job_state``), and so are the error bodies (:mod:`jobd.api.problems`).
 
-The listening socket's protocol is :class:`FastLaneProtocol`. It answers a request
-itself only when its head is ``POST /jobs HTTP/1.1`` with one ``Content-Length``
-of at most ``server.max_body_bytes``, or ``GET /jobs/{jobId} HTTP/1.1`` (an id of
-letters, digits, ``_`` and ``-``) with no body; with none of
-``Transfer-Encoding``, ``Content-Encoding``, ``Expect`` or ``Upgrade``; and
-every header line in the strict form of RFC 9112 (``_FIELD``: no folding, no bytes
-outside visible ASCII, spaces and tabs). That is a subset of what llhttp and
-aiohttp accept, read the same way (``tests/api/test_fastlane_head.py`` checks it
-against llhttp on generated heads), and reading it takes a third of llhttp's time
-from Python (its callbacks). Anything else -- another path or method, HTTP/1.0, a
-query string, a chunked or oversized body, a malformed request -- and the
-connection is handed over, with every byte not yet answered, to aiohttp's own
-protocol for the rest of its life, so aiohttp gives those their usual answers
-(404, 413, 400 ...). Requests on one connection are answered one at a time, in
-order.
+Every connection the listening socket accepts starts with :class:`FastLaneProtocol`.
+It answers a request itself only when :func:`jobd.api.framing.frame` says it is the
+lane's (a strict subset of what aiohttp takes, read the same way); anything else --
+another path or method, HTTP/1.0, a query string, a chunked or oversized body, a
+malformed request -- and, once that request's head has arrived, the connection is
+handed over, with every byte not yet answered, to aiohttp's own protocol for the rest
+of its life, so aiohttp gives those their usual answers (404, 413, 400 ...). Requests
+on one connection are answered one at a time, in order. With ``server.fast_lane =
+false`` the lane answers nothing: every connection is handed over once its first head
+has arrived. Either way the connections are counted and timed out by
+:class:`jobd.api.connections.Connections`.
 """
 
 from __future__ import annotations
@@ -32,59 +28,54 @@ import contextlib
 import functools
 import http
 import logging
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.utils import formatdate
 from typing import cast
 
+from aiohttp import web
+
+from jobd.api.connections import AiohttpConnection, Connections, connection_limit, handler_args
 from jobd.api.context import ApiContext
-from jobd.api.problems import INTERNAL_ERROR, PROBLEM_JSON, error_body, error_headers
+from jobd.api.framing import NOT_MINE, Request, frame, ready_to_hand_over
+from jobd.api.problems import (
+    INTERNAL_ERROR,
+    PROBLEM_JSON,
+    TooManyConnections,
+    error_body,
+    error_headers,
+)
 from jobd.api.routes import Answer, admit, created, insert, job_state, prepare
 from jobd.errors import JobdError
 from jobd.models import IdempotentResult
 
 log = logging.getLogger("jobd.api")
 
-REQUEST_LINE = b"POST /jobs HTTP/1.1\r\n"
-GET_JOB = b"GET /jobs/"        # the start of GET /jobs/{jobId} HTTP/1.1
-_PREFIXES = (REQUEST_LINE, GET_JOB)
-_GET_LINE = re.compile(rb"GET /jobs/([A-Za-z0-9_-]{1,128}) HTTP/1\.1\r\n")
-# One header line as RFC 9110/9112 write it: a token, a colon, a value of visible ASCII,
-# spaces and tabs, CRLF. No obs-fold, no obs-text, no bare CR or LF: a head with
-# anything else is not one this lane takes (aiohttp's own parser decides it).
-_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([\t\x20-\x7e]*)\r\n")
-_REFUSED_FIELDS = (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade")
-MAX_HEAD_BYTES = 16 * 1024     # a longer head goes to aiohttp (which refuses it)
 PAUSE_BYTES = 1024 * 1024      # unanswered bytes buffered before reading pauses
-IDLE_TIMEOUT_S = 75.0          # as aiohttp's keep-alive timeout
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
-
-
-@dataclass(slots=True)
-class _Request:
-    authorization: str
-    idempotency_key: str | None
-    body: bytes
-    keep_alive: bool
-    job_id: str | None = None  # GET /jobs/{job_id}; None: POST /jobs
 
 
 class FastLane:
     """The protocol factory for the API's listening socket, and what its connections share."""
 
-    def __init__(self, ctx: ApiContext, fallback: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(self, ctx: ApiContext, fallback: web.Server) -> None:
         self.ctx = ctx
-        self.fallback = fallback  # aiohttp's protocol factory (``AppRunner.server``)
-        self.connections: set[FastLaneProtocol] = set()
+        server = ctx.config.server
+        self.max_body_bytes = server.max_body_bytes
+        self.connections = Connections(server, connection_limit(ctx.config))
+        # aiohttp's protocol for a connection handed over (``fallback``: ``AppRunner.server``)
+        self.fallback = functools.partial(AiohttpConnection, fallback, self.connections,
+                                          **handler_args(server))
+        self._protocol = FastLaneProtocol if server.fast_lane else HandOverProtocol
         self.pending: set[asyncio.Future[IdempotentResult]] = set()  # jobs being committed
         self.served = 0
         self.handed_over = 0
         self._date = (0, b"")
 
-    def __call__(self) -> FastLaneProtocol:
-        return FastLaneProtocol(self)
+    def __call__(self) -> asyncio.Protocol:
+        if not self.connections.admit():
+            return RefusedProtocol(self)
+        return self._protocol(self)
 
     def http_date(self) -> bytes:
         now = int(time.time())
@@ -92,7 +83,7 @@ class FastLane:
             self._date = (now, formatdate(now, usegmt=True).encode())
         return self._date[1]
 
-    def answer(self, request: _Request, reply: Callable[[Answer], None]) -> None:
+    def answer(self, request: Request, reply: Callable[[Answer], None]) -> None:
         """Answer ``request`` through ``reply``: a job's state or a refusal at once, a
         new job once the writer has committed it. No task: the checks run here, and the
         201 is written from the writer's future's callback (a task per request cost
@@ -136,26 +127,35 @@ class FastLane:
         headers = {"Content-Type": PROBLEM_JSON, **error_headers(error), **rate_headers}
         return Answer(error.status, headers, error_body(error))
 
-    def close_idle(self, idle_s: float = IDLE_TIMEOUT_S) -> None:
+    def render(self, answer: Answer, keep_alive: bool) -> bytes:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _REASONS.get(answer.status, b"")),
+                 "".join([f"{name}: {value}\r\n"
+                          for name, value in answer.headers.items()]).encode("latin-1")]
+        lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (len(answer.body), self.http_date()))
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(answer.body)
+        return b"".join(lines)
+
+    def close_idle(self, idle_s: float) -> None:
         """Close connections with nothing in flight for ``idle_s`` (0: all idle ones)."""
-        now = time.monotonic()
-        for conn in list(self.connections):
-            if not conn.busy and now - conn.last_active >= idle_s:
-                conn.close()
+        self.connections.close_idle(idle_s)
 
     async def run_idle_sweeper(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_TIMEOUT_S / 4)
-            self.close_idle()
+        """Close connections whose request is overdue or that idled too long."""
+        await self.connections.run_sweeper()
 
     async def shutdown(self, timeout_s: float) -> None:
-        """After the listener closed: let answers in flight finish, then close everything."""
+        """After the listener closed: let answers in flight finish, then close everything
+        the lane holds (aiohttp's connections are aiohttp's runner's to close)."""
         self.close_idle(0)
         if self.pending:
             await asyncio.wait(list(self.pending), timeout=timeout_s)
             await asyncio.sleep(0)  # their callbacks write the answers
-        for conn in list(self.connections):
-            conn.close()
+        for conn in self.connections:
+            if isinstance(conn, FastLaneProtocol):
+                conn.close()
 
 
 class FastLaneProtocol(asyncio.Protocol):
@@ -168,7 +168,9 @@ class FastLaneProtocol(asyncio.Protocol):
         self._close_after = False
         self._advancing = False       # inside _advance (a refusal answers synchronously)
         self.busy = False
-        self.last_active = time.monotonic()
+        self.opened_at = time.monotonic()
+        self.last_active = 0.0        # when the last answer was written (0: none yet)
+        self._mark = (0.0, 0.0)       # (since, last_active): a request arriving, as swept
 
     # connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,6 +190,25 @@ class FastLaneProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    def idle_since(self) -> float | None:
+        return None if self.busy else self.last_active or self.opened_at
+
+    def expired(self, now: float, read_timeout_s: float, idle_timeout_s: float) -> bool:
+        """A request must arrive whole within ``read_timeout_s``: the first one counted
+        from the connection's opening, a later one from when the sweep first saw part of
+        it (so between one and one and a quarter of that). A connection with nothing to
+        answer and nothing arriving is closed after ``idle_timeout_s``."""
+        if self.busy:
+            return False
+        if not self.last_active:
+            return now - self.opened_at >= read_timeout_s
+        if not self._buffer:
+            return now - self.last_active >= idle_timeout_s
+        if self._mark[1] != self.last_active:
+            self._mark = (now, self.last_active)
+            return False
+        return now - self._mark[0] >= read_timeout_s
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -229,50 +250,20 @@ class FastLaneProtocol(asyncio.Protocol):
         finally:
             self._advancing = False
 
-    def _take_request(self) -> _Request | None:
+    def _take_request(self) -> Request | None:
         """The next request if it is one for this lane and complete; None to wait for
-        more bytes, or after handing the connection to aiohttp."""
+        more bytes, or after handing the connection to aiohttp (once the head of the
+        request that is not the lane's has arrived)."""
         buf = self._buffer
         if not buf:
             return None
-        job_id = None
-        if buf.startswith(REQUEST_LINE):
-            line_end = len(REQUEST_LINE)
-        elif buf.startswith(GET_JOB):
-            line_end = buf.find(b"\r\n") + 2
-            if line_end == 1:  # the request line is still arriving
-                if len(buf) > MAX_HEAD_BYTES:
-                    self._hand_over()
-                return None
-            path = _GET_LINE.fullmatch(buf, 0, line_end)
-            if path is None:
-                self._hand_over()
-                return None
-            job_id = path.group(1).decode()
-        else:
-            if not any(p.startswith(bytes(buf[:len(p)])) for p in _PREFIXES):
-                self._hand_over()
-            return None  # (or the request line is still arriving)
-        end = buf.find(b"\r\n\r\n", line_end - 2)
-        if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                self._hand_over()
-            return None
-        head = _read_head(bytes(buf[line_end:end + 2]))
-        length = 0 if head is None or head.length is None else head.length
-        # POST: one Content-Length, within the limit; GET: no body
-        framed = head is not None and (head.length is not None if job_id is None else not length)
-        if not framed or length > self._lane.ctx.config.server.max_body_bytes:
-            self._hand_over()  # aiohttp answers it (a 400 for a malformed one)
-            return None
-        assert head is not None
-        total = end + 4 + length
-        if len(buf) < total:
-            return None
-        body = bytes(buf[end + 4:total])
-        del buf[:total]
-        return _Request(authorization=head.authorization, idempotency_key=head.idempotency_key,
-                        body=body, keep_alive=head.keep_alive, job_id=job_id)
+        request = frame(buf, self._lane.max_body_bytes)
+        if isinstance(request, Request):
+            del buf[:request.size]
+            return request
+        if request is NOT_MINE and ready_to_hand_over(buf):
+            self._hand_over()
+        return None
 
     def _reply(self, request_keep_alive: bool, answer: Answer) -> None:
         self._lane.served += 1
@@ -280,7 +271,7 @@ class FastLaneProtocol(asyncio.Protocol):
         if transport is None:  # the client left; the job (if any) is created all the same
             return
         keep_alive = request_keep_alive and not self._close_after
-        transport.write(self._render(answer, keep_alive))
+        transport.write(self._lane.render(answer, keep_alive))
         if not keep_alive:
             transport.close()
             return
@@ -289,18 +280,6 @@ class FastLaneProtocol(asyncio.Protocol):
         if not self._write_paused:
             self._resume_reading()
         self._advance()
-
-    def _render(self, answer: Answer, keep_alive: bool) -> bytes:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _REASONS.get(answer.status, b"")),
-                 "".join([f"{name}: {value}\r\n"
-                          for name, value in answer.headers.items()]).encode("latin-1")]
-        lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (len(answer.body),
-                                                            self._lane.http_date()))
-        if not keep_alive:
-            lines.append(b"Connection: close\r\n")
-        lines.append(b"\r\n")
-        lines.append(answer.body)
-        return b"".join(lines)
 
     def _hand_over(self) -> None:
         """aiohttp's protocol takes this connection, and every byte not yet answered."""
@@ -316,53 +295,29 @@ class FastLaneProtocol(asyncio.Protocol):
         data, self._buffer = bytes(self._buffer), bytearray()
         if data:
             with contextlib.suppress(Exception):  # aiohttp closes what it cannot parse
-                cast(asyncio.Protocol, protocol).data_received(data)
+                protocol.data_received(data)
 
 
-@dataclass(slots=True)
-class _Head:
-    """What the lane reads from a request's header lines."""
+class HandOverProtocol(FastLaneProtocol):
+    """``server.fast_lane = false``: every connection goes to aiohttp once its first
+    request's head has arrived (until then it is timed out and counted like any)."""
 
-    length: int | None          # Content-Length; None: none sent
-    authorization: str
-    idempotency_key: str | None
-    keep_alive: bool
-
-
-def _read_head(fields: bytes) -> _Head | None:
-    """The header lines of a request (each with its CRLF; not the request line, not the
-    blank line), or None if this lane does not take them: a line that is not a
-    :data:`_FIELD`, two Content-Lengths or one that is not digits, or a
-    Transfer-Encoding, Content-Encoding, Expect or Upgrade. Values lose the spaces and
-    tabs around them and the first of a repeated header counts, as in aiohttp; a
-    ``close`` in any Connection header ends the connection after the answer, as in
-    llhttp. Every byte must belong to a field: the lengths of the non-overlapping
-    matches, in order, add up to the whole only if nothing lies between them."""
-    length: int | None = None
-    authorization: bytes | None = None
-    key: bytes | None = None
-    keep_alive = True
-    covered = 0
-    for name, value in _FIELD.findall(fields):
-        covered += len(name) + len(value) + 3
-        name = name.lower()
-        if name == b"authorization":
-            if authorization is None:
-                authorization = value.strip(b" \t")
-        elif name == b"idempotency-key":
-            if key is None:
-                key = value.strip(b" \t")
-        elif name == b"content-length":
-            value = value.strip(b" \t")
-            if length is not None or not value.isdigit():
-                return None
-            length = int(value)
-        elif name == b"connection":
-            if b"close" in [token.strip(b" \t").lower() for token in value.split(b",")]:
-                keep_alive = False
-        elif name in _REFUSED_FIELDS:
-            return None
-    if covered != len(fields):
+    def _take_request(self) -> Request | None:
+        if ready_to_hand_over(self._buffer):
+            self._hand_over()
         return None
-    return _Head(length, (authorization or b"").decode("ascii"),
-                 None if key is None else key.decode("ascii"), keep_alive)
+
+
+class RefusedProtocol(asyncio.Protocol):
+    """A connection over ``server.max_connections`` with none idle to close: a 503, closed."""
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        error = TooManyConnections(f"more than {self._lane.connections.limit} connections are "
+                                   "open and none is idle; try again")
+        answer = Answer(error.status, {"Content-Type": PROBLEM_JSON, **error_headers(error)},
+                        error_body(error))
+        cast(asyncio.Transport, transport).write(self._lane.render(answer, keep_alive=False))
+        transport.close()

@@ -22,6 +22,25 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 INTERNAL_ERROR = JobdError("the server failed to handle this request; see its log")
 
 
+# Refusals of the HTTP layer itself (the connection or its framing), before any route
+class MalformedRequest(JobdError):
+    status = 400
+    code = "malformed_request"
+    title = "Malformed request"
+
+
+class RequestTimeout(JobdError):
+    status = 408
+    code = "request_timeout"
+    title = "Request not received in time"
+
+
+class TooManyConnections(JobdError):
+    status = 503
+    code = "too_many_connections"
+    title = "Too many connections"
+
+
 def problem_body(status: int, code: str, title: str, detail: str,
                  errors: list[dict[str, object]] | None = None) -> bytes:
     body: dict[str, object] = {"type": PROBLEM_TYPE_BASE + code, "title": title,
@@ -41,6 +60,8 @@ def problem_response(status: int, code: str, title: str, detail: str,
 def error_headers(exc: JobdError) -> dict[str, str]:
     if isinstance(exc, RateLimited):
         return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, TooManyConnections):
+        return {"Retry-After": "1"}
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="jobd"'}
     return {}

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from jobd.api.auth import Caller, authenticate, authenticate_key
 from jobd.api.context import API, ApiContext
-from jobd.api.problems import RATE_HEADERS
+from jobd.api.problems import RATE_HEADERS, MalformedRequest, RequestTimeout
 from jobd.api.schemas import JobCreateRequest
 from jobd.api.views import created_body, job_view
 from jobd.errors import (
@@ -31,6 +31,10 @@ from jobd.models import IdempotentResult, Job, NewJob
 from jobd.netguard import BlockedAddress, check_url
 
 JSON = "application/json"
+# Arrays and objects nested deeper than this in a body are refused: orjson reads up to
+# 1,024 levels but writes 254, and pydantic's JSON parser (which reads a payload again
+# when its job runs) stops at 200.
+MAX_NESTING = 100
 
 
 def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
@@ -82,6 +86,8 @@ def prepare(ctx: ApiContext, caller: Caller, now: float, key: str, raw: bytes) -
     claimed_tenant = data.get("tenantId")
     if isinstance(claimed_tenant, str) and claimed_tenant != caller.tenant.id:
         raise Unauthorized("tenantId does not match the API key's tenant")
+    if raw.count(b"{") + raw.count(b"[") > MAX_NESTING:  # (else it cannot nest that deep)
+        _refuse_deep_nesting(data)
     job = _parse_new_job(ctx, data, key, now)
     body_hash = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).digest()
     return Submission(job, body_hash, now, caller.key_hash,
@@ -136,8 +142,9 @@ async def create_job(request: web.Request) -> web.Response:
     answer = await submit_job(
         ctx, authorization=request.headers.get("Authorization", ""),
         idempotency_key=request.headers.get("Idempotency-Key"),
-        content_length=request.content_length,
-        read=functools.partial(_read_body, request, ctx.config.server.max_body_bytes),
+        content_length=_content_length(request),
+        read=functools.partial(_read_body, request, ctx.config.server.max_body_bytes,
+                               ctx.config.server.read_timeout),
         rate_headers=rate_headers)
     return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
@@ -184,11 +191,25 @@ def _idempotency_key(key: str | None) -> str:
     return key
 
 
-async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+def _content_length(request: web.Request) -> int | None:
+    """The declared body size; llhttp took it as digits, but perhaps with more leading
+    zeros than ``int()`` reads (aiohttp's ``content_length`` raised on those: a 500)."""
+    value = request.headers.get("Content-Length")
+    return None if value is None else int(value.lstrip("0") or "0")
+
+
+async def _read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body, which must arrive whole within ``timeout_s`` (the fast lane's sweep
+    holds its own requests to the same time)."""
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+    except (web.RequestPayloadError, ConnectionError):
+        raise MalformedRequest("the body's framing is malformed, or it was cut short") from None
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -201,6 +222,31 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise ValidationFailed("the body must be a JSON object",
                                errors=[{"field": "body", "message": "must be a JSON object"}])
     return data
+
+
+def _refuse_deep_nesting(data: dict[str, Any]) -> None:
+    """A 400 naming the first field whose value nests arrays and objects deeper than
+    :data:`MAX_NESTING` levels, counting the body itself as one."""
+    for name, value in data.items():
+        if _nested_deeper(value, MAX_NESTING - 1):
+            raise ValidationFailed(f"{name}: nested more than {MAX_NESTING} levels deep",
+                                   errors=[{"field": name, "message":
+                                            f"nested more than {MAX_NESTING} levels deep"}])
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests arrays and objects more than ``limit`` deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if type(item) is dict:
+            item = item.values()
+        elif type(item) is not list:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in item if type(child) in (dict, list))
+    return False
 
 
 def _parse_new_job(ctx: ApiContext, data: dict[str, Any], key: str, now: float) -> NewJob:

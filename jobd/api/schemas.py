@@ -17,6 +17,9 @@ from pydantic import (
     field_validator,
 )
 
+# runAt must print as RFC 3339 with a four-digit year, to the millisecond, in UTC
+_RUN_AT_MS = (-62_167_219_200_000, 253_402_300_799_999)  # 0000-01-01 .. 9999-12-31T23:59:59.999
+
 JobStatusName = Literal["queued", "running", "retry", "succeeded", "fatal", "cancelled"]
 # An Idempotency-Key as it arrives: 1-255 printable ASCII characters (HTTP takes the
 # spaces around a header's value off, so it neither starts nor ends with one)
@@ -53,6 +56,13 @@ class JobCreateRequest(BaseModel):
             raise ValueError("must be an RFC 3339 time string, e.g. 2025-08-20T10:00:00Z")
         if isinstance(value, str) and (len(value) < 20 or value[10] not in "Tt "):
             raise ValueError("must be an RFC 3339 time with a timezone, e.g. 2025-08-20T10:00:00Z")
+        return value
+
+    @field_validator("runAt")
+    @classmethod
+    def _four_digit_year(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not _RUN_AT_MS[0] <= round(value.timestamp() * 1000) <= _RUN_AT_MS[1]:
+            raise ValueError("must be between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z")
         return value
 
     @field_validator("webhookUrl")

@@ -1,17 +1,18 @@
 """Fixtures for the HTTP API: the real aiohttp app over a real SQLite store.
 
-``api`` wires ``create_app(ApiContext(...))`` exactly as the daemon does, but
-with a :class:`FakeClock` and recorders in place of the scheduler/worker hooks,
-and serves it with pytest-aiohttp's ``aiohttp_client``.
+``api`` wires ``create_app(ApiContext(...))`` and its listening socket exactly as the
+daemon does, but with a :class:`FakeClock` and recorders in place of the
+scheduler/worker hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +20,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from jobd import credentials
 from jobd.api.app import create_app
 from jobd.api.context import ApiContext
 from jobd.api.fastlane import FastLane
@@ -95,7 +97,7 @@ class Reply:
 
 @dataclass
 class Api:
-    client: TestClient | aiohttp.ClientSession  # the app alone, or the fast lane before it
+    client: aiohttp.ClientSession
     ctx: ApiContext
     store: Store
     db: Database
@@ -107,7 +109,12 @@ class Api:
     cancels: list[str] = field(default_factory=list)         # on_cancel_requested(job_id)
     webhooks_queued: list[bool] = field(default_factory=list)  # on_webhook_queued()
     rate_limited: list[str] = field(default_factory=list)    # on_rate_limited(tenant_id)
-    lane: FastLane | None = None
+    lane: FastLane | None = None  # the listening socket's protocol factory
+
+    @property
+    def port(self) -> int:
+        assert self.client._base_url is not None and self.client._base_url.port is not None
+        return self.client._base_url.port
 
     @property
     def key(self) -> str:
@@ -164,18 +171,94 @@ class Api:
         return len(self.job_rows(tenant_id))
 
 
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP answer from a raw connection: (status, headers in lower case, body)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 5)
+    return int(lines[0].split()[1]), headers, body
+
+
+async def exchange(api: Api, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw`` on a new connection; the final answer (past an interim 100)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    writer.write(raw)
+    answer = await read_answer(reader)
+    if answer[0] == 100:  # aiohttp's interim answer to Expect
+        answer = await read_answer(reader)
+    writer.close()
+    return answer
+
+
+class LogLines(logging.Handler):
+    """Every log record of a test, at every level, as the text a log would show."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.texts: list[str] = []
+        self.secrets: list[str] = []  # API keys and webhook secrets made meanwhile
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.texts.append(self.format(record))
+
+    def at_least(self, level: int) -> list[str]:
+        return [text for record, text in zip(self.records, self.texts, strict=True)
+                if record.levelno >= level]
+
+
+@pytest.fixture(autouse=True)
+def log_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[LogLines]:
+    """Every API test: no API key or webhook secret made during it is in any of its log
+    records, at any level (tracebacks included)."""
+    lines = LogLines()
+    secrets = lines.secrets
+
+    def recorded(make: Callable[[], str]) -> Callable[[], str]:
+        def make_and_record() -> str:
+            secret = make()
+            secrets.append(secret)
+            return secret
+        return make_and_record
+
+    monkeypatch.setattr(credentials, "new_api_key", recorded(credentials.new_api_key))
+    monkeypatch.setattr(credentials, "new_webhook_secret",
+                        recorded(credentials.new_webhook_secret))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(lines)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(lines)
+        root.setLevel(level)
+    leaked = [(secret[:12], text[:300]) for secret in secrets for text in lines.texts
+              if secret in text]
+    assert not leaked, f"a key or secret made by this test is in its log: {leaked}"
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(NOW0)
 
 
 @pytest.fixture(params=["aiohttp", "fastlane"])
-async def api(request: pytest.FixtureRequest, aiohttp_client: Any, config: Config, store: Store,
+async def api(request: pytest.FixtureRequest, config: Config, store: Store,
               db: Database, new_tenant: Callable[..., NewTenant],
               clock: FakeClock) -> AsyncIterator[Api]:
-    """Every API test runs twice: against the aiohttp app alone, and through the fast
-    lane in front of it as the daemon serves it (POST /jobs by the lane, the rest
-    handed to aiohttp)."""
+    """Every API test runs twice, served as the daemon serves it: with
+    ``server.fast_lane = false`` (aiohttp answers every request), and with the fast lane
+    (POST /jobs and GET /jobs/{id} by the lane, the rest handed to aiohttp)."""
+    server = config.server.model_copy(update={"fast_lane": request.param == "fastlane"})
+    config = config.model_copy(update={"server": server})
     tenant = new_tenant("acme")
     holder: dict[str, Api] = {}
     ctx = ApiContext(
@@ -186,18 +269,18 @@ async def api(request: pytest.FixtureRequest, aiohttp_client: Any, config: Confi
         on_rate_limited=lambda tenant_id: holder["api"].rate_limited.append(tenant_id),
     )
     ctx.ready = True
-    client = await aiohttp_client(create_app(ctx))
-    if request.param == "aiohttp":
-        api = holder["api"] = Api(client=client, ctx=ctx, store=store, db=db, config=config,
-                                  clock=clock, tenant=tenant, make_tenant=new_tenant)
-        yield api
-        return
-    lane = FastLane(ctx, fallback=client.server.runner.server)
+    runner = web.AppRunner(create_app(ctx), access_log=None, handle_signals=False)
+    await runner.setup()
+    assert runner.server is not None
+    lane = FastLane(ctx, fallback=runner.server)
     listener = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
+    sweeper = asyncio.create_task(lane.run_idle_sweeper())
     port = listener.sockets[0].getsockname()[1]
     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
         api = holder["api"] = Api(client=session, ctx=ctx, store=store, db=db, config=config,
                                   clock=clock, tenant=tenant, make_tenant=new_tenant, lane=lane)
         yield api
+    sweeper.cancel()
     listener.close()
     await lane.shutdown(1)
+    await runner.cleanup()

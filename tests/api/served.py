@@ -3,8 +3,9 @@
 Property-based tests drive the API with a blocking HTTP client (schemathesis sends its
 requests with ``requests``), so the server cannot share their thread. :class:`ServedApi`
 wires ``create_app(ApiContext(...))`` as the daemon does, over a real SQLite store, and
-listens twice on 127.0.0.1: aiohttp's own server alone (``base_url("aiohttp")``), and the
-fast lane in front of it as ``jobd serve`` listens (``base_url("fastlane")``). No worker
+listens twice on 127.0.0.1, each time as ``jobd serve`` listens: with
+``server.fast_lane = false`` (aiohttp answers every request, ``base_url("aiohttp")``) and
+with the fast lane in front of aiohttp (``base_url("fastlane")``). No worker
 pool and no dispatcher run, so no job is executed and nothing is sent anywhere: whatever
 a generator puts in a job's ``url`` or ``webhookUrl`` stays in the database.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import threading
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
@@ -47,8 +49,8 @@ class ServedApi:
                                         daemon=True)
         self._ports: dict[Path, int] = {}
         self._runner: web.AppRunner | None = None
-        self._lane: FastLane | None = None
-        self._listener: asyncio.Server | None = None
+        self._lanes: list[FastLane] = []
+        self._listeners: list[asyncio.Server] = []
 
     def __enter__(self) -> ServedApi:
         return self.start()
@@ -86,22 +88,30 @@ class ServedApi:
                                                     allow_head=False)])
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._ports["aiohttp"] = self._runner.addresses[0][1]
         assert self._runner.server is not None
-        self._lane = FastLane(ctx, fallback=self._runner.server)
-        self._listener = await asyncio.get_running_loop().create_server(self._lane, "127.0.0.1", 0)
-        self._ports["fastlane"] = self._listener.sockets[0].getsockname()[1]
         ctx.ready = True
+        for path, on in (("aiohttp", False), ("fastlane", True)):
+            server = self.config.server.model_copy(update={"fast_lane": on})
+            lane_ctx = dataclasses.replace(ctx, config=self.config.model_copy(
+                update={"server": server}))
+            lane = FastLane(lane_ctx, fallback=self._runner.server)
+            listener = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
+            self._lanes.append(lane)
+            self._listeners.append(listener)
+            self._ports[path] = listener.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-        if self._lane is not None:
-            await self._lane.shutdown(1)
+        for listener in self._listeners:
+            listener.close()
+        for lane in self._lanes:
+            await lane.shutdown(1)
         if self._runner is not None:
             await self._runner.cleanup()
+        # aiohttp's handlers of connections closed just now end on the loop's next turns
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     def stop(self) -> None:
         if self._thread.is_alive():

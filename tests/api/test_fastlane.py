@@ -9,24 +9,20 @@ import socket
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 
 from jobd.api.fastlane import FastLane
-from tests.api.conftest import JOB_ID, Api
+from tests.api.conftest import JOB_ID, Api, exchange, read_answer
 
 pytestmark = pytest.mark.parametrize("api", ["fastlane"], indirect=True)
 
 
 def lane_of(api: Api) -> FastLane:
-    assert api.lane is not None and not isinstance(api.client, TestClient)
+    assert api.lane is not None
     return api.lane
 
 
 def port_of(api: Api) -> int:
-    assert not isinstance(api.client, TestClient) and api.client._base_url is not None
-    port = api.client._base_url.port
-    assert port is not None
-    return port
+    return api.port
 
 
 def post_bytes(api: Api, key: str, *, extra: str = "", body: bytes | None = None) -> bytes:
@@ -38,29 +34,6 @@ def post_bytes(api: Api, key: str, *, extra: str = "", body: bytes | None = None
 def get_bytes(api: Api, job_id: str, *, extra: str = "") -> bytes:
     return (f"GET /jobs/{job_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.key}\r\n"
             f"{extra}\r\n").encode()
-
-
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 5)
-    return int(lines[0].split()[1]), headers, body
-
-
-async def exchange(api: Api, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``raw`` on a new connection; the final answer (past an interim 100)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
-    writer.write(raw)
-    answer = await read_answer(reader)
-    if answer[0] == 100:  # aiohttp's interim answer to Expect
-        answer = await read_answer(reader)
-    writer.close()
-    return answer
 
 
 async def test_post_and_get_jobs_are_served_by_the_lane_and_the_rest_handed_to_aiohttp(
@@ -170,11 +143,28 @@ async def test_get_requests_the_lane_does_not_take_go_to_aiohttp(api: Api, raw: 
     assert (lane_of(api).served, lane_of(api).handed_over) == (1, 1)
 
 
-async def test_a_malformed_request_gets_aiohttps_400(api: Api) -> None:
+async def test_a_malformed_request_gets_a_400_problem_from_aiohttp(api: Api) -> None:
     raw = b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nBad Header\r\n\r\n{}"
-    assert (await exchange(api, raw))[0] == 400
+    status, headers, body = await exchange(api, raw)
+    assert (status, headers["content-type"]) == (400, "application/problem+json")
+    assert orjson.loads(body)["code"] == "malformed_request" and b"Bad Header" not in body
     assert (lane_of(api).served, lane_of(api).handed_over) == (0, 1)
     assert api.job_count() == 0
+
+
+async def test_a_request_that_is_not_the_lanes_goes_over_once_its_head_has_arrived(
+        api: Api) -> None:
+    """Until then the lane holds the connection (and times it out: test_connections.py)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(api))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    await writer.drain()
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        assert lane_of(api).handed_over == 0
+    writer.write(b"\r\n")
+    assert (await read_answer(reader))[0] == 200
+    assert lane_of(api).handed_over == 1
+    writer.close()
 
 
 async def test_connection_close_is_honoured(api: Api) -> None:

@@ -61,7 +61,6 @@ SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=bool(o
 KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 ON_BOTH_PATHS = pytest.mark.parametrize("path", PATHS)
 # the 500s and plain-text answers that issue 18's inbound hardening removes
-UNTIL_HARDENED = pytest.mark.xfail(strict=True, reason="fixed by the inbound hardening")
 
 schema = schemathesis.openapi.from_dict(build_openapi())
 # job ids the tests created, for the generated GET and DELETE requests to name real jobs too
@@ -255,7 +254,6 @@ def _post_head(tenant: NewTenant, length: bytes, key: str = "raw") -> bytes:
             + b"Content-Length: " + length + b"\r\n\r\n")
 
 
-@UNTIL_HARDENED
 @ON_BOTH_PATHS
 @pytest.mark.parametrize("target", ["POST /jobs", "GET /jobs/job_x"])
 @given(key=st.lists(st.sampled_from(FIELD_VALUE_BYTES), min_size=1, max_size=80).map(bytes))
@@ -270,7 +268,6 @@ def test_any_api_key_is_a_401_problem(served: ServedApi, path: ServedPath, targe
     _assert_problem(*_exchange(served.base_url(path), raw), 401)
 
 
-@UNTIL_HARDENED
 @ON_BOTH_PATHS
 @given(depth=st.integers(1, 2000))
 @example(depth=300)
@@ -285,7 +282,6 @@ def test_a_deeply_nested_payload_is_never_a_500(served: ServedApi, tenant: NewTe
         _assert_problem(status, media_type, answer, 400, 413)
 
 
-@UNTIL_HARDENED
 @ON_BOTH_PATHS
 @given(digits=st.integers(8, 6000))
 @example(digits=5000)
@@ -297,7 +293,6 @@ def test_a_huge_content_length_is_a_4xx_problem(served: ServedApi, tenant: NewTe
     _assert_problem(status, media_type, body, 400, 413)
 
 
-@UNTIL_HARDENED
 @ON_BOTH_PATHS
 @pytest.mark.parametrize("run_at", ["9999-12-31T23:59:59-00:01", "9999-12-31T20:00:00.000-23:59"])
 def test_a_run_at_after_the_year_9999_is_a_400(served: ServedApi, tenant: NewTenant,

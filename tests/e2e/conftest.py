@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,34 @@ class Env:
         creds = cli_json(self.config, "tenants", "create", "acme")
         self.client = Client(self.daemon.base, creds["tenantId"], creds["apiKey"])
         self.webhook_secret = creds["webhookSecret"]
+
+
+SECRET = re.compile(r"(?:jobd_sk_|whsec_)[A-Za-z0-9_\-+/=]{20,}")
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
+    """Every end-to-end test: no API key or webhook secret the CLI printed during it
+    (``tenants create``, ``rotate-key``) is in any log file it left (the daemons').
+    Yields the secrets seen so far."""
+    secrets: set[str] = set()
+    run = subprocess.run
+
+    def run_and_record(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        done = run(*args, **kwargs)
+        for output in (done.stdout, done.stderr):
+            if isinstance(output, bytes):
+                output = output.decode(errors="replace")
+            if isinstance(output, str):
+                secrets.update(SECRET.findall(output))
+        return done
+
+    monkeypatch.setattr(subprocess, "run", run_and_record)
+    yield secrets
+    for log in tmp_path.rglob("*.log"):
+        text = log.read_text(errors="replace")
+        leaked = [secret[:12] for secret in secrets if secret in text]
+        assert not leaked, f"{log} carries a key or secret: {leaked}"
 
 
 @pytest.fixture

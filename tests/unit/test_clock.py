@@ -16,6 +16,9 @@ from jobd.clock import to_rfc3339
     (1_755_684_000.9996, "2025-08-20T10:00:01.000Z"),  # rounds into the next second
     (-1.5, "1969-12-31T23:59:58.500Z"),
     (4_102_444_799.999, "2099-12-31T23:59:59.999Z"),
+    (-62_135_596_800.0, "0001-01-01T00:00:00.000Z"),   # four digits before the year 1000 too
+    (-30_641_760_000.0, "0999-01-01T00:00:00.000Z"),
+    (253_402_300_799.999, "9999-12-31T23:59:59.999Z"),
 ])
 def test_known_times(ts: float, text: str) -> None:
     assert to_rfc3339(ts) == text
