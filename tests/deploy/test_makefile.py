@@ -17,8 +17,10 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def planned(where: Path, target: str) -> list[str]:
-    proc = subprocess.run(["make", "-n", target], cwd=where, capture_output=True, text=True,
-                          timeout=30)
+    # run as from a shell, also when the suite itself runs under make (`make test`)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=where, env=env,
+                          capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
