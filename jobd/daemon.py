@@ -33,9 +33,9 @@ from jobd.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jobd.runtime.metrics import Metrics
 from jobd.runtime.pruner import Pruner
 from jobd.runtime.workers import WorkerPool
-from jobd.store.deliveries import count_dead_deliveries
-from jobd.store.stats import job_counts
-from jobd.store.store import Store
+from jobd.store.sqlite.deliveries import count_dead_deliveries
+from jobd.store.sqlite.stats import job_counts
+from jobd.store.sqlite.store import Store
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.daemon")

@@ -11,9 +11,9 @@ import pytest
 import jobd.config
 from jobd.config import Config
 from jobd.models import NewTenant
-from jobd.store import tenants as store_tenants
-from jobd.store.database import Database
-from jobd.store.store import Store
+from jobd.store.sqlite import tenants as store_tenants
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.store import Store
 from tests.support import make_config
 
 __all__ = ["T0", "make_config"]  # make_config is imported from here by many tests

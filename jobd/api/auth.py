@@ -16,7 +16,7 @@ from aiohttp import web
 from jobd.credentials import hash_api_key
 from jobd.errors import Unauthorized
 from jobd.models import Tenant
-from jobd.store.store import Store
+from jobd.store.sqlite.store import Store
 
 
 @dataclass(slots=True)

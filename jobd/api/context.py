@@ -15,7 +15,7 @@ from jobd.config import Config
 from jobd.handlers.registry import Registry
 from jobd.models import IdempotentResult, NewJob, StartLease
 from jobd.ratelimit import RateLimiter
-from jobd.store.store import Store
+from jobd.store.sqlite.store import Store
 from jobd.supervisor import Supervisor
 
 

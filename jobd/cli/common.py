@@ -26,7 +26,7 @@ from jobd.config import (
     read_config,
 )
 from jobd.errors import JobdError, StoreUnavailable
-from jobd.store.database import Database
+from jobd.store.sqlite.database import Database
 
 try:  # Typer >= 0.26 carries its own copy of click
     from typer._click.exceptions import ClickException

@@ -31,8 +31,8 @@ from jobd.cli.common import (
 )
 from jobd.clock import SystemClock, to_rfc3339
 from jobd.models import Delivery, DeliveryAttempt
-from jobd.store import deliveries as store_deliveries
-from jobd.store.database import Database
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite.database import Database
 
 app = typer.Typer(help="Inspect, retry and purge webhook deliveries that failed every attempt.\n\n"
                   "Examples: jobd dlq list --tenant acme | jobd dlq retry --all",

@@ -21,8 +21,8 @@ from jobd.cli.common import (
 )
 from jobd.clock import SystemClock, to_rfc3339
 from jobd.models import Delivery, Job, JobStatus
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
 
 app = typer.Typer(help="List, inspect, cancel and retry jobs.\n\n"
                   "Examples: jobd jobs list --status fatal | jobd jobs show job_abc123 --json",

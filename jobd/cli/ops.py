@@ -24,9 +24,9 @@ from jobd.cli.common import (
 )
 from jobd.clock import SystemClock, to_rfc3339
 from jobd.models import JobStatus
-from jobd.store import retention
-from jobd.store.database import Database
-from jobd.store.stats import Stats, collect_stats
+from jobd.store.sqlite import retention
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.stats import Stats, collect_stats
 
 _clock = SystemClock()
 

@@ -25,8 +25,8 @@ from jobd.clock import SystemClock, to_rfc3339
 from jobd.config import database_path_is_explicit
 from jobd.errors import StoreUnavailable
 from jobd.models import NewTenant, Tenant
-from jobd.store import tenants as store_tenants
-from jobd.store.database import Database
+from jobd.store.sqlite import tenants as store_tenants
+from jobd.store.sqlite.database import Database
 
 app = typer.Typer(help="Create tenants and manage their API keys, rate limits and concurrency.\n\n"
                   "Examples: jobd tenants create acme --json | jobd tenants update acme --rate 50",

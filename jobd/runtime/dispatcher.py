@@ -38,9 +38,9 @@ from jobd.credentials import new_delivery_id
 from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
 from jobd.runtime.webhook_client import WebhookClient, webhook_client
 from jobd.signing import signature_headers
-from jobd.store.deliveries import ClaimedDelivery
-from jobd.store.scheduling import DirectDelivery, webhook_body
-from jobd.store.store import Store
+from jobd.store.sqlite.deliveries import ClaimedDelivery
+from jobd.store.sqlite.scheduling import DirectDelivery, webhook_body
+from jobd.store.sqlite.store import Store
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.dispatcher")

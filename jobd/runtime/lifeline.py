@@ -14,7 +14,7 @@ import logging
 from jobd.clock import Clock
 from jobd.config import WorkersConfig
 from jobd.runtime.workers import WorkerPool
-from jobd.store.store import Store
+from jobd.store.sqlite.store import Store
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.lifeline")

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed, Outcome, TimedOut
-from jobd.store.writer import TRANSACTION_BUCKETS_S, WriterStats
+from jobd.store.sqlite.writer import TRANSACTION_BUCKETS_S, WriterStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from jobd.clock import Clock
 from jobd.config import Config
-from jobd.store import retention
-from jobd.store.store import Store
+from jobd.store.sqlite import retention
+from jobd.store.sqlite.store import Store
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.pruner")

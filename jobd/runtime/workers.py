@@ -44,8 +44,8 @@ from jobd.runtime.execution import (
     TimedOut,
     run_attempt,
 )
-from jobd.store.scheduling import ClaimRound, DirectDelivery, Rotation
-from jobd.store.store import Store
+from jobd.store.sqlite.scheduling import ClaimRound, DirectDelivery, Rotation
+from jobd.store.sqlite.store import Store
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.workers")

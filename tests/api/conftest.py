@@ -31,8 +31,8 @@ from jobd.clock import FakeClock
 from jobd.config import Config
 from jobd.handlers.registry import build_registry
 from jobd.models import NewTenant
-from jobd.store.database import Database
-from jobd.store.store import Store
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.store import Store
 from tests.conftest import T0
 
 # The API clock starts a little after the tenants were created (at T0).

@@ -30,8 +30,8 @@ from jobd.daemon import metrics_handler
 from jobd.handlers.registry import build_registry
 from jobd.models import NewTenant
 from jobd.runtime.metrics import Metrics
-from jobd.store import tenants as store_tenants
-from jobd.store.store import Store
+from jobd.store.sqlite import tenants as store_tenants
+from jobd.store.sqlite.store import Store
 
 Path = Literal["aiohttp", "fastlane"]
 PATHS: tuple[Path, ...] = ("aiohttp", "fastlane")

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from jobd.api.auth import TenantDirectory
 from jobd.credentials import hash_api_key
 from jobd.models import NewTenant
-from jobd.store import tenants as store_tenants
-from jobd.store.database import Database
-from jobd.store.store import Store
+from jobd.store.sqlite import tenants as store_tenants
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.store import Store
 from tests.conftest import T0
 
 

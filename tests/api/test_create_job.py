@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from jobd.config import Config
-from jobd.store import tenants as store_tenants
+from jobd.store.sqlite import tenants as store_tenants
 from tests.api.conftest import JOB_ID, NOW0, Api, eventually, parse_time
 from tests.conftest import make_config
 

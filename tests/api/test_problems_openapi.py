@@ -36,7 +36,7 @@ async def test_a_failed_fsync_answers_503_and_makes_healthz_fail(
 
     def eio(fd: int) -> None:
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr("jobd.store.store.os.fdatasync", eio)
+    monkeypatch.setattr("jobd.store.sqlite.store.os.fdatasync", eio)
     r = await api.post_job(key="lost")
     assert r.status == 503
     assert r.content_type == PROBLEM

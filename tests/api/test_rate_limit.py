@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobd.models import NewTenant
-from jobd.store import tenants as store_tenants
+from jobd.store.sqlite import tenants as store_tenants
 from tests.api.conftest import NOW0, Api, Reply, eventually
 
 

@@ -23,10 +23,10 @@ import pytest
 
 from jobd.cli.main import main as jobd_main
 from jobd.models import JobStatus, NewJob
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.database import Database
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.database import Database
 from tests.support import write_config
 
 OWNER = "cli-test-worker"

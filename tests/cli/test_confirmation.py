@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from jobd.models import JobStatus
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store.database import Database
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite.database import Database
 from tests.support import JOBD, _env, cli, reap
 
 DAY = 86_400.0

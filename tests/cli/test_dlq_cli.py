@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from jobd.models import DeliveryStatus
-from jobd.store import deliveries as store_deliveries
-from jobd.store.outbox import enqueue_delivery
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite.outbox import enqueue_delivery
 from tests.conftest import T0
 from tests.support import cli, cli_json, write_config
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from jobd.models import JobStatus
-from jobd.store import jobs as store_jobs
+from jobd.store.sqlite import jobs as store_jobs
 from tests.support import cli, cli_json, write_config
 
 VIEW_FIELDS = {"jobId", "status", "attempts", "nextRunAt", "createdAt", "updatedAt", "type",

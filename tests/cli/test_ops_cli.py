@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from jobd.models import DeliveryStatus, JobStatus
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store.database import Database
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite.database import Database
 from tests.support import JOBD, wait_for
 
 DAY = 86_400.0
@@ -140,7 +140,7 @@ def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db
 
 
 def test_prune_many_jobs_in_batches_with_progress(jobd, db, seed, monkeypatch):
-    from jobd.store import retention
+    from jobd.store.sqlite import retention
 
     monkeypatch.setitem(retention.prune_jobs_batch.__kwdefaults__, "batch", 7)
     old = time.time() - 3 * DAY

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed
 from jobd.runtime.metrics import Metrics
-from jobd.store.writer import WriterStats
+from jobd.store.sqlite.writer import WriterStats
 from tests.docs.conftest import DOCS, code_blocks
 
 GUIDE = DOCS / "production.md"

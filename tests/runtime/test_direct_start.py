@@ -21,7 +21,7 @@ from jobd.handlers.base import Services
 from jobd.models import IdempotentResult, JobStatus, NewJob
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
-from jobd.store import jobs as store_jobs
+from jobd.store.sqlite import jobs as store_jobs
 from tests.conftest import T0, make_config
 from tests.runtime.conftest import Behaviour, Claims, until
 from tests.runtime.test_workers import settle, submit

@@ -26,10 +26,10 @@ from jobd.handlers.registry import Registry, builtin_types
 from jobd.models import ClaimedJob, DeliveryStatus, JobStatus, NewJob, NewTenant
 from jobd.runtime.dispatcher import Dispatcher, retry_at
 from jobd.runtime.workers import WorkerPool
-from jobd.store import deliveries as store_deliveries
-from jobd.store.queries import Q
-from jobd.store.scheduling import DirectDelivery
-from jobd.store.store import Store
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite.queries import Q
+from jobd.store.sqlite.scheduling import DirectDelivery
+from jobd.store.sqlite.store import Store
 from tests.conftest import T0, make_config
 from tests.peers import REFUSED_HEADS, hostile_server
 

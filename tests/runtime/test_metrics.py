@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed, Succeeded, TimedOut
 from jobd.runtime.metrics import Metrics
-from jobd.store.writer import WriterStats
+from jobd.store.sqlite.writer import WriterStats
 
 
 def samples(metrics: Metrics, counts: dict[str, object] | None = None) -> dict[tuple, float]:

@@ -14,10 +14,10 @@ from jobd.clock import FakeClock
 from jobd.config import Config
 from jobd.models import JobStatus, NewJob
 from jobd.runtime.pruner import Pruner
-from jobd.store import jobs as store_jobs
-from jobd.store import retention, scheduling
-from jobd.store.database import Database
-from jobd.store.store import Store
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import retention, scheduling
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.store import Store
 from tests.conftest import T0, make_config
 
 DAY = 86_400.0

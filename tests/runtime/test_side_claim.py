@@ -20,8 +20,8 @@ from jobd.handlers.base import AnyPayload, JobContext, JobType, Services
 from jobd.handlers.registry import Registry, builtin_types
 from jobd.models import JobStatus
 from jobd.runtime.workers import WorkerPool
-from jobd.store import scheduling
-from jobd.store.scheduling import Rotation
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.scheduling import Rotation
 from tests.conftest import make_config
 from tests.runtime.conftest import Claims, until
 from tests.runtime.test_direct_start import make_pool

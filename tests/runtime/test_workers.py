@@ -13,7 +13,7 @@ from jobd.handlers.base import Services
 from jobd.models import JobStatus, NewJob
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
-from jobd.store import jobs as store_jobs
+from jobd.store.sqlite import jobs as store_jobs
 from tests.conftest import T0, make_config
 from tests.runtime.conftest import until
 

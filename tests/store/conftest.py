@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 import pytest
 
 from jobd.models import IdempotentResult, NewJob
-from jobd.store import jobs as store_jobs
-from jobd.store.connection import connect
-from jobd.store.database import Database
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite.connection import connect
+from jobd.store.sqlite.database import Database
 from tests.conftest import T0
 
 TTL_S = 24 * 3600.0

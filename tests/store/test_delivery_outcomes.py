@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from jobd.models import DeliveryStatus, IdempotentResult, JobStatus, NewTenant
-from jobd.store import deliveries as store_deliveries
-from jobd.store import scheduling
-from jobd.store.database import Database
-from jobd.store.deliveries import AttemptRecord, ClaimedDelivery
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.deliveries import AttemptRecord, ClaimedDelivery
 from tests.conftest import T0
 
 Submit = Callable[..., IdempotentResult]

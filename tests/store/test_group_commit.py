@@ -15,9 +15,9 @@ import pytest
 from jobd.config import Config
 from jobd.errors import AlreadyExists, IdempotencyConflict, StoreUnavailable, Unauthorized
 from jobd.models import IdempotentResult, JobStatus, NewJob, NewTenant
-from jobd.store import jobs as store_jobs
-from jobd.store import tenants as store_tenants
-from jobd.store.store import Store
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import tenants as store_tenants
+from jobd.store.sqlite.store import Store
 from tests.conftest import T0, make_config
 
 NewJobFactory = Callable[..., NewJob]

@@ -12,10 +12,10 @@ from jobd.clock import to_rfc3339
 from jobd.credentials import hash_api_key
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import ClaimedJob, IdempotentResult, Job, JobStatus, NewJob, NewTenant
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.database import Database
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.database import Database
 from tests.conftest import T0
 
 NewJobFactory = Callable[..., NewJob]

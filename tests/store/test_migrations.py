@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from jobd.store.connection import connect, migrate, migrations
-from jobd.store.database import Database
-from jobd.store.queries import Q, _multi_row
-from jobd.store.store import Store
+from jobd.store.sqlite.connection import connect, migrate, migrations
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.queries import Q, _multi_row
+from jobd.store.sqlite.store import Store
 from tests.conftest import make_config
 
 SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from jobd.models import JobStatus
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.connection import connect, migrate
-from jobd.store.database import Database
-from jobd.store.queries import Q
-from jobd.store.stats import collect_stats, job_counts
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.connection import connect, migrate
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.queries import Q
+from jobd.store.sqlite.stats import collect_stats, job_counts
 from tests.conftest import T0
 
 LIST_QUERIES = {  # query -> the index it must read

@@ -13,11 +13,11 @@ import pytest
 
 from jobd.clock import to_rfc3339
 from jobd.models import ClaimedJob, IdempotentResult, Job, JobStatus, NewJob, NewTenant
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.database import Database
-from jobd.store.scheduling import ClaimRound
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.scheduling import ClaimRound
 from tests.conftest import T0
 
 NewJobFactory = Callable[..., NewJob]

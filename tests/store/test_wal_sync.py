@@ -15,9 +15,9 @@ import pytest
 
 from jobd.errors import StoreUnavailable
 from jobd.runtime.metrics import Metrics
-from jobd.store.connection import connect
-from jobd.store.store import Store
-from jobd.store.writer import GroupCommitWriter, WriterStats
+from jobd.store.sqlite.connection import connect
+from jobd.store.sqlite.store import Store
+from jobd.store.sqlite.writer import GroupCommitWriter, WriterStats
 from tests.conftest import make_config
 from tests.store.conftest import note
 
@@ -139,7 +139,7 @@ def fdatasyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     def spy(fd: int) -> None:
         inodes.append(os.fstat(fd).st_ino)
         real(fd)
-    monkeypatch.setattr("jobd.store.store.os.fdatasync", spy)
+    monkeypatch.setattr("jobd.store.sqlite.store.os.fdatasync", spy)
     return inodes
 
 

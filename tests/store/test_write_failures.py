@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from jobd.errors import StoreUnavailable
-from jobd.store import checkpointer as checkpointer_module
-from jobd.store import store as store_module
-from jobd.store import writer as writer_module
-from jobd.store.connection import connect
-from jobd.store.database import Database
-from jobd.store.store import Store
-from jobd.store.writer import GroupCommitWriter
+from jobd.store.sqlite import checkpointer as checkpointer_module
+from jobd.store.sqlite import store as store_module
+from jobd.store.sqlite import writer as writer_module
+from jobd.store.sqlite.connection import connect
+from jobd.store.sqlite.database import Database
+from jobd.store.sqlite.store import Store
+from jobd.store.sqlite.writer import GroupCommitWriter
 from jobd.supervisor import Backoff, Supervisor
 from tests.conftest import make_config
 from tests.store.conftest import note

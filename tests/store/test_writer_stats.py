@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from jobd.errors import StoreUnavailable
-from jobd.store.store import Store
-from jobd.store.writer import TRANSACTION_BUCKETS_S, WriterStats
+from jobd.store.sqlite.store import Store
+from jobd.store.sqlite.writer import TRANSACTION_BUCKETS_S, WriterStats
 from tests.conftest import make_config
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from jobd import credentials
 from jobd.errors import AlreadyExists, NotFound
 from jobd.models import NewTenant, Tenant
-from jobd.store.queries import Q
+from jobd.store.sqlite.queries import Q
 
 
 def row_to_tenant(row: Any) -> Tenant:

@@ -14,8 +14,8 @@ import orjson
 
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
-from jobd.store.queries import Q, run_rows
-from jobd.store.writer import Outcome, in_savepoint
+from jobd.store.sqlite.queries import Q, run_rows
+from jobd.store.sqlite.writer import Outcome, in_savepoint
 
 
 def row_to_delivery(row: Any) -> Delivery:

@@ -18,7 +18,7 @@ from typing import IO
 
 from jobd.errors import StoreUnavailable
 
-MIGRATIONS_PACKAGE = "jobd.store.migrations"
+MIGRATIONS_PACKAGE = "jobd.store.sqlite.migrations"
 
 
 FILE_MODE = 0o600  # the database holds every tenant's webhook secret

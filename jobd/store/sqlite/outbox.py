@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from jobd.credentials import new_delivery_id
-from jobd.store.queries import Q
+from jobd.store.sqlite.queries import Q
 from jobd.webhook_body import build_body
 
 

@@ -15,8 +15,8 @@ import orjson
 
 from jobd.credentials import new_delivery_id
 from jobd.models import ClaimedJob, JobStatus
-from jobd.store.outbox import enqueue_delivery
-from jobd.store.queries import Q, run_rows
+from jobd.store.sqlite.outbox import enqueue_delivery
+from jobd.store.sqlite.queries import Q, run_rows
 from jobd.webhook_body import build_body
 
 

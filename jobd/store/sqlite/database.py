@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from jobd.config import DatabaseConfig
 from jobd.errors import StoreUnavailable
-from jobd.store.connection import connect, migrate
+from jobd.store.sqlite.connection import connect, migrate
 
 T = TypeVar("T")
 

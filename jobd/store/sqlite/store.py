@@ -31,11 +31,11 @@ from jobd.models import (
     StartLease,
     Tenant,
 )
-from jobd.store import deliveries, jobs, scheduling, tenants
-from jobd.store.checkpointer import WAL_RESTART_BYTES, Checkpointer
-from jobd.store.connection import connect, hold_daemon_lock, migrate, others_can_read
-from jobd.store.scheduling import ClaimRound
-from jobd.store.writer import GroupCommitWriter, WriterStats, left_until
+from jobd.store.sqlite import deliveries, jobs, scheduling, tenants
+from jobd.store.sqlite.checkpointer import WAL_RESTART_BYTES, Checkpointer
+from jobd.store.sqlite.connection import connect, hold_daemon_lock, migrate, others_can_read
+from jobd.store.sqlite.scheduling import ClaimRound
+from jobd.store.sqlite.writer import GroupCommitWriter, WriterStats, left_until
 from jobd.supervisor import Supervisor
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import sqlite3
 
 import orjson
 
-from jobd.store.queries import Q
+from jobd.store.sqlite.queries import Q
 
 BATCH = 500
 

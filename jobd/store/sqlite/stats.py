@@ -10,9 +10,9 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from jobd.models import JobStatus
-from jobd.store.connection import transaction
-from jobd.store.deliveries import count_dead_deliveries
-from jobd.store.queries import Q
+from jobd.store.sqlite.connection import transaction
+from jobd.store.sqlite.deliveries import count_dead_deliveries
+from jobd.store.sqlite.queries import Q
 
 _INDEXED = ("job_counts_waiting", "job_counts_running", "job_counts_failed")
 

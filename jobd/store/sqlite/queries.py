@@ -4,28 +4,11 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from importlib import resources
 from typing import Any
 
+from jobd.store.named_sql import load_named
 
-def _load() -> dict[str, str]:
-    text = resources.files("jobd.store").joinpath("queries.sql").read_text(encoding="utf-8")
-    queries: dict[str, str] = {}
-    name: str | None = None
-    lines: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("-- name:"):
-            if name:
-                queries[name] = "\n".join(lines).strip()
-            name, lines = line.split(":", 1)[1].strip(), []
-        elif name and not line.startswith("--"):
-            lines.append(line)
-    if name:
-        queries[name] = "\n".join(lines).strip()
-    return queries
-
-
-Q = _load()
+Q = load_named("jobd.store.sqlite", "queries.sql")
 
 
 MAX_ROWS_PER_STATEMENT = 500  # x 14 parameters stays far below SQLite's 32,766

@@ -10,10 +10,10 @@ import orjson
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease, row_to_job
-from jobd.store.connection import transaction
-from jobd.store.outbox import enqueue_delivery
-from jobd.store.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
-from jobd.store.writer import Outcome, in_savepoint
+from jobd.store.sqlite.connection import transaction
+from jobd.store.sqlite.outbox import enqueue_delivery
+from jobd.store.sqlite.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
+from jobd.store.sqlite.writer import Outcome, in_savepoint
 
 
 @dataclass(slots=True)
