@@ -39,9 +39,10 @@ from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
 from jobd.runtime.webhook_client import WebhookClient, webhook_client
 from jobd.signing import signature_headers
 from jobd.store.sqlite.deliveries import ClaimedDelivery
-from jobd.store.sqlite.scheduling import DirectDelivery, webhook_body
+from jobd.store.sqlite.scheduling import DirectDelivery
 from jobd.store.sqlite.store import Store
 from jobd.supervisor import Supervisor
+from jobd.webhook_body import claimed_job_body
 
 log = logging.getLogger("jobd.dispatcher")
 
@@ -178,7 +179,7 @@ class Dispatcher:
             return None
         self._reserved += 1
         return DirectDelivery(new_delivery_id(),
-                              webhook_body(job, status, now, result_json, error),
+                              claimed_job_body(job, status, now, result_json, error),
                               now + self.lease_s)
 
     def finished(self, job: ClaimedJob, status: JobStatus | None,

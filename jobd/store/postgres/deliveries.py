@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
+from jobd.store import rows
 from jobd.store.backend import ClaimedDelivery
-from jobd.store.postgres import rows
 from jobd.store.postgres.batching import Outcome, all_else_each
 from jobd.store.postgres.queries import Q, changed, fetch_planned
 

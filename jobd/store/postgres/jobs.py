@@ -9,16 +9,8 @@ import asyncpg
 
 from jobd.credentials import new_delivery_id, new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, StoreUnavailable, Unauthorized
-from jobd.models import (
-    Delivery,
-    IdempotentResult,
-    Job,
-    JobStatus,
-    NewJob,
-    StartLease,
-    row_to_job,
-)
-from jobd.store.postgres import rows
+from jobd.models import Delivery, IdempotentResult, Job, JobStatus, NewJob, StartLease
+from jobd.store import rows
 from jobd.store.postgres.batching import Outcome, all_else_each
 from jobd.store.postgres.deliveries import deliveries_of_job
 from jobd.store.postgres.queries import Q
@@ -114,7 +106,7 @@ async def find_job(conn: asyncpg.Connection, job_id: str,
         row = await conn.fetchrow(Q["job_get"], job_id)
     else:
         row = await conn.fetchrow(Q["job_get_for_tenant"], job_id, tenant_id)
-    return row_to_job(row) if row else None
+    return rows.job(row) if row else None
 
 
 async def job_state(conn: asyncpg.Connection, job_id: str,
@@ -132,7 +124,7 @@ async def list_jobs(conn: asyncpg.Connection, *, tenant_id: str | None = None,
     """Newest first; page with ``before_seq`` (the last row's ``seq``), never OFFSET."""
     found = await conn.fetch(Q["jobs_list"], LAST_SEQ if before_seq is None else before_seq,
                              limit, tenant_id, status, job_type)
-    return [row_to_job(r) for r in found]
+    return [rows.job(r) for r in found]
 
 
 # the operator's transitions --------------------------------------------------------------
@@ -170,7 +162,7 @@ async def _locked(conn: asyncpg.Connection, job_id: str, tenant_id: str | None) 
     row = await conn.fetchrow(Q["job_lock"], job_id)
     if row is None or (tenant_id is not None and row["tenant_id"] != tenant_id):
         raise NotFound(f"job {job_id!r} does not exist")
-    return row_to_job(row)
+    return rows.job(row)
 
 
 async def queue_webhook(conn: asyncpg.Connection, finished: asyncpg.Record | None,

@@ -15,10 +15,10 @@ import asyncpg
 from jobd.credentials import new_delivery_id
 from jobd.models import ClaimedJob, JobStatus
 from jobd.store.backend import ClaimRound, DirectDelivery
-from jobd.store.postgres import rows
 from jobd.store.postgres.batching import Outcome, all_else_each
 from jobd.store.postgres.jobs import queue_webhook
 from jobd.store.postgres.queries import Q, changed, fetch_planned
+from jobd.webhook_body import claimed_job_body
 
 
 async def claim_jobs(conn: asyncpg.Connection, *, now: float, limit: int, owner: str,
@@ -90,8 +90,8 @@ def _webhook(f: Finish) -> tuple[str | None, bytes | None, float | None]:
         return None, None, None
     if f.direct is not None:
         return f.direct.id, f.direct.body, f.direct.lease_expires_at
-    return new_delivery_id(), rows.claimed_body(f.job, f.status, f.now, f.result_json,
-                                                f.error), None
+    body = claimed_job_body(f.job, f.status, f.now, f.result_json, f.error)
+    return new_delivery_id(), body, None
 
 
 async def retry_job_later(conn: asyncpg.Connection, job: ClaimedJob, *, owner: str, now: float,

@@ -14,29 +14,17 @@ import orjson
 
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
+from jobd.store import rows
 from jobd.store.sqlite.queries import Q, run_rows
 from jobd.store.sqlite.writer import Outcome, in_savepoint
 
 
-def row_to_delivery(row: Any) -> Delivery:
-    return Delivery(
-        id=row["id"], job_id=row["job_id"], tenant_id=row["tenant_id"], url=row["url"],
-        body=row["body"], status=DeliveryStatus(row["status"]), attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"], last_error=row["last_error"],
-        last_status_code=row["last_status_code"], created_at=row["created_at"],
-        updated_at=row["updated_at"], delivered_at=row["delivered_at"], dead_at=row["dead_at"],
-    )
-
-
 def deliveries_of_job(conn: sqlite3.Connection, job_id: str) -> list[Delivery]:
-    return [row_to_delivery(r) for r in conn.execute(Q["deliveries_of_job"], (job_id,)).fetchall()]
+    return [rows.delivery(r) for r in conn.execute(Q["deliveries_of_job"], (job_id,)).fetchall()]
 
 
 def attempts_of_delivery(conn: sqlite3.Connection, delivery_id: str) -> list[DeliveryAttempt]:
-    return [DeliveryAttempt(delivery_id=r["delivery_id"], attempted_at=r["attempted_at"],
-                            status_code=r["status_code"], error=r["error"],
-                            duration_ms=r["duration_ms"])
-            for r in conn.execute(Q["delivery_attempts_of"], (delivery_id,)).fetchall()]
+    return [rows.attempt(r) for r in conn.execute(Q["delivery_attempts_of"], (delivery_id,)).fetchall()]
 
 
 # dispatcher --------------------------------------------------------------------------
@@ -64,22 +52,22 @@ def claim_due_deliveries(conn: sqlite3.Connection, *, now: float, limit: int,
     """Move up to ``limit`` due ``pending`` deliveries to ``sending``, earliest due first."""
     if limit <= 0:
         return []
-    rows = orjson.loads(conn.execute(Q["deliveries_due_packed"],
-                                     {"now": now, "limit": limit}).fetchone()[0])
-    if not rows:
+    found = orjson.loads(conn.execute(Q["deliveries_due_packed"],
+                                      {"now": now, "limit": limit}).fetchone()[0])
+    if not found:
         return []
     expires = now + lease_s
     conn.execute(Q["deliveries_mark_sending"], {
-        "seqs": orjson.dumps([r[0] for r in rows]), "lease_expires_at": expires, "now": now})
+        "seqs": orjson.dumps([r[0] for r in found]), "lease_expires_at": expires, "now": now})
     return [ClaimedDelivery(id=r[1], job_id=r[2], tenant_id=r[3], url=r[4],
                             body=r[5].encode("utf-8"), secret=r[7], attempts=r[6],
                             lease_expires_at=expires)
-            for r in rows]
+            for r in found]
 
 
 def next_delivery_due_time(conn: sqlite3.Connection) -> float | None:
-    rows = conn.execute(Q["delivery_next_due_time"]).fetchall()
-    return rows[0][0] if rows else None
+    found = conn.execute(Q["delivery_next_due_time"]).fetchall()
+    return found[0][0] if found else None
 
 
 def release_sending_deliveries(conn: sqlite3.Connection, *, now: float, all_sending: bool) -> int:
@@ -154,8 +142,8 @@ def record_delivery_attempts(conn: sqlite3.Connection,
 # dead-letter queue ---------------------------------------------------------------------
 
 def find_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
-    rows = conn.execute(Q["delivery_get"], (delivery_id,)).fetchall()
-    return row_to_delivery(rows[0]) if rows else None
+    found = conn.execute(Q["delivery_get"], (delivery_id,)).fetchall()
+    return rows.delivery(found[0]) if found else None
 
 
 def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery:
@@ -179,8 +167,8 @@ def get_dead_delivery(conn: sqlite3.Connection, delivery_id: str,
 def list_dead_deliveries(conn: sqlite3.Connection, *, tenant_id: str | None = None,
                          limit: int = 50) -> list[Delivery]:
     """Dead deliveries, most recently dead-lettered first."""
-    rows = conn.execute(Q["deliveries_dead_list"], {"tenant_id": tenant_id, "limit": limit})
-    return [row_to_delivery(r) for r in rows.fetchall()]
+    found = conn.execute(Q["deliveries_dead_list"], {"tenant_id": tenant_id, "limit": limit})
+    return [rows.delivery(r) for r in found.fetchall()]
 
 
 def dead_delivery_ids(conn: sqlite3.Connection, *, tenant_id: str | None = None) -> list[str]:
@@ -198,9 +186,9 @@ def redeliver_dead(conn: sqlite3.Connection, delivery_ids: list[str], *, now: fl
     """
     if not delivery_ids:
         return []
-    rows = conn.execute(Q["delivery_redeliver_dead"],
-                        {"ids": orjson.dumps(delivery_ids).decode(), "now": now}).fetchall()
-    return [r["id"] for r in rows]
+    found = conn.execute(Q["delivery_redeliver_dead"],
+                         {"ids": orjson.dumps(delivery_ids).decode(), "now": now}).fetchall()
+    return [r["id"] for r in found]
 
 
 def purge_dead(conn: sqlite3.Connection, delivery_ids: list[str]) -> list[str]:

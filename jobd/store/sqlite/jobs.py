@@ -9,7 +9,8 @@ import orjson
 
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
-from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease, row_to_job
+from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease
+from jobd.store import rows
 from jobd.store.sqlite.connection import transaction
 from jobd.store.sqlite.outbox import enqueue_delivery
 from jobd.store.sqlite.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
@@ -111,10 +112,10 @@ def _row(job_id: str, job: NewJob, body_hash: bytes, now: float) -> tuple[object
 
 def find_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job | None:
     if tenant_id is None:
-        rows = conn.execute(Q["job_get"], (job_id,)).fetchall()
+        found = conn.execute(Q["job_get"], (job_id,)).fetchall()
     else:
-        rows = conn.execute(Q["job_get_for_tenant"], (job_id, tenant_id)).fetchall()
-    return row_to_job(rows[0]) if rows else None
+        found = conn.execute(Q["job_get_for_tenant"], (job_id, tenant_id)).fetchall()
+    return rows.job(found[0]) if found else None
 
 
 def get_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job:
@@ -156,11 +157,11 @@ def list_jobs(conn: sqlite3.Connection, *, tenant_id: str | None = None,
 
     Each status is read through the index that holds it (see ``job_list*`` in
     queries.sql), so a rare status is found without scanning a million rows."""
-    rows = conn.execute(Q[_list_query(conn, tenant_id, status)], {
+    found = conn.execute(Q[_list_query(conn, tenant_id, status)], {
         "tenant_id": tenant_id, "status": status, "type": job_type, "limit": limit,
         "before": before_seq if before_seq is not None else 2**63 - 1,
     }).fetchall()
-    return [row_to_job(r) for r in rows]
+    return [rows.job(r) for r in found]
 
 
 SORT_WAITING_MAX = 10_000  # a backlog up to this long is sorted; a longer one, walked

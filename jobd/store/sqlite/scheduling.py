@@ -17,7 +17,7 @@ from jobd.credentials import new_delivery_id
 from jobd.models import ClaimedJob, JobStatus
 from jobd.store.sqlite.outbox import enqueue_delivery
 from jobd.store.sqlite.queries import Q, run_rows
-from jobd.webhook_body import build_body
+from jobd.webhook_body import claimed_job_body
 
 
 @dataclass(slots=True)
@@ -137,20 +137,11 @@ def finish_each(conn: sqlite3.Connection, items: list[Finish], *,
     return [(True, f.direct is not None and f.direct.id in created) for f in items]
 
 
-def webhook_body(job: ClaimedJob, status: JobStatus, now: float, result_json: str | None,
-                 error: str | None) -> bytes:
-    """What :func:`enqueue_delivery` builds from the finished row, from what we know."""
-    return build_body(job_id=job.id, job_type=job.type, status=status.value,
-                      attempts=job.attempt, payload_json=job.payload, completed_at=now,
-                      result_json=result_json,
-                      error=error if status is not JobStatus.SUCCEEDED else None)
-
-
 def _webhook_row(f: Finish, url: str) -> tuple[object, ...]:
     if f.direct is not None:
         return (f.direct.id, f.job.id, f.job.tenant_id, url, f.direct.body, f.now,
                 f.job.attempt, f.direct.lease_expires_at)
-    body = webhook_body(f.job, f.status, f.now, f.result_json, f.error)
+    body = claimed_job_body(f.job, f.status, f.now, f.result_json, f.error)
     return (new_delivery_id(), f.job.id, f.job.tenant_id, url, body, f.now, f.job.attempt, None)
 
 
