@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +12,9 @@ from jobd.credentials import new_delivery_id, new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, StoreUnavailable, Unauthorized
 from jobd.models import Delivery, IdempotentResult, Job, JobStatus, NewJob, StartLease
 from jobd.store import rows
-from jobd.store.postgres.batching import Outcome, all_else_each
+from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.deliveries import deliveries_of_job
+from jobd.store.postgres.failures import ITEM_ERRORS
 from jobd.store.postgres.queries import Q
 
 # A key released (or its job pruned) between our insert and our read of its holder sends
@@ -37,7 +39,8 @@ async def insert_jobs(conn: asyncpg.Connection, items: list[Creation]) -> list[O
     """Create many jobs, one outcome per item. The common case (live API keys, a key not
     seen before) is one statement for all of them, which also checks the keys; the items
     it did not insert (a key in use or revoked, the same key twice) then go one by one."""
-    return await all_else_each(conn, items, _insert_all, _insert_one)
+    return await all_else_each(items, functools.partial(_insert_all, conn),
+                               functools.partial(_insert_one, conn), item_errors=ITEM_ERRORS)
 
 
 async def _insert_all(conn: asyncpg.Connection, items: list[Creation]) -> list[Outcome | None]:

@@ -6,6 +6,7 @@ the daemon, ``Database.write`` in the CLI).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,10 @@ import orjson
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
 from jobd.store import rows
+from jobd.store.outcomes import Outcome, all_else_each, run_now
+from jobd.store.sqlite.connection import OneByOne
+from jobd.store.sqlite.failures import ITEM_ERRORS
 from jobd.store.sqlite.queries import Q, run_rows
-from jobd.store.sqlite.writer import Outcome, in_savepoint
 
 
 def deliveries_of_job(conn: sqlite3.Connection, job_id: str) -> list[Delivery]:
@@ -123,20 +126,33 @@ def record_delivery_attempts(conn: sqlite3.Connection,
     """:func:`record_delivery_attempt` for many deliveries, one outcome each. When all
     of them were delivered and still hold their claims (the common case), that is two
     statements; otherwise each is recorded on its own."""
-    if all(i.error is None for i in items):
-        conn.execute("SAVEPOINT record_attempts")
-        run_rows(conn, "delivery_attempt_insert", [
-            (i.delivery.id, i.attempted_at, i.status_code, None, i.duration_ms) for i in items])
-        updated = run_rows(conn, "deliveries_succeeded_many", [
-            (i.delivery.id, i.status_code, i.now, i.delivery.lease_expires_at) for i in items])
-        if updated == len(items):
-            conn.execute("RELEASE record_attempts")
-            return [(True, DeliveryStatus.SUCCEEDED)] * len(items)
-        conn.execute("ROLLBACK TO record_attempts")
+    with OneByOne(conn, functools.partial(_record_one, conn)) as each:
+        return run_now(all_else_each(items, functools.partial(_record_all, conn), each,
+                                     item_errors=ITEM_ERRORS))
+
+
+def _record_all(conn: sqlite3.Connection, items: list[AttemptRecord]) -> list[Outcome | None]:
+    """Two statements for attempts that all delivered; nothing (all None) otherwise, or
+    when any of them no longer holds its claim."""
+    if any(i.error is not None for i in items):
+        return [None] * len(items)
+    conn.execute("SAVEPOINT record_attempts")
+    run_rows(conn, "delivery_attempt_insert", [
+        (i.delivery.id, i.attempted_at, i.status_code, None, i.duration_ms) for i in items])
+    updated = run_rows(conn, "deliveries_succeeded_many", [
+        (i.delivery.id, i.status_code, i.now, i.delivery.lease_expires_at) for i in items])
+    if updated == len(items):
         conn.execute("RELEASE record_attempts")
-    return [in_savepoint(conn, record_delivery_attempt, i.delivery, now=i.now,
-                         attempted_at=i.attempted_at, status_code=i.status_code, error=i.error,
-                         duration_ms=i.duration_ms, retry_at=i.retry_at) for i in items]
+        return [(True, DeliveryStatus.SUCCEEDED)] * len(items)
+    conn.execute("ROLLBACK TO record_attempts")
+    conn.execute("RELEASE record_attempts")
+    return [None] * len(items)
+
+
+def _record_one(conn: sqlite3.Connection, i: AttemptRecord) -> DeliveryStatus | None:
+    return record_delivery_attempt(conn, i.delivery, now=i.now, attempted_at=i.attempted_at,
+                                   status_code=i.status_code, error=i.error,
+                                   duration_ms=i.duration_ms, retry_at=i.retry_at)
 
 
 # dead-letter queue ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from dataclasses import dataclass
 
@@ -11,10 +12,11 @@ from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease
 from jobd.store import rows
-from jobd.store.sqlite.connection import transaction
+from jobd.store.outcomes import Outcome, all_else_each, run_now
+from jobd.store.sqlite.connection import OneByOne, transaction
+from jobd.store.sqlite.failures import ITEM_ERRORS
 from jobd.store.sqlite.outbox import enqueue_delivery
 from jobd.store.sqlite.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
-from jobd.store.sqlite.writer import Outcome, in_savepoint
 
 
 @dataclass(slots=True)
@@ -51,6 +53,14 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *,
     if len(items) > MAX_ROWS_PER_STATEMENT and not conn.in_transaction:
         with transaction(conn):  # more than one statement: not alone
             return insert_jobs(conn, items, idempotency_ttl_s=idempotency_ttl_s)
+    one = functools.partial(_insert_one, conn, idempotency_ttl_s)
+    with OneByOne(conn, one) as each:
+        return run_now(all_else_each(items, functools.partial(_insert_all, conn), each,
+                                     item_errors=ITEM_ERRORS))
+
+
+def _insert_all(conn: sqlite3.Connection, items: list[Creation]) -> list[Outcome | None]:
+    """The one statement; None for each item it did not insert."""
     ids = [new_job_id() for _ in items]
     try:
         inserted = run_rows(conn, "jobs_insert_if_key_live", [
@@ -61,21 +71,17 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *,
     except sqlite3.IntegrityError:
         inserted = -1  # that statement was undone (an earlier one of 500 rows was not)
     if inserted == len(items):
-        return [(True, _created(job_id, c)) for job_id, c in zip(ids, items, strict=True)]
-    present = {row[0] for row in conn.execute(Q["jobs_present"], (orjson.dumps(ids).decode(),))}
-    with transaction(conn):
-        return [(True, _created(job_id, c)) if job_id in present
-                else _isolated(conn, c, idempotency_ttl_s)
-                for job_id, c in zip(ids, items, strict=True)]
+        present = set(ids)
+    else:
+        present = {row[0] for row in conn.execute(Q["jobs_present"],
+                                                  (orjson.dumps(ids).decode(),))}
+    return [(True, IdempotentResult(job_id, c.now, replayed=False, started=c.lease is not None))
+            if job_id in present else None for job_id, c in zip(ids, items, strict=True)]
 
 
-def _created(job_id: str, item: Creation) -> IdempotentResult:
-    return IdempotentResult(job_id, item.now, replayed=False, started=item.lease is not None)
-
-
-def _isolated(conn: sqlite3.Connection, item: Creation, ttl_s: float) -> Outcome:
-    return in_savepoint(conn, insert_job, item.job, body_hash=item.body_hash, now=item.now,
-                        idempotency_ttl_s=ttl_s, api_key_hash=item.api_key_hash)
+def _insert_one(conn: sqlite3.Connection, ttl_s: float, item: Creation) -> IdempotentResult:
+    return insert_job(conn, item.job, body_hash=item.body_hash, now=item.now,
+                      idempotency_ttl_s=ttl_s, api_key_hash=item.api_key_hash)
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: float,

@@ -66,6 +66,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from jobd.errors import StoreUnavailable
+from jobd.store.outcomes import Outcome
+from jobd.store.sqlite.connection import savepoint
 from jobd.supervisor import Supervisor, is_storage_error
 
 log = logging.getLogger("jobd.store")
@@ -73,7 +75,6 @@ log = logging.getLogger("jobd.store")
 T = TypeVar("T")
 TxFn = Callable[..., Any]
 _Item = tuple[TxFn, tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop, int]
-Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 GroupFn = Callable[[sqlite3.Connection, list[Any]], list[Outcome]]
 _STOP = object()
 # what an item is (_Item's last field; false only for a plain call)
@@ -469,20 +470,16 @@ def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> Outc
     return in_savepoint(conn, fn, *args)
 
 
-def in_savepoint(conn: sqlite3.Connection, fn: TxFn, *args: Any, **kwargs: Any) -> Outcome:
+def in_savepoint(conn: sqlite3.Connection, fn: TxFn, *args: Any) -> Outcome:
     """``fn(conn, ...)`` in its own savepoint: if it raises, only its writes are undone
     (unless the database failed: then the whole transaction fails)."""
-    conn.execute("SAVEPOINT unit")
     try:
-        result = fn(conn, *args, **kwargs)
+        with savepoint(conn):
+            return True, fn(conn, *args)
     except Exception as exc:
         if is_storage_error(exc):
             raise
-        conn.execute("ROLLBACK TO unit")
-        conn.execute("RELEASE unit")
         return False, exc
-    conn.execute("RELEASE unit")
-    return True, result
 
 
 def left_until(deadline: float | None) -> float | None:
