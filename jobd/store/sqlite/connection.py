@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Generic, TypeVar
 
 from jobd.errors import StoreUnavailable
-from jobd.supervisor import is_storage_error
+from jobd.store.sqlite.failures import is_storage_error
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -165,10 +165,18 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations in one transaction each; return the schema version."""
+def migrate(conn: sqlite3.Connection, *, path: str = "") -> int:
+    """Apply pending migrations in one transaction each; return the schema version. A
+    database whose schema is newer than this jobd knows is refused (StoreUnavailable):
+    an older jobd must not write to tables it does not understand."""
+    known = migrations()
+    latest = known[-1][0] if known else 0
     version = conn.execute("PRAGMA user_version").fetchall()[0][0]
-    for number, _name, sql in migrations():
+    if version > latest:
+        raise StoreUnavailable(f"the schema of database {path or 'here'} is at version "
+                               f"{version}, newer than this jobd knows ({latest}): "
+                               "upgrade jobd")
+    for number, _name, sql in known:
         if number <= version:
             continue
         conn.execute("BEGIN IMMEDIATE")
@@ -183,7 +191,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
         version = number
-    return version
+    return int(version)
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,7 +1,6 @@
 """Webhook delivery reads and transitions: the dispatcher's claim and outcome, and the DLQ.
 
-Each function runs inside a transaction the caller opened (``store.write`` in
-the daemon, ``Database.write`` in the CLI).
+Each function runs inside a transaction the caller opened (the writer's).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import orjson
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
 from jobd.store import rows
+from jobd.store.backend import ClaimedDelivery
 from jobd.store.outcomes import Outcome, all_else_each, run_now
 from jobd.store.sqlite.connection import OneByOne
 from jobd.store.sqlite.failures import ITEM_ERRORS
@@ -31,24 +31,6 @@ def attempts_of_delivery(conn: sqlite3.Connection, delivery_id: str) -> list[Del
 
 
 # dispatcher --------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class ClaimedDelivery:
-    """A delivery the dispatcher now holds (``sending``): what it needs to sign and send it.
-
-    ``lease_expires_at`` is also the fencing token: only the claim that is still
-    current may record an outcome.
-    """
-
-    id: str
-    job_id: str
-    tenant_id: str
-    url: str
-    body: bytes
-    secret: str | None  # the tenant's webhook secret (None: the tenant is gone)
-    attempts: int  # attempts already made in the current retry budget
-    lease_expires_at: float
-
 
 def claim_due_deliveries(conn: sqlite3.Connection, *, now: float, limit: int,
                          lease_s: float) -> list[ClaimedDelivery]:
@@ -198,19 +180,27 @@ def count_dead_deliveries(conn: sqlite3.Connection) -> int:
 def redeliver_dead(conn: sqlite3.Connection, delivery_ids: list[str], *, now: float) -> list[str]:
     """DLQ retry: ``dead`` → ``pending`` now, with a fresh retry budget and the same id.
 
-    Ids that are not (or no longer) dead are skipped; returns those moved.
+    Ids that are not (or no longer) dead are skipped; returns those moved, in the order
+    given.
     """
     if not delivery_ids:
         return []
     found = conn.execute(Q["delivery_redeliver_dead"],
                          {"ids": orjson.dumps(delivery_ids).decode(), "now": now}).fetchall()
-    return [r["id"] for r in found]
+    return _in_order(delivery_ids, {r["id"] for r in found})
 
 
 def purge_dead(conn: sqlite3.Connection, delivery_ids: list[str]) -> list[str]:
-    """Delete dead deliveries and their attempts; returns the ids deleted."""
+    """Delete dead deliveries and their attempts; returns the ids deleted, in the order
+    given."""
     if not delivery_ids:
         return []
     ids = {"ids": orjson.dumps(delivery_ids).decode()}
     conn.execute(Q["delivery_attempts_purge_dead"], ids)
-    return [r["id"] for r in conn.execute(Q["delivery_purge_dead"], ids).fetchall()]
+    return _in_order(delivery_ids,
+                     {r["id"] for r in conn.execute(Q["delivery_purge_dead"], ids).fetchall()})
+
+
+def _in_order(given: list[str], done: set[str]) -> list[str]:
+    """The ids of ``done`` in the order ``given``, each once."""
+    return [i for i in dict.fromkeys(given) if i in done]

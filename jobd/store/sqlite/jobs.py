@@ -10,10 +10,11 @@ import orjson
 
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
-from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease
+from jobd.models import Delivery, IdempotentResult, Job, JobStatus, NewJob, StartLease
 from jobd.store import rows
 from jobd.store.outcomes import Outcome, all_else_each, run_now
 from jobd.store.sqlite.connection import OneByOne, transaction
+from jobd.store.sqlite.deliveries import deliveries_of_job
 from jobd.store.sqlite.failures import ITEM_ERRORS
 from jobd.store.sqlite.outbox import enqueue_delivery
 from jobd.store.sqlite.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
@@ -122,6 +123,15 @@ def find_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None
     else:
         found = conn.execute(Q["job_get_for_tenant"], (job_id, tenant_id)).fetchall()
     return rows.job(found[0]) if found else None
+
+
+def job_state(conn: sqlite3.Connection, job_id: str,
+              tenant_id: str) -> tuple[Job, list[Delivery]] | None:
+    """The tenant's job and its deliveries (a job without a webhook has none: one read)."""
+    job = find_job(conn, job_id, tenant_id)
+    if job is None:
+        return None
+    return job, deliveries_of_job(conn, job_id) if job.webhook_url else []
 
 
 def get_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job:
