@@ -57,7 +57,7 @@ class Backoff:
 
     def delay_s(self, failures: int) -> float:
         """The pause after the ``failures``-th failure in a row (1, 2, ...)."""
-        return min(self.max_s, self.first_s * 2 ** min(max(failures, 1) - 1, 32))
+        return min(self.max_s, self.first_s * 2.0 ** min(max(failures, 1) - 1, 32))
 
 
 def describe(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ from jobd.store.backend import Backend
 try:  # Typer >= 0.26 carries its own copy of click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older Typer depends on click
-    from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
+    from click.exceptions import ClickException  # type: ignore[no-redef,assignment,unused-ignore]
 
 ConfigOpt = Annotated[Path | None, typer.Option(  # JOBD_CONFIG is read by locate_config
     "--config", "-c",

@@ -34,7 +34,7 @@ _clock = SystemClock()
 
 
 def job_doc(job: Job) -> dict[str, Any]:
-    doc = orjson.loads(orjson.dumps(job_view(job)))
+    doc: dict[str, Any] = orjson.loads(orjson.dumps(job_view(job)))
     doc["tenantId"] = job.tenant_id
     doc["payload"] = orjson.loads(job.payload)
     return doc
