@@ -10,11 +10,11 @@ import pytest
 
 from jobd.config import Config
 from tests.api.conftest import JOB_ID, NOW0, Api, eventually, parse_time
-from tests.conftest import make_config
+from tests.conftest import Databases, make_config
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def config(tmp_path: Path, database: Databases) -> Config:
     """This module's app refuses bodies over 2048 bytes (see the 413 tests at the end)."""
     return make_config(tmp_path, server={"max_body_bytes": 2048})
 
