@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 
+import orjson
 import pytest
 
 from jobd.clock import FakeClock
@@ -135,6 +136,27 @@ async def test_permanent_error_is_fatal_at_once(store, pool, clock, new_tenant):
     done = await job(store, job_id)
     assert (done.status, done.attempts) == (JobStatus.FATAL, 1)
     assert "do not retry" in done.last_error
+
+
+async def test_errors_with_a_nul_character_are_recorded(store, pool, clock, config, new_tenant):
+    """A handler's error text is the handler's: a NUL character in it (which PostgreSQL's
+    text cannot hold) must not keep the retry or the final failure from being written."""
+    await new_tenant()
+    job_id = await submit(store, clock, "garbled", key="a", max_attempts=3)
+    await pool.run_once()
+    await settle(pool)
+    first = await job(store, job_id)
+    assert first.status is JobStatus.RETRY
+    assert first.last_error.startswith("RuntimeError: bad") and first.last_error.endswith("news")
+    clock.advance(config.jobs.backoff_base)
+    assert await pool.run_once() == 1
+    await settle(pool)
+    final = await job(store, job_id)
+    assert (final.status, final.attempts) == (JobStatus.FATAL, 2)
+    assert final.last_error.startswith("PermanentError: worse")
+    assert final.last_error.endswith("news")
+    errors = [e["error"] for e in orjson.loads(final.errors)]
+    assert [e[:3] + e[-4:] for e in errors] == ["Runnews", "Pernews"]
 
 
 async def test_timeout_counts_as_a_failure(store, pool, clock, new_tenant):

@@ -11,6 +11,19 @@ from jobd.store.named_sql import load_named
 Q = load_named("jobd.store.postgres", "queries.sql")
 
 
+def storable(text: str | None) -> str | None:
+    """``text`` as a value of a text column: a NUL character, which PostgreSQL's text
+    cannot hold, becomes U+FFFD. For the texts jobd takes from elsewhere and keeps: error
+    messages of handlers and of webhook receivers' answers (SQLite keeps the NUL)."""
+    return text.replace("\x00", "\ufffd") if text is not None and "\x00" in text else text
+
+
+def holds_nul(key: str) -> bool:
+    """Whether ``key`` (a job id from a request's path) holds a NUL character: then no row
+    has it (text cannot hold one), and asking the database would be an error."""
+    return "\x00" in key
+
+
 def changed(status: str) -> int:
     """The row count of a command status (``"UPDATE 3"`` -> 3)."""
     return int(status.rsplit(" ", 1)[-1])
