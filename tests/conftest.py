@@ -34,6 +34,14 @@ T0 = 1_750_000_000.0
 NewTenantFactory = Callable[..., Awaitable[NewTenant]]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for the test PostgreSQL server by name is marked ``postgres`` too
+    (those on each backend are marked by their ``postgres`` parameter)."""
+    for item in items:
+        if "pg_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(autouse=True)
 def _no_config_search(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the ./jobd.toml or /etc/jobd/jobd.toml of the machine it runs on."""

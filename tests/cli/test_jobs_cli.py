@@ -241,6 +241,7 @@ def test_a_bad_config_file_exits_2(tmp_path, content, expected):
                                   ("jobs", "cancel", "job_x"), ("jobs", "retry", "job_x"),
                                   ("stats",), ("dlq", "list"), ("prune", "--dry-run")])
 def test_a_missing_database_exits_1_and_says_what_to_do(tmp_path, args):
+    # SQLite only: a missing file; a PostgreSQL database cannot be missing this way
     missing = tmp_path / "elsewhere" / "jobd.db"
     cfg = write_config(tmp_path / "jobd.toml", tmp_path, 0, database={"path": str(missing)})
     line = one_line_error(cli(cfg, *args, check=False), 1)

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import Databases
+from tests.e2e.receiver import receiver
 from tests.e2e.target import Target
 from tests.support import Client, Daemon, cli_json, free_port, write_config, written_config
 
 pytestmark = pytest.mark.e2e
+__all__ = ["receiver"]  # a fixture for every e2e test
 
 
 class Env:
