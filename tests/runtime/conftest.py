@@ -34,9 +34,10 @@ class Behaviour:
             raise PermanentError("bad input, do not retry")
 
         async def garbled(payload: AnyPayload, ctx: JobContext) -> Any:
-            """Fails with a NUL character in its error: once for a retry, then for good."""
+            """Fails with a NUL character (and a lone surrogate) in its error: once for a
+            retry, then for good."""
             if ctx.attempt < 2:
-                raise RuntimeError("bad\x00news")
+                raise RuntimeError("bad\x00news\udc80")
             raise PermanentError("worse\x00news")
 
         async def hold(payload: AnyPayload, ctx: JobContext) -> Any:
