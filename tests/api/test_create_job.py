@@ -122,7 +122,8 @@ async def test_email_and_http_jobs_are_accepted(api: Api) -> None:
 
 
 @pytest.mark.parametrize("payload", [{}, {"anything": [1, {"x": None}], "n": 1.5},
-                                     {"deep": {"a": {"b": "c"}}}])
+                                     {"deep": {"a": {"b": "c"}}},
+                                     {"nul": "a\u0000b", "astral": "\U0001f600"}])
 async def test_noop_accepts_any_object_payload(api: Api, payload: dict[str, object]) -> None:
     r = await api.post_job(api.body(type="noop", payload=payload))
     assert r.status == 201, r.raw
