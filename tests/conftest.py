@@ -117,9 +117,10 @@ class Databases:
             try:
                 yield self
             finally:
-                self._give_back()
+                self.give_back()
 
-    def _give_back(self) -> None:
+    def give_back(self) -> None:
+        """Give back every database lent (on PostgreSQL: emptied for the next test)."""
         if self._pool is not None:
             for url in self._lent.values():
                 self._pool.give_back(url)
