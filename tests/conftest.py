@@ -6,6 +6,7 @@ event loop)."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,14 @@ pytest_plugins = ["tests.pg"]  # pg_url, pg_database_url: a throwaway PostgreSQL
 T0 = 1_750_000_000.0
 
 NewTenantFactory = Callable[..., Awaitable[NewTenant]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background by a shell without job control (``make test``'s
+    tests on PostgreSQL) inherits SIGINT ignored, and so would every process its tests
+    start: ``jobd top`` would not stop on Ctrl-C, nor the run itself. Take it back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
