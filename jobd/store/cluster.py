@@ -241,3 +241,16 @@ class SingleNode:
 
     async def close(self) -> None:
         self._closed.set()
+
+
+def open_coordination(backend: Backend, config: Config, node: NodeId | None = None) -> Coordination:
+    """The coordination for ``backend``'s database: shared on PostgreSQL, single on
+    SQLite. Nothing is connected until :meth:`Coordination.join` (or a call that needs
+    the database)."""
+    if backend.name == "postgres":
+        from jobd.store.postgres.backend import PostgresBackend
+        from jobd.store.postgres.cluster import PostgresCoordination
+
+        assert isinstance(backend, PostgresBackend)
+        return PostgresCoordination(backend, config, node=node)
+    return SingleNode(backend, config, node)
