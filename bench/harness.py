@@ -229,7 +229,7 @@ def seed_jobs(db_path: Path, tenant_id: str, *, queued: int = 0, finished: int =
               run_at: float | None = None) -> None:
     """Insert jobs straight into the database (the daemon must not be running)."""
     from jobd.credentials import new_job_id
-    from jobd.store.connection import connect, migrate
+    from jobd.store.sqlite.connection import connect, migrate
 
     conn = connect(str(db_path), synchronous="off")
     migrate(conn)

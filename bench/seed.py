@@ -3,7 +3,7 @@
 Run: python bench/seed.py DB_PATH --finished 1000000 --queued 100000 --tenants 3
 
 The file is migrated with jobd's own migrations and the tenants are created with
-``jobd.store.tenants.create_tenant``; the jobs are then written straight through
+``jobd.store.sqlite.tenants.create_tenant``; the jobs are then written straight through
 sqlite3 with ``executemany`` in large transactions (``synchronous = OFF`` while
 seeding: a crash would only lose the benchmark's data). Finished jobs are spread
 evenly over the last ``--age-days`` days (so with the default retention of 7 days
@@ -26,8 +26,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobd.credentials import new_job_id
-from jobd.store.connection import connect, migrate
-from jobd.store.tenants import create_tenant
+from jobd.store.sqlite.connection import connect, migrate
+from jobd.store.sqlite.tenants import create_tenant
 
 CHUNK = 100_000  # rows per transaction
 INSERT_JOB = """

@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import socket
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -33,9 +32,8 @@ from jobd.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jobd.runtime.metrics import Metrics
 from jobd.runtime.pruner import Pruner
 from jobd.runtime.workers import WorkerPool
-from jobd.store.deliveries import count_dead_deliveries
-from jobd.store.stats import job_counts
-from jobd.store.store import Store
+from jobd.store import open_backend
+from jobd.store.backend import Backend
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.daemon")
@@ -67,8 +65,10 @@ async def serve(config: Config, *, clock: Clock | None = None,
     supervisor.on_give_up = gave_up
 
     registry = build_registry(config.handlers)
-    store = Store(config.database, supervisor=supervisor)
-    store.open(daemon_lock=True)
+    if (ignored := config.database.ignored_keys_warning()) is not None:
+        log.warning("%s", ignored)
+    store = open_backend(config.database, supervisor=supervisor)
+    await store.open(daemon=True)
     allow_private = config.webhooks.allow_private_networks
     http = client_session(allow_private)
     services = Services(config=config, http=http)
@@ -156,7 +156,7 @@ async def serve(config: Config, *, clock: Clock | None = None,
                 await runner.cleanup()
         await http.close()
         await dispatcher.close()
-        store.close(timeout_s=CLOSE_S)
+        await store.close(timeout_s=CLOSE_S)
         log.info("stopped")
     if supervisor.gave_up is not None:
         raise TaskFailed(f"stopped because a task failed: {supervisor.gave_up}")
@@ -188,12 +188,10 @@ async def _recover_at_startup(supervisor: Supervisor, lifeline: Lifeline,
     return done
 
 
-def metrics_handler(store: Store, metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+def metrics_handler(store: Backend,
+                    metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        def read(conn: sqlite3.Connection) -> dict[str, object]:
-            return {"jobs": job_counts(conn), "dlq": count_dead_deliveries(conn),
-                    "writer": store.writer_stats, "files": store.file_bytes()}
-        body = metrics.render(await store.read_slow(read))
+        body = metrics.render(await store.metrics())
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
     return handle
 
@@ -208,8 +206,10 @@ def _bound_address(listener: asyncio.Server, config: Config) -> str:
 
 
 def _log_startup(config: Config, address: str, types: list[str]) -> None:
-    log.info("jobd %s listening on %s; database %s (synchronous=%s); %d workers; job types: %s",
-             __version__, address, config.database.path, config.database.synchronous,
+    database = config.database
+    log.info("jobd %s listening on %s; database %s (%s, synchronous=%s); %d workers; "
+             "job types: %s", __version__, address, database.location,
+             "PostgreSQL" if database.is_postgres else "SQLite", database.synchronous,
              config.workers.concurrency, ", ".join(types))
     if config.webhooks.allow_private_networks:
         log.warning("webhooks.allow_private_networks is on: webhooks and http jobs may reach "
@@ -218,8 +218,8 @@ def _log_startup(config: Config, address: str, types: list[str]) -> None:
 
 def tune_gc() -> None:
     """Everything imported so far lives as long as the process: move it out of the cyclic
-    collector's sight, and collect young objects less often. Measured: without this the
-    collector took about 14% of the event loop's time under POST /jobs load."""
+    collector's sight, and collect young objects less often: under POST /jobs load the
+    collector otherwise takes a noticeable share of the event loop's time."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
@@ -232,9 +232,9 @@ def run(config: Config, *, on_ready: Callable[[str], None] | None = None,
         on_stopping: Callable[[], None] | None = None) -> None:
     """Blocking entry point used by ``jobd serve`` (uvloop when available).
 
-    The writer thread needs the GIL back after every SQLite call, and the event loop
-    keeps it for up to the switch interval: 1 ms instead of Python's 5 ms gave
-    POST /jobs with the workers running 2-12% more (``bench/README.md``)."""
+    SQLite's writer thread needs the GIL back after every SQLite call, and the event
+    loop keeps it for up to the switch interval: 1 ms instead of Python's 5 ms lets the
+    writer go on sooner (``bench/README.md`` has the figures)."""
     tune_gc()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     loop_factory = None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 
 class JobStatus(StrEnum):
@@ -176,16 +175,3 @@ class DeliveryAttempt:
     error: str | None
     duration_ms: float
 
-
-def row_to_job(row: Any) -> Job:
-    return Job(
-        id=row["id"], tenant_id=row["tenant_id"], type=row["type"], payload=row["payload"],
-        status=JobStatus(row["status"]), priority=row["priority"], attempts=row["attempts"],
-        max_attempts=row["max_attempts"], timeout_seconds=row["timeout_seconds"],
-        run_at=row["run_at"], next_run_at=row["next_run_at"],
-        cancel_requested=bool(row["cancel_requested"]), result=row["result"],
-        last_error=row["last_error"], webhook_url=row["webhook_url"],
-        created_at=row["created_at"], started_at=row["started_at"],
-        completed_at=row["completed_at"], updated_at=row["updated_at"], seq=row["seq"],
-        errors=row["errors"],
-    )

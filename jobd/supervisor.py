@@ -13,8 +13,9 @@ called again after a delay that doubles from :attr:`Backoff.first_s` to
 :attr:`Backoff.max_s`; a step that returns ends the streak. Two kinds of failure:
 
 - the storage's (:func:`is_storage_error`: the database locked by another process past
-  ``database.busy_timeout``, a full disk, an I/O error): retried for as long as it lasts.
-  The store's own health says so meanwhile (``/healthz`` answers 503 ``writes_failing``),
+  ``database.busy_timeout``, a full disk, an I/O error, a server that does not answer):
+  retried for as long as it lasts. The store's own health says so meanwhile (``/healthz``
+  answers 503, e.g. ``writes_failing``),
   and the task goes on by itself once the lock or the disk is back;
 - any other (a fault): after ``give_up_after`` in a row the task gives up. The supervisor
   keeps the reason (``/healthz`` answers 503 ``task_failed``) and calls ``on_give_up``:
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
 import traceback
@@ -42,19 +42,12 @@ from jobd.errors import StoreUnavailable
 log = logging.getLogger("jobd.supervisor")
 
 GIVE_UP_AFTER = 8  # faults in a row: with the default backoff, about 11 s of failing
-# SQLite's primary result codes for a database that cannot be written now but may be
-# later: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL. The others
-# (CORRUPT, NOTADB, a misuse) do not go away by waiting.
-_STORAGE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    """The database cannot be used now (locked, a full disk, I/O), through no fault of
-    what was asked of it: :class:`StoreUnavailable`, or SQLite's error saying so."""
-    if isinstance(exc, StoreUnavailable):
-        return True
-    return isinstance(exc, sqlite3.Error) and (
-        (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF) in _STORAGE_CODES
+    """The database cannot be used now (locked, a full disk, I/O, unreachable), through
+    no fault of what was asked of it: the store raises :class:`StoreUnavailable` then."""
+    return isinstance(exc, StoreUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +57,7 @@ class Backoff:
 
     def delay_s(self, failures: int) -> float:
         """The pause after the ``failures``-th failure in a row (1, 2, ...)."""
-        return min(self.max_s, self.first_s * 2 ** min(max(failures, 1) - 1, 32))
+        return min(self.max_s, self.first_s * 2.0 ** min(max(failures, 1) - 1, 32))
 
 
 def describe(exc: BaseException) -> str:

@@ -20,16 +20,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 def unhealthy(ctx: ApiContext) -> tuple[str, str, str] | None:
     """Why the daemon should get no traffic: ``(code, title, detail)``, or None."""
-    if ctx.store.sync_failed:
-        return ("storage_failed", "Storage failed",
-                "the database could not be synced to disk; restart jobd")
+    if (problem := ctx.store.health()) is not None:
+        return (problem.code, problem.title, problem.detail)
     if ctx.supervisor is not None and ctx.supervisor.gave_up is not None:
         return ("task_failed", "A task of the daemon failed",
                 f"{ctx.supervisor.gave_up}; jobd is stopping")
-    if (error := ctx.store.write_error) is not None:
-        return ("writes_failing", "Database writes are failing",
-                f"writes to the database fail ({error}); reads still work, and jobd "
-                "recovers by itself once a write succeeds")
     if not ctx.ready:
         return ("not_ready", "Not ready", "the daemon is starting or stopping")
     return None

@@ -15,7 +15,7 @@ from jobd.config import Config
 from jobd.handlers.registry import Registry
 from jobd.models import IdempotentResult, NewJob, StartLease
 from jobd.ratelimit import RateLimiter
-from jobd.store.store import Store
+from jobd.store.backend import Backend
 from jobd.supervisor import Supervisor
 
 
@@ -35,7 +35,7 @@ class JobStarter(Protocol):
 @dataclass
 class ApiContext:
     config: Config
-    store: Store
+    store: Backend
     registry: Registry
     clock: Clock
     limiter: RateLimiter = field(default_factory=RateLimiter)

@@ -1,10 +1,10 @@
 """``POST /jobs`` and ``GET /jobs/{jobId}`` served without aiohttp's per-request
 machinery; everything else by aiohttp.
 
-Why: on this machine aiohttp's server costs ~85 us of the event loop per request
-before a handler runs (its "hello" tops out near 10k req/s, a bare httptools one
-near 55k; ``bench/README.md``), and creating a job and polling its state are the
-two hot endpoints. The logic is the same functions either way
+Why: aiohttp's server spends several times more of the event loop on a request before
+a handler runs than the request's own work here (``bench/README.md`` has the figures:
+its "hello" against a bare httptools one), and creating a job and polling its state are
+the two hot endpoints. The logic is the same functions either way
 (:mod:`jobd.api.routes`: ``admit``, ``prepare``, ``insert``, ``created`` and
 ``job_state``), and so are the error bodies (:mod:`jobd.api.problems`).
 
@@ -31,13 +31,15 @@ import logging
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
+from jobd.api.auth import Caller, authorized, bearer_key
 from jobd.api.connections import AiohttpConnection, Connections, connection_limit, handler_args
 from jobd.api.context import ApiContext
 from jobd.api.framing import NOT_MINE, Request, frame, ready_to_hand_over
+from jobd.api.futures import when_done
 from jobd.api.problems import (
     INTERNAL_ERROR,
     PROBLEM_JSON,
@@ -47,7 +49,7 @@ from jobd.api.problems import (
 )
 from jobd.api.routes import Answer, admit, created, insert, job_state, prepare
 from jobd.errors import JobdError
-from jobd.models import IdempotentResult
+from jobd.models import Delivery, IdempotentResult, Job
 
 log = logging.getLogger("jobd.api")
 
@@ -67,7 +69,7 @@ class FastLane:
         self.fallback = functools.partial(AiohttpConnection, fallback, self.connections,
                                           **handler_args(server))
         self._protocol = FastLaneProtocol if server.fast_lane else HandOverProtocol
-        self.pending: set[asyncio.Future[IdempotentResult]] = set()  # jobs being committed
+        self.pending: set[asyncio.Future[Any]] = set()  # store calls an answer waits for
         self.served = 0
         self.handed_over = 0
         self._date = (0, b"")
@@ -84,38 +86,74 @@ class FastLane:
         return self._date[1]
 
     def answer(self, request: Request, reply: Callable[[Answer], None]) -> None:
-        """Answer ``request`` through ``reply``: a job's state or a refusal at once, a
-        new job once the writer has committed it. No task: the checks run here, and the
-        201 is written from the writer's future's callback (a task per request cost
-        ~10 us of the event loop, measured)."""
-        if request.job_id is not None:
-            try:
-                answer = job_state(self.ctx, request.authorization, request.job_id)
-            except Exception as exc:
-                answer = self._refusal(exc, {})
-            reply(answer)
-            return
+        """Answer ``request`` through ``reply``, without a task: the checks run here, and
+        what waits for the store (a tenant not in the cache, a job's state, a new job's
+        commit) goes on in the callback of the store's future, or at once when that
+        future is done already."""
         rate_headers: dict[str, str] = {}
         try:
-            caller, now, key = admit(self.ctx, authorization=request.authorization,
-                                     idempotency_key=request.idempotency_key,
-                                     content_length=len(request.body), rate_headers=rate_headers)
+            key = bearer_key(request.authorization)
+            caller = None if request.job_id is not None else self.ctx.tenants.cached(key)
+            found = self.ctx.tenants.lookup(key) if caller is None else None
+        except Exception as exc:
+            reply(self._refusal(exc, rate_headers))
+            return
+        if found is None:
+            self._create(request, reply, rate_headers, caller)
+            return
+        self._wait(found, functools.partial(
+            self._get if request.job_id is not None else self._create, request, reply,
+            rate_headers))
+
+    def _wait(self, future: asyncio.Future[Any], then: Callable[[Any], None]) -> None:
+        """``then(future)`` once it is done (now if it is), counted as pending meanwhile."""
+        if not future.done():
+            self.pending.add(future)
+            future.add_done_callback(self.pending.discard)
+        when_done(future, then)
+
+    def _get(self, request: Request, reply: Callable[[Answer], None], rate_headers: dict[str, str],
+             found: asyncio.Future[Caller | None]) -> None:
+        assert request.job_id is not None
+        try:
+            tenant = authorized(found.result()).tenant
+            state = self.ctx.store.job_state(request.job_id, tenant.id)
+        except Exception as exc:
+            reply(self._refusal(exc, rate_headers))
+            return
+        self._wait(state, functools.partial(self._state, request.job_id, reply))
+
+    def _state(self, job_id: str, reply: Callable[[Answer], None],
+               state: asyncio.Future[tuple[Job, list[Delivery]] | None]) -> None:
+        try:
+            answer = job_state(job_id, state.result())
+        except Exception as exc:
+            answer = self._refusal(exc, {})
+        reply(answer)
+
+    def _create(self, request: Request, reply: Callable[[Answer], None],
+                rate_headers: dict[str, str],
+                found: Caller | asyncio.Future[Caller | None] | None) -> None:
+        """Admit, check and insert a new job (its caller cached, or as just looked up);
+        answer once the insert is committed."""
+        try:
+            caller = authorized(found.result() if isinstance(found, asyncio.Future) else found)
+            now, key = admit(self.ctx, caller, idempotency_key=request.idempotency_key,
+                             content_length=len(request.body), rate_headers=rate_headers)
             submission = prepare(self.ctx, caller, now, key, request.body)
             future = insert(self.ctx, submission)
         except Exception as exc:
             reply(self._refusal(exc, rate_headers))
             return
-        self.pending.add(future)
 
         def committed(done: asyncio.Future[IdempotentResult]) -> None:
-            self.pending.discard(done)
             try:
                 answer = created(self.ctx, submission, done.result(), rate_headers)
             except Exception as exc:
                 answer = self._refusal(exc, rate_headers)
             reply(answer)
 
-        future.add_done_callback(committed)
+        self._wait(future, committed)
 
     @staticmethod
     def _refusal(exc: Exception, rate_headers: dict[str, str]) -> Answer:

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from jobd.api.auth import Caller, authenticate, authenticate_key
+from jobd.api.auth import Caller, authenticate, authorized, bearer_key
 from jobd.api.context import API, ApiContext
 from jobd.api.problems import RATE_HEADERS, MalformedRequest, RequestTimeout
 from jobd.api.schemas import JobCreateRequest
@@ -27,7 +27,7 @@ from jobd.errors import (
     ValidationFailed,
 )
 from jobd.handlers.base import AnyPayload
-from jobd.models import IdempotentResult, Job, NewJob
+from jobd.models import Delivery, IdempotentResult, Job, NewJob
 from jobd.netguard import BlockedAddress, check_url
 
 JSON = "application/json"
@@ -50,7 +50,7 @@ class Answer:
 
 @dataclass(slots=True)
 class Submission:
-    """A ``POST /jobs`` that passed every check and waits for the writer."""
+    """A ``POST /jobs`` that passed every check and waits for the store."""
 
     job: NewJob
     body_hash: bytes
@@ -59,12 +59,12 @@ class Submission:
     capped: bool  # the tenant has a max_concurrency
 
 
-def admit(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
-          content_length: int | None, rate_headers: dict[str, str]) -> tuple[Caller, float, str]:
-    """The checks before the body is read: the API key, the tenant's rate limit (its
-    headers go into ``rate_headers`` at once, for an error answer to carry them too),
-    the Idempotency-Key and the declared size. Returns (caller, now, key)."""
-    caller = authenticate_key(authorization, ctx.tenants, fresh=False)
+def admit(ctx: ApiContext, caller: Caller, *, idempotency_key: str | None,
+          content_length: int | None, rate_headers: dict[str, str]) -> tuple[float, str]:
+    """The checks before the body is read, once the API key's caller is known (see
+    :func:`~jobd.api.auth.authorized`): the tenant's rate limit (its headers go into
+    ``rate_headers`` at once, for an error answer to carry them too), the
+    Idempotency-Key and the declared size. Returns (now, key)."""
     tenant = caller.tenant
     now = ctx.clock.now()
     decision = ctx.limiter.take(tenant.id, tenant.rate, tenant.burst, now)
@@ -77,11 +77,11 @@ def admit(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
     max_bytes = ctx.config.server.max_body_bytes
     if content_length is not None and content_length > max_bytes:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
-    return caller, now, key
+    return now, key
 
 
 def prepare(ctx: ApiContext, caller: Caller, now: float, key: str, raw: bytes) -> Submission:
-    """The body's checks; what the writer is then given."""
+    """The body's checks; what the store is then given."""
     data = _json_object(raw)
     claimed_tenant = data.get("tenantId")
     if isinstance(claimed_tenant, str) and claimed_tenant != caller.tenant.id:
@@ -95,12 +95,12 @@ def prepare(ctx: ApiContext, caller: Caller, now: float, key: str, raw: bytes) -
 
 
 def insert(ctx: ApiContext, submission: Submission) -> asyncio.Future[IdempotentResult]:
-    """Hand the job to the writer; the future is done after its COMMIT. If a worker
+    """Hand the job to the store; the future is done after its COMMIT. If a worker
     can take it at once, it is created running and starts after that COMMIT."""
     starter, job = ctx.starter, submission.job
     lease = None if starter is None else starter.reserve(job, now=submission.now,
                                                          capped=submission.capped)
-    future = ctx.store.insert_job_soon(
+    future = ctx.store.insert_job(
         job, body_hash=submission.body_hash, now=submission.now,
         idempotency_ttl_s=ctx.config.idempotency.ttl_hours * 3600,
         api_key_hash=submission.api_key_hash, lease=lease)
@@ -125,11 +125,14 @@ def created(ctx: ApiContext, submission: Submission, result: IdempotentResult,
 async def submit_job(ctx: ApiContext, *, authorization: str, idempotency_key: str | None,
                      content_length: int | None, read: Callable[[], Awaitable[bytes]],
                      rate_headers: dict[str, str]) -> Answer:
-    """``POST /jobs`` apart from HTTP itself: :func:`admit`, :func:`prepare`,
-    :func:`insert`, :func:`created` in turn (the fast lane calls them without a task).
-    Raises a :class:`~jobd.errors.JobdError` for a refusal."""
-    caller, now, key = admit(ctx, authorization=authorization, idempotency_key=idempotency_key,
-                             content_length=content_length, rate_headers=rate_headers)
+    """``POST /jobs`` apart from HTTP itself: the caller (cached, else looked up),
+    :func:`admit`, :func:`prepare`, :func:`insert`, :func:`created` in turn (the fast
+    lane calls them without a task). Raises a :class:`~jobd.errors.JobdError` for a
+    refusal."""
+    api_key = bearer_key(authorization)
+    caller = authorized(ctx.tenants.cached(api_key) or await ctx.tenants.lookup(api_key))
+    now, key = admit(ctx, caller, idempotency_key=idempotency_key,
+                     content_length=content_length, rate_headers=rate_headers)
     submission = prepare(ctx, caller, now, key, await read())
     result = await insert(ctx, submission)
     return created(ctx, submission, result, rate_headers)
@@ -149,25 +152,27 @@ async def create_job(request: web.Request) -> web.Response:
     return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
-def job_state(ctx: ApiContext, authorization: str, job_id: str) -> Answer:
-    """``GET /jobs/{jobId}`` apart from HTTP (the fast lane calls it too). Raises a
-    :class:`~jobd.errors.JobdError` for a refusal."""
-    tenant = authenticate_key(authorization, ctx.tenants).tenant
-    job = _tenant_job(ctx, job_id, tenant.id)
-    deliveries = ctx.store.deliveries_of_job(job.id) if job.webhook_url else None
+def job_state(job_id: str, state: tuple[Job, list[Delivery]] | None) -> Answer:
+    """``GET /jobs/{jobId}``'s answer from the tenant's job and its deliveries (the fast
+    lane's too). Raises NotFound when the tenant has no such job."""
+    if state is None:
+        raise NotFound(f"no job {job_id!r} for this tenant")
+    job, deliveries = state
     return Answer(200, {"Content-Type": JSON}, orjson.dumps(job_view(job, deliveries)))
 
 
 async def get_job(request: web.Request) -> web.Response:
-    answer = job_state(request.app[API], request.headers.get("Authorization", ""),
-                       request.match_info["job_id"])
+    ctx = request.app[API]
+    caller = await authenticate(request, ctx.tenants)
+    job_id = request.match_info["job_id"]
+    answer = job_state(job_id, await ctx.store.job_state(job_id, caller.tenant.id))
     return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     ctx = request.app[API]
-    tenant = authenticate(request, ctx.tenants).tenant
-    job = _tenant_job(ctx, request.match_info["job_id"], tenant.id)
+    tenant = (await authenticate(request, ctx.tenants)).tenant
+    job = await _tenant_job(ctx, request.match_info["job_id"], tenant.id)
     job = await ctx.store.cancel_job(job.id, tenant_id=tenant.id, now=ctx.clock.now())
     if job.cancel_requested:
         ctx.on_cancel_requested(job.id)
@@ -176,8 +181,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     return _json(200, orjson.dumps(job_view(job)))
 
 
-def _tenant_job(ctx: ApiContext, job_id: str, tenant_id: str) -> Job:
-    job = ctx.store.find_job(job_id, tenant_id)
+async def _tenant_job(ctx: ApiContext, job_id: str, tenant_id: str) -> Job:
+    job = await ctx.store.find_job(job_id, tenant_id)
     if job is None:
         raise NotFound(f"no job {job_id!r} for this tenant")
     return job

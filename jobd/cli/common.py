@@ -1,14 +1,20 @@
 """What every command shares: the --config option, the database, output, errors and
-the confirmation that destructive commands ask for."""
+the confirmation that destructive commands ask for.
+
+A command that uses the database is an async function of the store's
+:class:`~jobd.store.backend.Backend`, run by :func:`with_backend`: it opens the database
+the config names (as the CLI: no daemon lock, no background threads beyond the
+writer's), runs the function, and closes it."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-import sqlite3
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
@@ -26,12 +32,13 @@ from jobd.config import (
     read_config,
 )
 from jobd.errors import JobdError, StoreUnavailable
-from jobd.store.database import Database
+from jobd.store import open_backend
+from jobd.store.backend import Backend
 
 try:  # Typer >= 0.26 carries its own copy of click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older Typer depends on click
-    from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
+    from click.exceptions import ClickException  # type: ignore[no-redef,assignment,unused-ignore]
 
 ConfigOpt = Annotated[Path | None, typer.Option(  # JOBD_CONFIG is read by locate_config
     "--config", "-c",
@@ -42,6 +49,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 YesOpt = Annotated[bool, typer.Option(
     "--yes", "-y", help="Do not ask for confirmation (required when not on a terminal).")]
 
+T = TypeVar("T")
 out = Console()
 err = Console(stderr=True)
 
@@ -56,14 +64,43 @@ def config_from(path: Path | None) -> Config:
     return load(path)[1]
 
 
-def open_db(path: Path | None) -> Database:
-    """The database the config names. A missing file is an error that says where jobd
-    looked: only ``tenants create`` may start a new database."""
+def existing_database(path: Path | None) -> Config:
+    """The config, once its database is known to exist. A missing SQLite file is an error
+    that says where jobd looked: only ``tenants create`` may start a new database (a
+    PostgreSQL database is the server's to have)."""
     source, config = load(path)
-    database = config.database.path
-    if database != ":memory:" and not Path(database).exists():
+    if is_missing(config):
         raise StoreUnavailable(missing_database(source, config))
-    return Database(config.database)
+    return config
+
+
+def is_missing(config: Config) -> bool:
+    """Whether the config names a SQLite file that does not exist."""
+    database = config.database
+    return database.url is None and database.path != ":memory:" and not Path(database.path).exists()
+
+
+def with_backend(config: Config, fn: Callable[[Backend], Awaitable[T]]) -> T:
+    """``fn`` of the configured database's backend, opened for this command and closed
+    after. The store's own log lines stay out of the command's output: a failure reaches
+    the command as an error, which it prints."""
+    _quiet_store_logs()
+    return asyncio.run(_with_opened(config, fn))
+
+
+async def _with_opened(config: Config, fn: Callable[[Backend], Awaitable[T]]) -> T:
+    backend = open_backend(config.database)
+    await backend.open()
+    try:
+        return await fn(backend)
+    finally:
+        await backend.close()
+
+
+def _quiet_store_logs() -> None:
+    store = logging.getLogger("jobd.store")
+    if not any(isinstance(h, logging.NullHandler) for h in store.handlers):
+        store.addHandler(logging.NullHandler())  # (else Python's last resort prints them)
 
 
 def missing_database(source: ConfigSource, config: Config, *, can_create: bool = False) -> str:
@@ -140,8 +177,6 @@ def run_cli(app: typer.Typer) -> None:
         code = app(prog_name="jobd", standalone_mode=False)
     except JobdError as exc:
         fail(exc.detail, exc.exit_code)
-    except sqlite3.Error as exc:
-        fail(f"database error: {exc}")
     except ClickException as exc:
         _usage_error(exc)
     except (KeyboardInterrupt, typer.Abort):

@@ -27,6 +27,8 @@ def settings_doc(config: Config) -> dict[str, Any]:
     for section, key in _SECRET_KEYS:
         if doc[section].get(key) is not None:
             doc[section][key] = HIDDEN
+    if config.database.url is not None:  # its password, if any, is hidden
+        doc["database"]["url"] = config.database.location
     return doc
 
 
@@ -67,12 +69,16 @@ def show(json_: JsonOpt = False, config: ConfigOpt = None) -> None:
     Example: jobd config show --json
     """
     source, cfg = load(config)
-    database = Path(cfg.database.path).absolute()
+    if cfg.database.url is not None:  # PostgreSQL: the URL, its password masked
+        database, exists = cfg.database.location, None
+    else:
+        path = Path(cfg.database.path).absolute()
+        database, exists = str(path), path.exists()
     if json_:
         print_json({"configFile": None if source.path is None else str(source.path.absolute()),
-                    "foundBy": source.found_by, "database": str(database),
-                    "databaseExists": database.exists(), "settings": settings_doc(cfg)})
+                    "foundBy": source.found_by, "database": database,
+                    "databaseExists": exists, "settings": settings_doc(cfg)})
         return
-    state = "exists" if database.exists() else "does not exist"
-    typer.echo(f"# {source.describe()}\n# database: {database} ({state})\n")
+    state = "" if exists is None else " (exists)" if exists else " (does not exist)"
+    typer.echo(f"# {source.describe()}\n# database: {database}{state}\n")
     typer.echo(render_toml(settings_doc(cfg)), nl=False)

@@ -7,7 +7,7 @@ within its poll interval. ``purge`` deletes them and their attempt history.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -21,18 +21,19 @@ from jobd.cli.common import (
     JsonOpt,
     YesOpt,
     confirm,
+    existing_database,
     fail,
     fields_table,
     list_table,
-    open_db,
     out,
     print_json,
     short_time,
+    with_backend,
 )
 from jobd.clock import SystemClock, to_rfc3339
-from jobd.models import Delivery, DeliveryAttempt
-from jobd.store import deliveries as store_deliveries
-from jobd.store.database import Database
+from jobd.errors import NotFound
+from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
+from jobd.store.backend import Backend
 
 app = typer.Typer(help="Inspect, retry and purge webhook deliveries that failed every attempt.\n\n"
                   "Examples: jobd dlq list --tenant acme | jobd dlq retry --all",
@@ -77,8 +78,8 @@ def list_(tenant: TenantOpt = None,
 
     Example: jobd dlq list --tenant acme --json
     """
-    with open_db(config) as db:
-        dead = db.read(store_deliveries.list_dead_deliveries, tenant_id=tenant, limit=limit)
+    dead = with_backend(existing_database(config),
+                        lambda backend: backend.list_dead_deliveries(tenant_id=tenant, limit=limit))
     if json:
         print_json([dead_doc(d) for d in dead])
         return
@@ -104,9 +105,8 @@ def show(delivery_id: RequiredDeliveryArg, json: JsonOpt = False, config: Config
 
     Example: jobd dlq show msg_abc123 --json
     """
-    with open_db(config) as db:
-        delivery = db.read(store_deliveries.get_delivery, delivery_id)
-        attempts = db.read(store_deliveries.attempts_of_delivery, delivery_id)
+    delivery, attempts = with_backend(existing_database(config),
+                                      lambda backend: _with_attempts(backend, delivery_id))
     doc = dead_doc(delivery)
     doc.update(nextAttemptAt=to_rfc3339(delivery.next_attempt_at),
                deliveredAt=to_rfc3339(delivery.delivered_at), body=_body(delivery.body),
@@ -125,32 +125,48 @@ def show(delivery_id: RequiredDeliveryArg, json: JsonOpt = False, config: Config
     out.print(history)
 
 
-def _selected(db: Database, delivery_id: str | None, all_: bool, tenant: str | None) -> list[str]:
-    """The dead deliveries a retry/purge applies to; exit 2 unless exactly one of ID/--all."""
+async def _with_attempts(backend: Backend,
+                         delivery_id: str) -> tuple[Delivery, list[DeliveryAttempt]]:
+    delivery = await backend.find_delivery(delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id!r} does not exist")
+    return delivery, await backend.delivery_attempts(delivery_id)
+
+
+def _check_selection(delivery_id: str | None, all_: bool) -> None:
+    """Exit 2 unless exactly one of ID and --all was given."""
     if delivery_id is not None and all_:
         fail("give either a delivery ID or --all, not both", 2)
     if delivery_id is None and not all_:
         fail("give a delivery ID, or --all for every dead delivery (--tenant narrows it)", 2)
-    if delivery_id is not None:
-        return [db.read(store_deliveries.get_dead_delivery, delivery_id, tenant).id]
-    return db.read(store_deliveries.dead_delivery_ids, tenant_id=tenant)
 
 
-def _in_batches(db: Database, fn: Callable[..., list[str]], ids: list[str], *, label: str,
-                progress: bool, **kwargs: Any) -> list[str]:
-    """Apply ``fn`` to ``ids`` in transactions of :data:`BATCH`, with a progress bar if asked."""
+async def _selected(backend: Backend, delivery_id: str | None, tenant: str | None) -> list[str]:
+    """The dead deliveries a retry/purge applies to: the one given (NotFound unless it is
+    in the DLQ, of ``tenant`` if given), else every one (of ``tenant``)."""
+    if delivery_id is None:
+        return await backend.dead_delivery_ids(tenant_id=tenant)
+    delivery = await backend.find_delivery(delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id!r} does not exist")
+    if tenant is not None and delivery.tenant_id != tenant:
+        raise NotFound(f"delivery {delivery_id!r} does not belong to tenant {tenant!r}")
+    if delivery.status is not DeliveryStatus.DEAD:
+        raise NotFound(f"delivery {delivery_id!r} is not in the DLQ (it is {delivery.status.value})")
+    return [delivery.id]
+
+
+async def _in_batches(apply: Callable[[list[str]], Awaitable[list[str]]], ids: list[str], *,
+                      label: str, progress: bool) -> list[str]:
+    """``apply`` to ``ids`` in transactions of :data:`BATCH`, with a progress bar if asked."""
     batches = [ids[i:i + BATCH] for i in range(0, len(ids), BATCH)]
     done: list[str] = []
-    if not progress:
-        for batch in batches:
-            done += db.write(fn, batch, **kwargs)
-        return done
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=out) as bar:
+    with Progress(*columns, console=out, disable=not progress) as bar:
         task = bar.add_task(label, total=len(ids))
         for batch in batches:
-            done += db.write(fn, batch, **kwargs)
+            done += await apply(batch)
             bar.advance(task, len(batch))
     return done
 
@@ -162,10 +178,15 @@ def retry(delivery_id: DeliveryArg = None, all_: AllOpt = False, tenant: TenantO
 
     Examples: jobd dlq retry msg_abc123 | jobd dlq retry --all --tenant acme
     """
-    with open_db(config) as db:
-        ids = _selected(db, delivery_id, all_, tenant)
-        retried = _in_batches(db, store_deliveries.redeliver_dead, ids, label="retrying",
-                              progress=all_ and not json, now=_clock.now())
+    _check_selection(delivery_id, all_)
+    now = _clock.now()
+
+    async def run(backend: Backend) -> list[str]:
+        ids = await _selected(backend, delivery_id, tenant)
+        return await _in_batches(lambda batch: backend.redeliver_dead(batch, now=now), ids,
+                                 label="retrying", progress=all_ and not json)
+
+    retried = with_backend(existing_database(config), run)
     if json:
         print_json({"retried": len(retried), "deliveryIds": retried})
     elif delivery_id is not None:
@@ -184,14 +205,18 @@ def purge(delivery_id: DeliveryArg = None, all_: AllOpt = False, tenant: TenantO
 
     Examples: jobd dlq purge msg_abc123 | jobd dlq purge --all --tenant acme --yes
     """
-    with open_db(config) as db:
-        ids = _selected(db, delivery_id, all_, tenant)
+    _check_selection(delivery_id, all_)
+
+    async def run(backend: Backend) -> list[str]:
+        ids = await _selected(backend, delivery_id, tenant)
         if all_:
             whose = f" of tenant {tenant}" if tenant else ""
             confirm(f"Delete {len(ids):,} dead delivery(ies){whose} and their attempt "
                     "history?", yes=yes, ask=bool(ids))
-        purged = _in_batches(db, store_deliveries.purge_dead, ids, label="purging",
-                             progress=all_ and not json)
+        return await _in_batches(backend.purge_dead, ids, label="purging",
+                                 progress=all_ and not json)
+
+    purged = with_backend(existing_database(config), run)
     if json:
         print_json({"purged": len(purged), "deliveryIds": purged})
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -12,17 +13,18 @@ from jobd.api.views import job_view
 from jobd.cli.common import (
     ConfigOpt,
     JsonOpt,
+    existing_database,
     fields_table,
     list_table,
-    open_db,
     out,
     print_json,
     short_time,
+    with_backend,
 )
 from jobd.clock import SystemClock, to_rfc3339
-from jobd.models import Delivery, Job, JobStatus
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
+from jobd.errors import NotFound
+from jobd.models import Delivery, DeliveryAttempt, Job, JobStatus
+from jobd.store.backend import Backend
 
 app = typer.Typer(help="List, inspect, cancel and retry jobs.\n\n"
                   "Examples: jobd jobs list --status fatal | jobd jobs show job_abc123 --json",
@@ -32,7 +34,7 @@ _clock = SystemClock()
 
 
 def job_doc(job: Job) -> dict[str, Any]:
-    doc = orjson.loads(orjson.dumps(job_view(job)))
+    doc: dict[str, Any] = orjson.loads(orjson.dumps(job_view(job)))
     doc["tenantId"] = job.tenant_id
     doc["payload"] = orjson.loads(job.payload)
     return doc
@@ -52,7 +54,7 @@ def attempt_history(job: Job) -> list[dict[str, Any]]:
     return history
 
 
-def delivery_doc(delivery: Delivery, attempts: list[Any]) -> dict[str, Any]:
+def delivery_doc(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[str, Any]:
     return {
         "deliveryId": delivery.id, "status": delivery.status.value, "url": delivery.url,
         "attempts": delivery.attempts, "nextAttemptAt": to_rfc3339(delivery.next_attempt_at),
@@ -74,9 +76,9 @@ def list_(tenant: Annotated[str | None, typer.Option("--tenant", help="Only this
 
     Example: jobd jobs list --status fatal --limit 20
     """
-    with open_db(config) as db:
-        jobs = db.read(store_jobs.list_jobs, tenant_id=tenant,
-                       status=status.value if status else None, job_type=job_type, limit=limit)
+    jobs = with_backend(existing_database(config), lambda backend: backend.list_jobs(
+        tenant_id=tenant, status=status.value if status else None, job_type=job_type,
+        limit=limit))
     if json:
         print_json([job_doc(j) for j in jobs])
         return
@@ -103,10 +105,8 @@ def show(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> Non
 
     Example: jobd jobs show job_abc123 --json
     """
-    with open_db(config) as db:
-        job = db.read(store_jobs.get_job, job_id)
-        deliveries = [delivery_doc(d, db.read(store_deliveries.attempts_of_delivery, d.id))
-                      for d in db.read(store_deliveries.deliveries_of_job, job_id)]
+    job, deliveries = with_backend(existing_database(config),
+                                   lambda backend: _job_and_deliveries(backend, job_id))
     doc = job_doc(job)
     doc["history"] = attempt_history(job)
     doc["deliveries"] = deliveries
@@ -132,9 +132,20 @@ def show(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> Non
         out.print(sends)
 
 
-def _transition(config: Any, fn: Any, job_id: str, json: bool, verb: str) -> None:
-    with open_db(config) as db:
-        job = db.write(fn, job_id, tenant_id=None, now=_clock.now())
+async def _job_and_deliveries(backend: Backend,
+                              job_id: str) -> tuple[Job, list[dict[str, Any]]]:
+    job = await backend.find_job(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return job, [delivery_doc(d, await backend.delivery_attempts(d.id))
+                 for d in await backend.deliveries_of_job(job_id)]
+
+
+Transition = Callable[[Backend], Awaitable[Job]]
+
+
+def _transition(config: Any, transition: Transition, json: bool, verb: str) -> None:
+    job = with_backend(existing_database(config), transition)
     if json:
         print_json(job_doc(job))
     elif job.status is JobStatus.RUNNING and job.cancel_requested:
@@ -150,7 +161,9 @@ def cancel(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> N
 
     Example: jobd jobs cancel job_abc
     """
-    _transition(config, store_jobs.cancel_job, job_id, json, "cancelled")
+    _transition(config, lambda backend: backend.cancel_job(job_id, tenant_id=None,
+                                                           now=_clock.now()),
+                json, "cancelled")
 
 
 @app.command("retry")
@@ -159,6 +172,8 @@ def retry(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> No
 
     Example: jobd jobs retry job_abc123
     """
-    _transition(config, store_jobs.retry_job, job_id, json, "queued again")
+    _transition(config, lambda backend: backend.retry_job(job_id, tenant_id=None,
+                                                          now=_clock.now()),
+                json, "queued again")
 
 

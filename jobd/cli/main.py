@@ -11,7 +11,7 @@ import typer
 from jobd import __version__
 from jobd.cli import config as config_cmd
 from jobd.cli import dlq, jobs, ops, tenants
-from jobd.cli.common import ConfigOpt, load, run_cli
+from jobd.cli.common import ConfigOpt, is_missing, load, run_cli
 
 app = typer.Typer(help="jobd: background jobs with retries and signed webhooks, on one host.\n\n"
                   "Examples: jobd serve --config jobd.toml | jobd jobs list --status fatal | jobd stats",
@@ -44,7 +44,7 @@ def serve(config: ConfigOpt = None,
     configure_logging(fmt, cfg.logging.level)
     log = logging.getLogger("jobd.cli")
     log.info("%s", source.describe())
-    if cfg.database.path != ":memory:" and not Path(cfg.database.path).exists():
+    if is_missing(cfg):
         log.info("database %s does not exist yet: creating it", Path(cfg.database.path).absolute())
 
     def ready(address: str) -> None:
@@ -59,6 +59,7 @@ def serve(config: ConfigOpt = None,
 app.command("stats")(ops.stats)
 app.command("top")(ops.top)
 app.command("prune")(ops.prune)
+app.command("migrate")(ops.migrate)
 
 
 @app.command("version")

@@ -1,8 +1,13 @@
-"""Operator commands: ``jobd stats``, ``jobd top`` (live view) and ``jobd prune``."""
+"""Operator commands: ``jobd stats``, ``jobd top`` (live view), ``jobd prune`` and
+``jobd migrate``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
@@ -17,16 +22,21 @@ from jobd.cli.common import (
     YesOpt,
     config_from,
     confirm,
+    existing_database,
+    is_missing,
     list_table,
-    open_db,
+    load,
+    missing_database,
     out,
     print_json,
+    with_backend,
 )
 from jobd.clock import SystemClock, to_rfc3339
+from jobd.errors import StoreUnavailable
 from jobd.models import JobStatus
-from jobd.store import retention
-from jobd.store.database import Database
-from jobd.store.stats import Stats, collect_stats
+from jobd.runtime.pruner import BATCH, job_cutoff
+from jobd.store import open_backend
+from jobd.store.backend import Backend, Stats
 
 _clock = SystemClock()
 
@@ -93,9 +103,8 @@ def stats(json: JsonOpt = False, config: ConfigOpt = None) -> None:
 
     Example: jobd stats --json
     """
-    with open_db(config) as db:
-        now = _clock.now()
-        doc = stats_doc(db.read(collect_stats, now=now), now)
+    now = _clock.now()
+    doc = stats_doc(with_backend(existing_database(config), lambda b: b.stats(now=now)), now)
     if json:
         print_json(doc)
     else:
@@ -109,16 +118,19 @@ def top(interval: Annotated[float, typer.Option("--interval", min=0.1,
 
     Example: jobd top --interval 2
     """
-    with open_db(config) as db, Live(console=out, auto_refresh=False) as live:
-        try:
-            while True:
-                now = _clock.now()
-                doc = stats_doc(db.read(collect_stats, now=now), now)
-                rows = out.size.height - TOP_FIXED_LINES
-                live.update(render_stats(doc, max_tenants=rows), refresh=True)
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            pass
+    cfg = existing_database(config)
+    with Live(console=out, auto_refresh=False) as live, contextlib.suppress(KeyboardInterrupt):
+        with_backend(cfg, functools.partial(_refresh, live, interval))
+
+
+async def _refresh(live: Live, interval: float, backend: Backend) -> None:
+    """Draw a frame every ``interval`` seconds, until Ctrl-C cancels it."""
+    while True:
+        now = _clock.now()
+        doc = stats_doc(await backend.stats(now=now), now)
+        rows = out.size.height - TOP_FIXED_LINES
+        live.update(render_stats(doc, max_tenants=rows), refresh=True)
+        await asyncio.sleep(interval)
 
 
 def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")] = False,
@@ -136,47 +148,67 @@ def prune(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")
     days = cfg.jobs.retention_days if older_than_days is None else older_than_days
     now = _clock.now()
     cutoff = now - days * 86_400
-    jobs_before = retention.job_cutoff(now, retention_s=days * 86_400,
-                                       idempotency_ttl_s=cfg.idempotency.ttl_hours * 3600)
-    with open_db(config) as db:
-        total = db.read(retention.count_prunable_jobs, cutoff=jobs_before)
-        deliveries_due = db.read(retention.count_prunable_deliveries, cutoff=cutoff)
-        result: dict[str, object]
+    jobs_before = job_cutoff(now, retention_s=days * 86_400,
+                             idempotency_ttl_s=cfg.idempotency.ttl_hours * 3600)
+
+    async def run(backend: Backend) -> dict[str, object]:
+        due = await backend.count_prunable(jobs_before=jobs_before, deliveries_before=cutoff)
         if dry_run:
-            result = {"dryRun": True, "jobs": total, "deliveries": deliveries_due,
-                      "cutoff": to_rfc3339(cutoff)}
-        else:
-            confirm(f"Delete {total:,} finished job(s) and {deliveries_due:,} delivered "
-                    f"webhook(s) older than {to_rfc3339(cutoff)}?", yes=yes,
-                    ask=bool(total or deliveries_due))
-            started = time.perf_counter()
-            jobs = _prune_with_progress(db, jobs_before, total, show=not json)
-            deliveries = _drain(db, retention.prune_deliveries_batch, cutoff=cutoff)
-            elapsed = time.perf_counter() - started
-            result = {"dryRun": False, "jobs": jobs, "deliveries": deliveries,
-                      "cutoff": to_rfc3339(cutoff), "seconds": round(elapsed, 3)}
+            return {"dryRun": True, "jobs": due.jobs, "deliveries": due.deliveries,
+                    "cutoff": to_rfc3339(cutoff)}
+        confirm(f"Delete {due.jobs:,} finished job(s) and {due.deliveries:,} delivered "
+                f"webhook(s) older than {to_rfc3339(cutoff)}?", yes=yes,
+                ask=bool(due.jobs or due.deliveries))
+        started = time.perf_counter()
+        jobs = await _prune_with_progress(backend, jobs_before, due.jobs, show=not json)
+        deliveries = await _drain(backend.prune_deliveries, cutoff)
+        return {"dryRun": False, "jobs": jobs, "deliveries": deliveries,
+                "cutoff": to_rfc3339(cutoff),
+                "seconds": round(time.perf_counter() - started, 3)}
+
+    result = with_backend(existing_database(config), run)
     if json:
         print_json(result)
     else:
         out.print(", ".join(f"{k}: {v}" for k, v in result.items()))
 
 
-def _prune_with_progress(db: Database, cutoff: float, total: int, *, show: bool) -> int:
+async def _prune_with_progress(backend: Backend, before: float, total: int, *,
+                               show: bool) -> int:
     progress = Progress(TextColumn("pruning jobs"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=out, disable=not show)
     done = 0
     with progress:
         task = progress.add_task("prune", total=total)
-        while True:
-            n = db.write(retention.prune_jobs_batch, cutoff=cutoff)
-            if n == 0:
-                return done
+        while n := await backend.prune_jobs(before=before, batch=BATCH):
             done += n
             progress.update(task, completed=done)
+    return done
 
 
-def _drain(db: Database, fn: Any, **kwargs: Any) -> int:
+async def _drain(prune: Callable[..., Awaitable[int]], before: float) -> int:
     done = 0
-    while n := db.write(fn, **kwargs):
+    while n := await prune(before=before, batch=BATCH):
         done += n
     return done
+
+
+def migrate(create_database: Annotated[bool, typer.Option(
+                "--create", help="Start a new SQLite database if the file does not exist.")] = False,
+            json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Apply the schema migrations the database lacks and print its schema version.
+
+    jobd serve does the same at its start; run it ahead to upgrade the schema before the
+    daemons (a daemon refuses a schema newer than it knows). Safe to run again.
+
+    Example: jobd migrate --config jobd.toml
+    """
+    source, cfg = load(config)
+    if is_missing(cfg) and not create_database:
+        raise StoreUnavailable(missing_database(source, cfg, can_create=True))
+    version = asyncio.run(open_backend(cfg.database).migrate())
+    if json:
+        print_json({"database": cfg.database.location, "schemaVersion": version})
+    else:
+        out.print(f"database {cfg.database.location}: schema version {version}", soft_wrap=True,
+                  highlight=False)

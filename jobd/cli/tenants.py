@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -12,21 +13,22 @@ from jobd.cli.common import (
     ConfigOpt,
     JsonOpt,
     err,
+    existing_database,
     fail,
     fields_table,
+    is_missing,
     list_table,
     load,
     missing_database,
-    open_db,
     out,
     print_json,
+    with_backend,
 )
 from jobd.clock import SystemClock, to_rfc3339
 from jobd.config import database_path_is_explicit
-from jobd.errors import StoreUnavailable
+from jobd.errors import NotFound, StoreUnavailable
 from jobd.models import NewTenant, Tenant
-from jobd.store import tenants as store_tenants
-from jobd.store.database import Database
+from jobd.store.backend import Backend
 
 app = typer.Typer(help="Create tenants and manage their API keys, rate limits and concurrency.\n\n"
                   "Examples: jobd tenants create acme --json | jobd tenants update acme --rate 50",
@@ -40,6 +42,7 @@ BurstOpt = Annotated[int | None, typer.Option("--burst", min=1, help="Token buck
 ConcurrencyOpt = Annotated[int | None, typer.Option(
     "--max-concurrency", min=0, help="Most jobs of this tenant running at once (0: no cap).")]
 _clock = SystemClock()
+T = TypeVar("T")
 
 
 def tenant_doc(tenant: Tenant, *, with_secret: bool = False) -> dict[str, Any]:
@@ -72,9 +75,8 @@ def _print_tenant(tenant: Tenant, as_json: bool) -> None:
     out.print(fields_table(doc.items()))
 
 
-def _write(config: ConfigOpt, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with open_db(config) as db:
-        return db.write(fn, *args, now=_clock.now(), **kwargs)
+def _change(config: ConfigOpt, change: Callable[[Backend], Awaitable[T]]) -> T:
+    return with_backend(existing_database(config), change)
 
 
 @app.command("create")
@@ -96,15 +98,14 @@ def create(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
         fail("tenant id must be 1-64 characters: letters, digits, '_', '.', '-'", 2)
     source, cfg = load(config)
     path = Path(cfg.database.path)
-    new_file = cfg.database.path != ":memory:" and not path.exists()
+    new_file = is_missing(cfg)
     if new_file and not (create_database or database_path_is_explicit(cfg)):
         raise StoreUnavailable(missing_database(source, cfg, can_create=True))
     defaults = cfg.rate_limit
-    with Database(cfg.database) as db:
-        new = db.write(store_tenants.create_tenant, tenant_id,
-                       rate=defaults.rate if rate is None else rate,
-                       burst=defaults.burst if burst is None else burst,
-                       max_concurrency=max_concurrency or None, now=_clock.now())
+    new = with_backend(cfg, lambda backend: backend.create_tenant(
+        tenant_id, rate=defaults.rate if rate is None else rate,
+        burst=defaults.burst if burst is None else burst,
+        max_concurrency=max_concurrency or None, now=_clock.now()))
     if new_file:
         err.print(f"created a new database at {path.absolute()}", highlight=False,
                   soft_wrap=True)
@@ -117,8 +118,7 @@ def list_(json: JsonOpt = False, config: ConfigOpt = None) -> None:
 
     Example: jobd tenants list --json
     """
-    with open_db(config) as db:
-        tenants = db.read(store_tenants.list_tenants)
+    tenants = with_backend(existing_database(config), lambda backend: backend.list_tenants())
     if json:
         print_json([tenant_doc(t) for t in tenants])
         return
@@ -139,8 +139,9 @@ def show(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None) 
 
     Example: jobd tenants show acme
     """
-    with open_db(config) as db:
-        tenant = db.read(store_tenants.get_tenant, tenant_id)
+    tenant = with_backend(existing_database(config), lambda backend: backend.find_tenant(tenant_id))
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id!r} does not exist")
     _print_tenant(tenant, json)
 
 
@@ -154,9 +155,9 @@ def update(tenant_id: TenantArg, rate: RateOpt = None, burst: BurstOpt = None,
     """
     if rate is None and burst is None and max_concurrency is None:
         fail("nothing to change: give --rate, --burst or --max-concurrency", 2)
-    tenant = _write(config, store_tenants.update_tenant_limits, tenant_id, rate=rate, burst=burst,
-                    max_concurrency=max_concurrency or None,
-                    clear_max_concurrency=max_concurrency == 0)
+    tenant = _change(config, lambda backend: backend.update_tenant_limits(
+        tenant_id, rate=rate, burst=burst, max_concurrency=max_concurrency or None,
+        clear_max_concurrency=max_concurrency == 0, now=_clock.now()))
     _print_tenant(tenant, json)
 
 
@@ -176,7 +177,8 @@ def disable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = Non
 
     Example: jobd tenants disable acme
     """
-    _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=True), json)
+    _print_tenant(_change(config, lambda backend: backend.set_tenant_disabled(
+        tenant_id, disabled=True, now=_clock.now())), json)
     err.print(f"tenant {tenant_id} disabled. " + DISABLED_NOTE.format(id=tenant_id),
               highlight=False)
 
@@ -187,7 +189,8 @@ def enable(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = None
 
     Example: jobd tenants enable acme
     """
-    _print_tenant(_write(config, store_tenants.set_tenant_disabled, tenant_id, disabled=False), json)
+    _print_tenant(_change(config, lambda backend: backend.set_tenant_disabled(
+        tenant_id, disabled=False, now=_clock.now())), json)
     err.print(f"tenant {tenant_id} enabled: its API key is accepted again", highlight=False)
 
 
@@ -197,5 +200,5 @@ def rotate_key(tenant_id: TenantArg, json: JsonOpt = False, config: ConfigOpt = 
 
     Example: jobd tenants rotate-key acme
     """
-    _print_credentials(_write(config, store_tenants.rotate_api_key, tenant_id), json,
-                       f"new API key for {tenant_id}")
+    _print_credentials(_change(config, lambda backend: backend.rotate_api_key(
+        tenant_id, now=_clock.now())), json, f"new API key for {tenant_id}")

@@ -38,10 +38,9 @@ from jobd.credentials import new_delivery_id
 from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
 from jobd.runtime.webhook_client import WebhookClient, webhook_client
 from jobd.signing import signature_headers
-from jobd.store.deliveries import ClaimedDelivery
-from jobd.store.scheduling import DirectDelivery, webhook_body
-from jobd.store.store import Store
+from jobd.store.backend import Backend, ClaimedDelivery, DirectDelivery
 from jobd.supervisor import Supervisor
+from jobd.webhook_body import claimed_job_body
 
 log = logging.getLogger("jobd.dispatcher")
 
@@ -132,7 +131,7 @@ async def send(poster: WebhookClient, delivery: ClaimedDelivery, *, timestamp: i
 # the loop ------------------------------------------------------------------------------
 
 class Dispatcher:
-    def __init__(self, *, store: Store, clock: Clock, config: Config) -> None:
+    def __init__(self, *, store: Backend, clock: Clock, config: Config) -> None:
         self._store = store
         self._clock = clock
         self._webhooks = config.webhooks
@@ -146,6 +145,7 @@ class Dispatcher:
         # claim. Set when every slot is taken and by wake() (written elsewhere: a cancel,
         # a retry); cleared by a claim round that found fewer due than it asked for.
         self._backlog = True
+        self._changes = 0  # wake() calls: a round's "nothing due" holds only if none came
         self._wake = asyncio.Event()
         self._claiming = True
         self._next_rescue_at = float("-inf")
@@ -162,6 +162,7 @@ class Dispatcher:
     # signals from outside ------------------------------------------------------------
     def wake(self) -> None:
         """A delivery may be due now."""
+        self._changes += 1
         self._backlog = True
         self._wake.set()
 
@@ -178,7 +179,7 @@ class Dispatcher:
             return None
         self._reserved += 1
         return DirectDelivery(new_delivery_id(),
-                              webhook_body(job, status, now, result_json, error),
+                              claimed_job_body(job, status, now, result_json, error),
                               now + self.lease_s)
 
     def finished(self, job: ClaimedJob, status: JobStatus | None,
@@ -197,22 +198,30 @@ class Dispatcher:
             self._wake.set()
 
     def _send_created(self, job: ClaimedJob, direct: DirectDelivery) -> None:
+        self._sending[direct.id] = asyncio.create_task(
+            self._deliver_created(job, direct, self._clock.now()), name=f"webhook:{direct.id}")
+
+    async def _deliver_created(self, job: ClaimedJob, direct: DirectDelivery,
+                               attempted_at: float) -> None:
+        """Send a delivery created ``sending`` by its job's finish, once the tenant's secret
+        is read (if that read fails, the lease runs out and a claim sends it)."""
         assert job.webhook_url is not None
         try:
-            secret = self._store.webhook_secret(job.tenant_id)
-        except Exception:  # its lease runs out and the claim sends it
+            secret = await self._store.webhook_secret(job.tenant_id)
+        except Exception:
+            self._sending.pop(direct.id, None)
             log.exception("webhook delivery %s: could not read the tenant's secret; it is sent "
                           "once its lease expires", direct.id)
             return
         delivery = ClaimedDelivery(id=direct.id, job_id=job.id, tenant_id=job.tenant_id,
                                    url=job.webhook_url, body=direct.body, secret=secret,
                                    attempts=0, lease_expires_at=direct.lease_expires_at)
-        self._start(delivery, self._clock.now())
+        await self._deliver(delivery, attempted_at)
 
     # rounds --------------------------------------------------------------------------
     async def recover_at_startup(self) -> int:
         """Deliveries left ``sending`` by a dead process go back to ``pending`` (due now)."""
-        count = await self._store.release_sending_deliveries(now=self._clock.now(), all_sending=True)
+        count = await self._store.release_deliveries(now=self._clock.now(), all_sending=True)
         if count:
             log.warning("put back %d webhook delivery(ies) left sending when the last process "
                         "died; sending them again", count)
@@ -223,7 +232,7 @@ class Dispatcher:
         now = self._clock.now() if now is None else now
         if now >= self._next_rescue_at:  # at most once per poll interval, however often woken
             self._next_rescue_at = now + self._poll_interval_s
-            rescued = await self._store.release_sending_deliveries(now=now, all_sending=False)
+            rescued = await self._store.release_deliveries(now=now, all_sending=False)
             if rescued:
                 log.warning("put back %d webhook delivery(ies) whose lease expired", rescued)
         free = self.free_slots
@@ -232,11 +241,13 @@ class Dispatcher:
             return 0
         if not self._claiming:
             return 0
-        due = self._store.next_delivery_due_time()
+        changes = self._changes
+        due = await self._store.next_delivery_due()
         if due is None or due > now:
-            self._backlog = False  # (a synchronous read: nothing was queued meanwhile)
+            if self._changes == changes:  # nothing was queued while it was read
+                self._backlog = False
             return 0
-        claimed = await self._store.claim_due_deliveries(now=now, limit=free, lease_s=self.lease_s)
+        claimed = await self._store.claim_deliveries(now=now, limit=free, lease_s=self.lease_s)
         if len(claimed) < free:
             self._backlog = False
         for delivery in claimed:
@@ -273,7 +284,7 @@ class Dispatcher:
         timeout = self._poll_interval_s
         if self.free_slots > 0:
             with contextlib.suppress(Exception):  # a failed read only costs a poll interval
-                due = self._store.next_delivery_due_time()
+                due = await self._store.next_delivery_due()
                 if due is not None:
                     timeout = min(timeout, max(0.0, due - self._clock.now()))
         with contextlib.suppress(TimeoutError):
@@ -352,8 +363,8 @@ class Dispatcher:
                 if remaining:
                     await asyncio.wait(remaining)
                     # nothing else sends from this database, so every `sending` one was ours
-                    await self._store.release_sending_deliveries(now=self._clock.now(),
-                                                                 all_sending=True)
+                    await self._store.release_deliveries(now=self._clock.now(),
+                                                         all_sending=True)
         except Exception as exc:  # TimeoutError, or the write failed
             log.warning("could not put interrupted webhook sends back (%s); the next start "
                         "will", exc or type(exc).__name__)

@@ -14,14 +14,14 @@ import logging
 from jobd.clock import Clock
 from jobd.config import WorkersConfig
 from jobd.runtime.workers import WorkerPool
-from jobd.store.store import Store
+from jobd.store.backend import Backend
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.lifeline")
 
 
 class Lifeline:
-    def __init__(self, *, store: Store, pool: WorkerPool, clock: Clock,
+    def __init__(self, *, store: Backend, pool: WorkerPool, clock: Clock,
                  config: WorkersConfig) -> None:
         self._store = store
         self._pool = pool
@@ -34,7 +34,7 @@ class Lifeline:
         return min(self._config.poll_interval, self._config.lease_seconds / 3)
 
     async def recover_at_startup(self) -> dict[str, int]:
-        counts = await self._store.rescue_orphans(now=self._clock.now(), all_running=True)
+        counts = await self._store.rescue_jobs(now=self._clock.now(), all_running=True)
         if any(counts.values()):
             log.warning("recovered jobs left running by a dead process: %d to retry, %d fatal",
                         counts["retry"], counts["fatal"])
@@ -48,7 +48,7 @@ class Lifeline:
             expires=now + self._config.lease_seconds)
         for job_id in cancel_ids:
             self._pool.cancel(job_id)
-        counts = await self._store.rescue_orphans(now=now, all_running=False)
+        counts = await self._store.rescue_jobs(now=now, all_running=False)
         if any(counts.values()):
             log.warning("rescued jobs whose lease expired: %d to retry, %d fatal",
                         counts["retry"], counts["fatal"])

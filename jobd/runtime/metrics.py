@@ -1,9 +1,11 @@
 """Prometheus metrics: counters fed by events, gauges read from the store at scrape time.
 
-Events only add to plain dicts on the event loop's thread (no lock, no
-prometheus object per event: measured, ``prometheus_client``'s ``inc`` and
-``observe`` took a fifth of the loop's time while draining noop jobs). The
-families are built from those dicts when ``/metrics`` is scraped.
+Events only add to plain dicts on the event loop's thread: no lock, and no prometheus
+object per event (``prometheus_client``'s ``inc`` and ``observe`` cost more than the
+rest of a noop job's bookkeeping). The families are built from those dicts when
+``/metrics`` is scraped, with the store's figures of that moment
+(:class:`~jobd.store.backend.BackendMetrics`: jobs by status, the DLQ, and what only
+one backend has, such as SQLite's writer and file sizes or PostgreSQL's pool).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed, Outcome, TimedOut
-from jobd.store.writer import TRANSACTION_BUCKETS_S, WriterStats
+from jobd.store.backend import TRANSACTION_BUCKETS_S, BackendMetrics
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300)
@@ -83,7 +85,7 @@ class Metrics(Collector):
         self.duration = _Histogram()
         self.queue_wait = _Histogram()
         self.delivery_duration = _Histogram()
-        self._store_counts: dict[str, object] = {}
+        self._store = BackendMetrics(jobs={}, dlq_size=0)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -114,10 +116,9 @@ class Metrics(Collector):
         self.delivery_duration.observe((), duration_s)
 
     # scrape ----------------------------------------------------------------------------
-    def render(self, counts: dict[str, object]) -> bytes:
-        """The text exposition; ``counts`` are the store's: ``jobs`` by status, ``dlq``,
-        and (when given) the ``writer``'s :class:`WriterStats` and the ``files``' sizes."""
-        self._store_counts = counts
+    def render(self, store: BackendMetrics | None = None) -> bytes:
+        """The text exposition, with the store's figures (none: zero jobs, no DLQ)."""
+        self._store = store or BackendMetrics(jobs={}, dlq_size=0)
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
@@ -140,41 +141,43 @@ class Metrics(Collector):
                        ["tenant"], self.rate_limited)
         by_status = GaugeMetricFamily("jobd_jobs", "Jobs in the database by status.",
                                       labels=["status"])
-        jobs = self._store_counts.get("jobs", {})
-        assert isinstance(jobs, dict)
         for status in JobStatus:
-            by_status.add_metric([status.value], jobs.get(status.value, 0))
+            by_status.add_metric([status.value], self._store.jobs.get(status.value, 0))
         yield by_status
-        dlq = self._store_counts.get("dlq", 0)
-        assert isinstance(dlq, int)
         yield GaugeMetricFamily("jobd_dlq_size", "Webhook deliveries in the dead-letter queue.",
-                                value=dlq)
-        yield from self._database()
+                                value=self._store.dlq_size)
+        yield from self._writer()
+        yield from self._gauges()
 
-    def _database(self) -> Iterator[Metric]:
-        writer = self._store_counts.get("writer")
-        if isinstance(writer, WriterStats):
-            transactions = CounterMetricFamily(
-                "jobd_db_transactions", "Group transactions of the database writer; error: "
-                "the database failed one and every write in it.", labels=["outcome"])
-            transactions.add_metric(["committed"], writer.transactions - writer.failed)
-            transactions.add_metric(["error"], writer.failed)
-            yield transactions
-            yield CounterMetricFamily("jobd_db_writes", "Writes those transactions carried "
-                                      "(new jobs, claims, outcomes ...).", value=writer.units)
-            yield _histogram("jobd_db_transaction_seconds", "Time of one group transaction, "
-                             "BEGIN to COMMIT (with synchronous = full, the fsync is counted "
-                             "apart: jobd_db_wal_syncs).", [], TRANSACTION_BUCKETS_S,
-                             [((), writer.by_bucket, writer.seconds)])
-            yield CounterMetricFamily("jobd_db_wal_syncs", "fsyncs of the write-ahead log, "
-                                      "each making every transaction committed before it "
-                                      "durable (synchronous = full).", value=writer.syncs)
-            yield CounterMetricFamily("jobd_db_wal_sync_seconds", "Time those fsyncs took.",
-                                      value=writer.sync_seconds)
-        files = self._store_counts.get("files")
-        if isinstance(files, dict):
-            sizes = GaugeMetricFamily("jobd_db_bytes", "Size of the database file (main) "
-                                      "and of its write-ahead log (wal).", labels=["file"])
-            for name, size in files.items():
-                sizes.add_metric([name], size)
-            yield sizes
+    def _writer(self) -> Iterator[Metric]:
+        writer = self._store.writer
+        if writer is None:
+            return
+        transactions = CounterMetricFamily(
+            "jobd_db_transactions", "Group transactions of the database writer; error: "
+            "the database failed one and every write in it.", labels=["outcome"])
+        transactions.add_metric(["committed"], writer.transactions - writer.failed)
+        transactions.add_metric(["error"], writer.failed)
+        yield transactions
+        yield CounterMetricFamily("jobd_db_writes", "Writes those transactions carried "
+                                  "(new jobs, claims, outcomes ...).", value=writer.units)
+        yield _histogram("jobd_db_transaction_seconds", "Time of one group transaction, "
+                         "BEGIN to COMMIT (with synchronous = full, the fsync is counted "
+                         "apart: jobd_db_wal_syncs).", [], TRANSACTION_BUCKETS_S,
+                         [((), writer.by_bucket, writer.seconds)])
+        yield CounterMetricFamily("jobd_db_wal_syncs", "fsyncs of the write-ahead log, "
+                                  "each making every transaction committed before it "
+                                  "durable (synchronous = full).", value=writer.syncs)
+        yield CounterMetricFamily("jobd_db_wal_sync_seconds", "Time those fsyncs took.",
+                                  value=writer.sync_seconds)
+
+    def _gauges(self) -> Iterator[Metric]:
+        """The backend's own gauges, one family per name (in the order first given)."""
+        families: dict[str, GaugeMetricFamily] = {}
+        for gauge in self._store.gauges:
+            family = families.get(gauge.name)
+            if family is None:
+                family = families[gauge.name] = GaugeMetricFamily(
+                    gauge.name, gauge.help, labels=[name for name, _ in gauge.labels])
+            family.add_metric([value for _, value in gauge.labels], gauge.value)
+        yield from families.values()

@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from jobd.clock import Clock
 from jobd.config import Config
-from jobd.store import retention
-from jobd.store.store import Store
+from jobd.store.backend import Backend
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.pruner")
 INTERVAL_S = 300.0
+BATCH = 500  # rows deleted per transaction: short ones, so other writes go in between
+
+
+def job_cutoff(now: float, *, retention_s: float, idempotency_ttl_s: float) -> float:
+    """Finished jobs completed before this go. A job holds its Idempotency-Key, so it is
+    kept at least as long as the key is live, even with a retention shorter than that."""
+    return now - max(retention_s, idempotency_ttl_s)
 
 
 class Pruner:
-    def __init__(self, *, store: Store, clock: Clock, config: Config,
+    def __init__(self, *, store: Backend, clock: Clock, config: Config,
                  interval_s: float = INTERVAL_S) -> None:
         self._store = store
         self._clock = clock
@@ -30,22 +36,20 @@ class Pruner:
     async def run_once(self) -> dict[str, int]:
         now = self._clock.now()
         retention_s = self._config.jobs.retention_days * 86_400
-        jobs_before = retention.job_cutoff(
-            now, retention_s=retention_s,
-            idempotency_ttl_s=self._config.idempotency.ttl_hours * 3600)
+        jobs_before = job_cutoff(now, retention_s=retention_s,
+                                 idempotency_ttl_s=self._config.idempotency.ttl_hours * 3600)
         counts = {
-            "jobs": await self._drain(retention.prune_jobs_batch, cutoff=jobs_before),
-            "deliveries": await self._drain(retention.prune_deliveries_batch,
-                                            cutoff=now - retention_s),
+            "jobs": await self._drain(self._store.prune_jobs, jobs_before),
+            "deliveries": await self._drain(self._store.prune_deliveries, now - retention_s),
         }
         if any(counts.values()):
             log.info("pruned %(jobs)d jobs, %(deliveries)d deliveries", counts)
         return counts
 
-    async def _drain(self, fn: Callable[..., int], **kwargs: float) -> int:
+    async def _drain(self, prune: Callable[..., Awaitable[int]], before: float) -> int:
         done = 0
         while not self._stop.is_set():
-            n = await self._store.write(fn, **kwargs)
+            n = await prune(before=before, batch=BATCH)
             if not n:
                 break
             done += n

@@ -44,8 +44,7 @@ from jobd.runtime.execution import (
     TimedOut,
     run_attempt,
 )
-from jobd.store.scheduling import ClaimRound, DirectDelivery, Rotation
-from jobd.store.store import Store
+from jobd.store.backend import Backend, ClaimRound, DirectDelivery, Rotation
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.workers")
@@ -62,7 +61,7 @@ class _Running:
 
 
 class WorkerPool:
-    def __init__(self, *, store: Store, registry: Registry, services: Services, clock: Clock,
+    def __init__(self, *, store: Backend, registry: Registry, services: Services, clock: Clock,
                  config: Config, owner: str, rng: random.Random | None = None) -> None:
         self._store = store
         self._registry = registry
@@ -194,9 +193,9 @@ class WorkerPool:
         self._claim_slots += limit
         self._no_claims.clear()
         changes = self._changes  # a job announced from now on may not be in its snapshot
-        claim = self._store.claim_due_jobs_soon(
-            now=self._clock.now(), limit=limit, owner=self.owner,
-            lease_s=self._config.workers.lease_seconds, rotation=self._rotation)
+        claim = self._store.claim_jobs(now=self._clock.now(), limit=limit, owner=self.owner,
+                                       lease_s=self._config.workers.lease_seconds,
+                                       rotation=self._rotation)
         # Added before anyone awaits it, so it runs first: jobs are started (and the
         # queue's state known) when an awaiting run_once resumes.
         claim.add_done_callback(functools.partial(self._claimed, limit, changes, side))
@@ -279,10 +278,9 @@ class WorkerPool:
             webhooks = self._webhooks_of(job)
             direct = None if webhooks is None else webhooks.reserve(
                 job, JobStatus.SUCCEEDED, now, outcome.result_json, None)
-            recorded = self._store.finish_job_soon(job, owner=self.owner,
-                                                   status=JobStatus.SUCCEEDED, now=now,
-                                                   result_json=outcome.result_json,
-                                                   direct=direct)
+            recorded = self._store.finish_job(job, owner=self.owner, status=JobStatus.SUCCEEDED,
+                                              now=now, result_json=outcome.result_json,
+                                              direct=direct)
             self._recording.add(recorded)
             recorded.add_done_callback(functools.partial(self._succeeded, job, outcome, started,
                                                          direct))
@@ -346,8 +344,9 @@ class WorkerPool:
         decision = decide(attempt=job.attempt, max_attempts=job.max_attempts, permanent=permanent,
                           now=now, base_s=cfg.backoff_base, max_s=cfg.backoff_max, rng=self._rng)
         if isinstance(decision, RetryAt):
-            await self._store.schedule_retry(job, owner=self.owner, now=now,
-                                             next_run_at=decision.next_run_at, error=outcome.error)
+            await self._store.retry_job_later(job, owner=self.owner, now=now,
+                                              next_run_at=decision.next_run_at,
+                                              error=outcome.error)
             self.wake(decision.next_run_at)
             return JobStatus.RETRY
         log.warning("job %s (%s) failed for good after %d attempt(s): %s",

@@ -27,6 +27,7 @@ Conventions every backend keeps:
 from __future__ import annotations
 
 import asyncio
+import bisect
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -106,13 +107,66 @@ class Prunable:
     deliveries: int
 
 
+@dataclass(frozen=True, slots=True)
+class Unhealthy:
+    """Why the database cannot take writes now (``health``): what ``/healthz`` answers."""
+
+    code: str    # e.g. writes_failing, storage_failed, database_unreachable
+    title: str
+    detail: str
+
+
+TRANSACTION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """What SQLite's group-commit writer did since it started (``jobd_db_transactions``
+    and the other writer figures of /metrics). Only the writer's threads change these; a
+    reader (the /metrics scrape) takes a :meth:`copy`, which may miss the transaction
+    that is being counted at that moment, nothing more."""
+
+    transactions: int = 0  # group transactions run (a batch each)
+    failed: int = 0        # of those, the ones the database failed: all their writes got a 503
+    units: int = 0         # writes they carried: a new job, a claim, an outcome ...
+    seconds: float = 0.0   # their time, BEGIN to the end of COMMIT (or the one statement of
+                           # a batch that runs alone); the fsync too, unless the syncer does it
+    by_bucket: list[int] = field(  # transactions by time: <= each TRANSACTION_BUCKETS_S, above
+        default_factory=lambda: [0] * (len(TRANSACTION_BUCKETS_S) + 1))
+    syncs: int = 0              # fsyncs of the WAL by the syncer (changed by its thread only)
+    sync_seconds: float = 0.0
+
+    def count(self, units: int, seconds: float, *, failed: bool) -> None:
+        self.transactions += 1
+        self.failed += failed
+        self.units += units
+        self.seconds += seconds
+        self.by_bucket[bisect.bisect_left(TRANSACTION_BUCKETS_S, seconds)] += 1
+
+    def copy(self) -> WriterStats:
+        return WriterStats(self.transactions, self.failed, self.units, self.seconds,
+                           list(self.by_bucket), self.syncs, self.sync_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """One sample of a gauge only some backend has (the pool's connections, the file's
+    size), for /metrics."""
+
+    name: str
+    help: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()  # (label, value) pairs
+
+
 @dataclass(slots=True)
 class BackendMetrics:
     """What ``GET /metrics`` reads from the store at scrape time."""
 
     jobs: dict[str, int]           # jobs by status (statuses with none left out)
     dlq_size: int
-    gauges: dict[str, float] = field(default_factory=dict)  # backend-specific, by metric name
+    gauges: list[Gauge] = field(default_factory=list)  # the backend's own
+    writer: WriterStats | None = None  # SQLite: its writer's figures
 
 
 # the protocol --------------------------------------------------------------------------
@@ -127,10 +181,18 @@ class Backend(Protocol):
         """Connect and migrate. ``daemon``: this process runs jobs (it may hold what a
         daemon needs: a lock file, background threads); the CLI opens without it."""
 
-    async def close(self) -> None: ...
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Answer every call made so far, then close. With ``timeout_s``, stop waiting for
+        them after that long (a write held up elsewhere): what was not answered was not
+        written, and the process's exit ends the rest."""
 
-    def health(self) -> str | None:
-        """None while writes can succeed; otherwise a short reason code for /healthz."""
+    async def migrate(self) -> int:
+        """Apply the migrations this jobd has and the database lacks; return the schema
+        version. A schema newer than this jobd knows is refused (``StoreUnavailable``):
+        an older node must not write to tables it does not understand. ``open`` does it."""
+
+    def health(self) -> Unhealthy | None:
+        """None while writes can succeed; otherwise why not, for /healthz."""
 
     async def metrics(self) -> BackendMetrics: ...
 

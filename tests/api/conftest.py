@@ -1,4 +1,5 @@
-"""Fixtures for the HTTP API: the real aiohttp app over a real SQLite store.
+"""Fixtures for the HTTP API: the real aiohttp app over a real store (``store``: the
+backend the test config names).
 
 ``api`` wires ``create_app(ApiContext(...))`` and its listening socket exactly as the
 daemon does, but with a :class:`FakeClock` and recorders in place of the
@@ -31,9 +32,8 @@ from jobd.clock import FakeClock
 from jobd.config import Config
 from jobd.handlers.registry import build_registry
 from jobd.models import NewTenant
-from jobd.store.database import Database
-from jobd.store.store import Store
-from tests.conftest import T0
+from jobd.store.backend import Backend
+from tests.conftest import T0, NewTenantFactory
 
 # The API clock starts a little after the tenants were created (at T0).
 NOW0 = T0 + 1000.0
@@ -99,12 +99,11 @@ class Reply:
 class Api:
     client: aiohttp.ClientSession
     ctx: ApiContext
-    store: Store
-    db: Database
+    store: Backend
     config: Config
     clock: FakeClock
     tenant: NewTenant
-    make_tenant: Callable[..., NewTenant]
+    make_tenant: NewTenantFactory
     created: list[float] = field(default_factory=list)       # on_job_created(due)
     cancels: list[str] = field(default_factory=list)         # on_cancel_requested(job_id)
     webhooks_queued: list[bool] = field(default_factory=list)  # on_webhook_queued()
@@ -251,15 +250,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(params=["aiohttp", "fastlane"])
-async def api(request: pytest.FixtureRequest, config: Config, store: Store,
-              db: Database, new_tenant: Callable[..., NewTenant],
-              clock: FakeClock) -> AsyncIterator[Api]:
+async def api(request: pytest.FixtureRequest, config: Config, store: Backend,
+              new_tenant: NewTenantFactory, clock: FakeClock) -> AsyncIterator[Api]:
     """Every API test runs twice, served as the daemon serves it: with
     ``server.fast_lane = false`` (aiohttp answers every request), and with the fast lane
     (POST /jobs and GET /jobs/{id} by the lane, the rest handed to aiohttp)."""
     server = config.server.model_copy(update={"fast_lane": request.param == "fastlane"})
     config = config.model_copy(update={"server": server})
-    tenant = new_tenant("acme")
+    tenant = await new_tenant("acme")
     holder: dict[str, Api] = {}
     ctx = ApiContext(
         config=config, store=store, registry=build_registry(use_entry_points=False), clock=clock,
@@ -277,7 +275,7 @@ async def api(request: pytest.FixtureRequest, config: Config, store: Store,
     sweeper = asyncio.create_task(lane.run_idle_sweeper())
     port = listener.sockets[0].getsockname()[1]
     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
-        api = holder["api"] = Api(client=session, ctx=ctx, store=store, db=db, config=config,
+        api = holder["api"] = Api(client=session, ctx=ctx, store=store, config=config,
                                   clock=clock, tenant=tenant, make_tenant=new_tenant, lane=lane)
         yield api
     sweeper.cancel()

@@ -2,7 +2,8 @@
 
 Property-based tests drive the API with a blocking HTTP client (schemathesis sends its
 requests with ``requests``), so the server cannot share their thread. :class:`ServedApi`
-wires ``create_app(ApiContext(...))`` as the daemon does, over a real SQLite store, and
+wires ``create_app(ApiContext(...))`` as the daemon does, over a real store (the backend
+the config names), and
 listens twice on 127.0.0.1, each time as ``jobd serve`` listens: with
 ``server.fast_lane = false`` (aiohttp answers every request, ``base_url("aiohttp")``) and
 with the fast lane in front of aiohttp (``base_url("fastlane")``). No worker
@@ -30,8 +31,7 @@ from jobd.daemon import metrics_handler
 from jobd.handlers.registry import build_registry
 from jobd.models import NewTenant
 from jobd.runtime.metrics import Metrics
-from jobd.store import tenants as store_tenants
-from jobd.store.store import Store
+from jobd.store import open_backend
 
 Path = Literal["aiohttp", "fastlane"]
 PATHS: tuple[Path, ...] = ("aiohttp", "fastlane")
@@ -43,7 +43,7 @@ class ServedApi:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = Store(config.database)
+        self.store = open_backend(config.database)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="served-api",
                                         daemon=True)
@@ -67,14 +67,14 @@ class ServedApi:
 
     def create_tenant(self, tenant_id: str, *, rate: float = 1e6, burst: int = 1_000_000,
                       max_concurrency: int | None = None) -> NewTenant:
-        return self.run(self.store.write(store_tenants.create_tenant, tenant_id, rate=rate,
-                                         burst=burst, max_concurrency=max_concurrency,
-                                         now=SystemClock().now()))
+        return self.run(self.store.create_tenant(tenant_id, rate=rate, burst=burst,
+                                                 max_concurrency=max_concurrency,
+                                                 now=SystemClock().now()))
 
     def start(self) -> ServedApi:
-        self.store.open()
         self._thread.start()
         try:
+            self.run(self.store.open())
             self.run(self._serve())
         except (Exception, concurrent.futures.TimeoutError):
             self.stop()
@@ -117,8 +117,8 @@ class ServedApi:
         if self._thread.is_alive():
             try:
                 self.run(self._shutdown())
+                self.run(self.store.close())
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(10)
         self._loop.close()
-        self.store.close()

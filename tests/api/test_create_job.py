@@ -9,7 +9,6 @@ import orjson
 import pytest
 
 from jobd.config import Config
-from jobd.store import tenants as store_tenants
 from tests.api.conftest import JOB_ID, NOW0, Api, eventually, parse_time
 from tests.conftest import make_config
 
@@ -38,7 +37,7 @@ async def test_created_body_headers_and_row(api: Api) -> None:
     assert r.headers["Location"] == f"/jobs/{data['jobId']}"
     assert "Idempotent-Replayed" not in r.headers
 
-    job = api.store.find_job(data["jobId"], "acme")
+    job = await api.store.find_job(data["jobId"], "acme")
     assert job is not None
     assert job.tenant_id == "acme"
     assert job.type == "noop"
@@ -59,7 +58,7 @@ async def test_created_body_headers_and_row(api: Api) -> None:
 async def test_defaults_when_optional_fields_are_omitted(api: Api) -> None:
     r = await api.post_job()
     assert r.status == 201, r.raw
-    job = api.store.find_job(r.json["jobId"])
+    job = await api.store.find_job(r.json["jobId"])
     assert job is not None
     assert job.priority == 0
     assert job.max_attempts == api.config.jobs.max_attempts
@@ -127,7 +126,7 @@ async def test_email_and_http_jobs_are_accepted(api: Api) -> None:
 async def test_noop_accepts_any_object_payload(api: Api, payload: dict[str, object]) -> None:
     r = await api.post_job(api.body(type="noop", payload=payload))
     assert r.status == 201, r.raw
-    job = api.store.find_job(r.json["jobId"])
+    job = await api.store.find_job(r.json["jobId"])
     assert job is not None and orjson.loads(job.payload) == payload
 
 
@@ -155,7 +154,7 @@ async def test_wrong_scheme_with_valid_key_is_401(api: Api) -> None:
 async def test_disabled_tenant_is_401_and_reenabled_works(api: Api) -> None:
     warm = await api.post_job(key="d0")  # the tenant is now known to the API
     assert warm.status == 201
-    api.db.write(store_tenants.set_tenant_disabled, "acme", disabled=True, now=NOW0)
+    await api.store.set_tenant_disabled("acme", disabled=True, now=NOW0)
     # Refused at once, even though the API saw the tenant enabled a moment ago.
     (await api.post_job(key="d1")).problem(401, "unauthorized")
     (await api.get_job(warm.json["jobId"])).problem(401, "unauthorized")
@@ -164,7 +163,7 @@ async def test_disabled_tenant_is_401_and_reenabled_works(api: Api) -> None:
     (await api.post_job(key="d0")).problem(401, "unauthorized")
     assert api.job_count() == 1
     assert len(api.created) == 1
-    api.db.write(store_tenants.set_tenant_disabled, "acme", disabled=False, now=NOW0)
+    await api.store.set_tenant_disabled("acme", disabled=False, now=NOW0)
     r = await eventually(lambda: api.post_job(key="d2"), 201)
     assert r.status == 201, r.raw
     assert api.job_count() == 2
@@ -173,7 +172,7 @@ async def test_disabled_tenant_is_401_and_reenabled_works(api: Api) -> None:
 async def test_rotated_key_old_is_401_new_works(api: Api) -> None:
     old = api.key
     assert (await api.post_job(key="before")).status == 201
-    rotated = api.db.write(store_tenants.rotate_api_key, "acme", now=NOW0)
+    rotated = await api.store.rotate_api_key("acme", now=NOW0)
     r = await api.post_job(key="after-old", api_key=old)
     r.problem(401, "unauthorized")
     assert api.job_count() == 1
@@ -184,7 +183,7 @@ async def test_rotated_key_old_is_401_new_works(api: Api) -> None:
 
 @pytest.mark.parametrize("claimed", ["globex", "no-such-tenant"])
 async def test_tenant_id_of_another_tenant_is_401(api: Api, claimed: str) -> None:
-    api.make_tenant("globex")
+    await api.make_tenant("globex")
     r = await api.post_job(api.body(tenantId=claimed))
     r.problem(401, "unauthorized")
     assert api.job_count() == 0
@@ -192,7 +191,7 @@ async def test_tenant_id_of_another_tenant_is_401(api: Api, claimed: str) -> Non
 
 
 async def test_key_of_one_tenant_cannot_create_for_other(api: Api) -> None:
-    other = api.make_tenant("globex")
+    other = await api.make_tenant("globex")
     r = await api.post_job(api.body(tenantId="acme"), api_key=other.api_key)
     r.problem(401, "unauthorized")
     assert api.job_count() == 0

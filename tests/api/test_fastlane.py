@@ -107,7 +107,7 @@ async def via_aiohttp(api: Api, raw: bytes) -> tuple[int, dict[str, str], bytes]
 
 async def test_the_lane_answers_get_jobs_as_aiohttp_does(api: Api) -> None:
     hooked = await api.post_job(api.body(webhookUrl="http://127.0.0.1:9/hook"), key="h")
-    globex = api.make_tenant("globex")
+    globex = await api.make_tenant("globex")
     other = await api.post_job({"tenantId": "globex", "type": "noop", "payload": {}}, key="g",
                                api_key=globex.api_key)
     cases = [get_bytes(api, hooked.json["jobId"]),       # 200, with its webhook's state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobd.models import JobStatus
+from jobd.store.backend import Rotation
 from tests.api.conftest import NOW0, Api, parse_time
 
 REQUIRED = {"jobId", "status", "attempts", "nextRunAt", "createdAt", "updatedAt"}
@@ -50,7 +51,7 @@ async def test_get_matches_created_response(api: Api) -> None:
 
 async def test_get_another_tenants_job_is_404(api: Api) -> None:
     job_id = await _create(api)
-    other = api.make_tenant("globex")
+    other = await api.make_tenant("globex")
     body = (await api.get_job(job_id, api_key=other.api_key)).problem(404, "not_found")
     assert job_id not in body.get("errors", [])
     # ...and exactly like an id that never existed: no oracle for other tenants' ids.
@@ -76,7 +77,8 @@ async def test_get_without_valid_auth_is_401(api: Api, headers: dict[str, str]) 
 
 async def test_get_running_job_has_no_next_run_at(api: Api) -> None:
     job_id = await _create(api)
-    claimed = await api.store.claim_due_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30)
+    claimed = await api.store.claim_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30,
+                                          rotation=Rotation())
     assert [j.id for j in claimed.jobs] == [job_id]
     data = (await api.get_job(job_id)).json
     assert data["status"] == "running"
@@ -98,7 +100,7 @@ async def test_cancel_queued_job(api: Api) -> None:
     assert data["nextRunAt"] is None
     assert parse_time(data["updatedAt"]) == pytest.approx(NOW0 + 5, abs=0.001)
     # Durable, and visible to GET.
-    job = api.store.find_job(job_id)
+    job = await api.store.find_job(job_id)
     assert job is not None and job.status is JobStatus.CANCELLED
     assert (await api.get_job(job_id)).json["status"] == "cancelled"
     # A waiting job is cancelled at once: no running worker needs to be told.
@@ -111,7 +113,7 @@ async def test_cancelling_a_job_with_a_webhook_wakes_the_dispatcher(api: Api) ->
     assert r.status == 201, r.raw
     assert (await api.delete_job(r.json["jobId"])).json["status"] == "cancelled"
     assert api.webhooks_queued == [True]
-    assert api.store.deliveries_of_job(r.json["jobId"])[0].status.value == "pending"
+    assert (await api.store.deliveries_of_job(r.json["jobId"]))[0].status.value == "pending"
 
 
 async def test_cancel_twice_is_409(api: Api) -> None:
@@ -123,7 +125,7 @@ async def test_cancel_twice_is_409(api: Api) -> None:
 
 async def test_cancel_another_tenants_job_is_404_and_leaves_it(api: Api) -> None:
     job_id = await _create(api)
-    other = api.make_tenant("globex")
+    other = await api.make_tenant("globex")
     (await api.delete_job(job_id, api_key=other.api_key)).problem(404, "not_found")
     assert (await api.get_job(job_id)).json["status"] == "queued"
 
@@ -137,7 +139,8 @@ async def test_cancel_unknown_and_unauthorized(api: Api) -> None:
 
 async def test_cancel_running_job_asks_the_worker(api: Api) -> None:
     job_id = await _create(api)
-    await api.store.claim_due_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30)
+    await api.store.claim_jobs(now=NOW0 + 1, limit=10, owner="w1", lease_s=30,
+                               rotation=Rotation())
     r = await api.delete_job(job_id)
     assert r.status == 200, r.raw
     assert r.json["status"] == "running"        # cancelled cooperatively, not yet stopped
@@ -146,7 +149,7 @@ async def test_cancel_running_job_asks_the_worker(api: Api) -> None:
 
 
 async def test_cancel_is_not_rate_limited(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=0.001, burst=1)
+    slow = await api.make_tenant("slow", rate=0.001, burst=1)
     r = await api.post_job(api.body(tenantId="slow"), api_key=slow.api_key, key="only")
     assert r.status == 201
     (await api.post_job(api.body(tenantId="slow"), api_key=slow.api_key, key="second")).problem(

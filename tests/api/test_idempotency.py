@@ -68,7 +68,7 @@ async def test_array_order_matters(api: Api) -> None:
 
 
 async def test_keys_are_per_tenant(api: Api) -> None:
-    other = api.make_tenant("globex")
+    other = await api.make_tenant("globex")
     a = await api.post_job(api.body(payload={"n": 1}), key="shared")
     b = await api.post_job(api.body(tenantId="globex", payload={"n": 2}), key="shared",
                            api_key=other.api_key)
@@ -118,7 +118,7 @@ async def test_concurrent_conflicting_requests_one_wins(api: Api) -> None:
     assert len(created) == 1
     assert {r.status for r in replies} <= {201, 409}
     winner = next(r for r in replies if r.status == 201).json
-    job = api.store.find_job(winner["jobId"])
+    job = await api.store.find_job(winner["jobId"])
     assert job is not None
     n = 0 if '"n":0' in job.payload else 1
     for i, r in enumerate(replies):

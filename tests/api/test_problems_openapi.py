@@ -36,7 +36,7 @@ async def test_a_failed_fsync_answers_503_and_makes_healthz_fail(
 
     def eio(fd: int) -> None:
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr("jobd.store.store.os.fdatasync", eio)
+    monkeypatch.setattr("jobd.store.sqlite.backend.os.fdatasync", eio)
     r = await api.post_job(key="lost")
     assert r.status == 503
     assert r.content_type == PROBLEM
@@ -150,7 +150,7 @@ async def test_handler_crash_is_a_500_problem_without_traceback(
     def explode(*_args: object, **_kw: object) -> None:
         raise RuntimeError("secret-internal-detail /etc/passwd")
 
-    monkeypatch.setattr(api.store, "find_job", explode)
+    monkeypatch.setattr(api.store, "job_state", explode)
     r = await api.get_job("job_anything")
     body = r.problem(500, "internal_error")
     text = r.raw.decode()
@@ -173,7 +173,7 @@ async def test_store_failure_on_create_is_a_problem(api: Api, monkeypatch: pytes
         future.set_exception(RuntimeError("disk on fire"))
         return future
 
-    monkeypatch.setattr(api.store, "insert_job_soon", broken)
+    monkeypatch.setattr(api.store, "insert_job", broken)
     r = await api.post_job()
     r.problem(500, "internal_error")
     assert "disk on fire" not in r.raw.decode()

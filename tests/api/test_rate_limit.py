@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from jobd.models import NewTenant
-from jobd.store import tenants as store_tenants
 from tests.api.conftest import NOW0, Api, Reply, eventually
 
 
@@ -15,7 +14,7 @@ async def _post(api: Api, tenant: NewTenant, key: str, **fields: Any) -> Reply:
 
 
 async def test_burst_then_429_then_refill(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=1, burst=2)
+    slow = await api.make_tenant("slow", rate=1, burst=2)
     r1 = await _post(api, slow, "a")
     r2 = await _post(api, slow, "b")
     assert (r1.status, r2.status) == (201, 201)
@@ -42,7 +41,7 @@ async def test_burst_then_429_then_refill(api: Api) -> None:
 
 
 async def test_retry_after_is_whole_seconds_for_slow_rates(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=0.3, burst=1)
+    slow = await api.make_tenant("slow", rate=0.3, burst=1)
     assert (await _post(api, slow, "a")).status == 201
     r = await _post(api, slow, "b")
     r.problem(429, "rate_limited")
@@ -54,7 +53,7 @@ async def test_retry_after_is_whole_seconds_for_slow_rates(api: Api) -> None:
 
 
 async def test_rate_limited_request_writes_nothing(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=1, burst=1)
+    slow = await api.make_tenant("slow", rate=1, burst=1)
     assert (await _post(api, slow, "a")).status == 201
     r = await _post(api, slow, "b", payload={"never": "stored"})
     r.problem(429, "rate_limited")
@@ -67,7 +66,7 @@ async def test_rate_limited_request_writes_nothing(api: Api) -> None:
 
 
 async def test_limits_are_per_tenant(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=1, burst=1)
+    slow = await api.make_tenant("slow", rate=1, burst=1)
     assert (await _post(api, slow, "a")).status == 201
     (await _post(api, slow, "b")).problem(429, "rate_limited")
     # acme (rate 1000, burst 1000) is unaffected.
@@ -77,7 +76,7 @@ async def test_limits_are_per_tenant(api: Api) -> None:
 
 
 async def test_get_is_never_rate_limited(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=1, burst=1)
+    slow = await api.make_tenant("slow", rate=1, burst=1)
     created = await _post(api, slow, "a")
     assert created.status == 201
     (await _post(api, slow, "b")).problem(429, "rate_limited")
@@ -91,7 +90,7 @@ async def test_get_is_never_rate_limited(api: Api) -> None:
 
 
 async def test_replays_and_errors_carry_rate_headers(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=1, burst=5)
+    slow = await api.make_tenant("slow", rate=1, burst=5)
     first = await _post(api, slow, "same")
     replay = await _post(api, slow, "same")
     invalid = await _post(api, slow, "bad", maxAttempts=0)
@@ -108,11 +107,11 @@ async def test_replays_and_errors_carry_rate_headers(api: Api) -> None:
 
 
 async def test_new_limits_from_the_cli_apply(api: Api) -> None:
-    slow = api.make_tenant("slow", rate=1, burst=1)
+    slow = await api.make_tenant("slow", rate=1, burst=1)
     assert (await _post(api, slow, "a")).status == 201
     (await _post(api, slow, "b")).problem(429, "rate_limited")
-    api.db.write(store_tenants.update_tenant_limits, "slow", rate=None, burst=3,
-                 max_concurrency=None, clear_max_concurrency=False, now=NOW0)
+    await api.store.update_tenant_limits("slow", rate=None, burst=3, max_concurrency=None,
+                                         clear_max_concurrency=False, now=NOW0)
     # Noticed within the poll interval (SPEC §1); the FakeClock does not move meanwhile.
     r = await eventually(lambda: _post(api, slow, "b"), 201)
     assert r.status == 201, r.raw

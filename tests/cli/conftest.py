@@ -1,4 +1,4 @@
-"""CLI tests: a database prepared with the store's own transitions, then the real CLI.
+"""CLI tests: a database prepared through the store's protocol, then the real CLI.
 
 Times are explicit ``now`` values relative to the real clock (the CLI reads the
 system clock for "last minute", "oldest queued" and retention cutoffs).
@@ -23,10 +23,9 @@ import pytest
 
 from jobd.cli.main import main as jobd_main
 from jobd.models import JobStatus, NewJob
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.database import Database
+from jobd.store.backend import Rotation
+from tests.conftest import T0
+from tests.stores import BlockingStore
 from tests.support import write_config
 
 OWNER = "cli-test-worker"
@@ -75,8 +74,8 @@ def jobd(cfg: Path, monkeypatch: pytest.MonkeyPatch) -> InProcessCli:
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, db: Database) -> Path:
-    """A config on the ``db`` fixture's file (tmp_path / "jobd.db")."""
+def cfg(tmp_path: Path, blocking_store: BlockingStore) -> Path:
+    """A config on the ``blocking_store`` fixture's database (tmp_path / "jobd.db")."""
     return write_config(tmp_path / "jobd.toml", tmp_path, 0, jobs={"retention_days": 1},
                         idempotency={"ttl_hours": KEY_TTL_S / 3600})
 
@@ -84,8 +83,8 @@ def cfg(tmp_path: Path, db: Database) -> Path:
 class Seeder:
     """Jobs in any state, made by the same transactions the daemon runs."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, store: BlockingStore) -> None:
+        self.store = store
         self._keys = itertools.count(1)
 
     def submit(self, tenant: str = "acme", *, now: float, run_at: float | None = None,
@@ -96,8 +95,9 @@ class Seeder:
                      priority=0, max_attempts=max_attempts, timeout_seconds=None,
                      run_at=now if run_at is None else run_at, webhook_url=webhook_url,
                      idempotency_key=key)
-        result = self.db.write(store_jobs.insert_job, job, body_hash=hashlib.sha256(key.encode()).digest(),
-                               now=now, idempotency_ttl_s=KEY_TTL_S)
+        result = self.store.run(lambda b: b.insert_job(
+            job, body_hash=hashlib.sha256(key.encode()).digest(), now=now,
+            idempotency_ttl_s=KEY_TTL_S))
         return result.job_id
 
     def attempt(self, job_id: str, *, now: float, error: str | None = None,
@@ -105,21 +105,22 @@ class Seeder:
         """Claim ``job_id`` (it must be the only due job) and record one attempt:
         success without ``error``, else a retry (due at ``retry_at``, default at once)
         or, if ``final``, fatal. ``finish=False`` leaves it running."""
-        claimed = self.db.write(scheduling.claim_due_jobs, now=now, limit=10, owner=OWNER,
-                                lease_s=3600).jobs
+        claimed = self.store.run(lambda b: b.claim_jobs(now=now, limit=10, owner=OWNER,
+                                                        lease_s=3600, rotation=Rotation())).jobs
         assert [c.id for c in claimed] == [job_id]
         [job] = claimed
         if not finish:
             return
         if error is None:
-            ok = self.db.write(scheduling.finish_job, job, owner=OWNER, status=JobStatus.SUCCEEDED,
-                               now=now, result_json='{"ok": true}')
+            ok = self.store.run(lambda b: b.finish_job(
+                job, owner=OWNER, status=JobStatus.SUCCEEDED, now=now, result_json='{"ok": true}'))
         elif final:
-            ok = self.db.write(scheduling.finish_job, job, owner=OWNER, status=JobStatus.FATAL,
-                               now=now, error=error)
+            ok = self.store.run(lambda b: b.finish_job(job, owner=OWNER, status=JobStatus.FATAL,
+                                                       now=now, error=error))
         else:
-            ok = self.db.write(scheduling.schedule_retry, job, owner=OWNER, now=now,
-                               next_run_at=now if retry_at is None else retry_at, error=error)
+            ok = self.store.run(lambda b: b.retry_job_later(
+                job, owner=OWNER, now=now, next_run_at=now if retry_at is None else retry_at,
+                error=error))
         assert ok
 
     def succeeded(self, tenant: str = "acme", *, at: float, **fields: Any) -> str:
@@ -137,22 +138,33 @@ class Seeder:
                 dead: bool = True) -> str:
         """Send the job's pending webhook once per status code; a last failure moves it to
         the DLQ (``dead``) or leaves it pending for an hour."""
-        [delivery] = self.db.read(store_deliveries.deliveries_of_job, job_id)
+        [delivery] = self.store.run(lambda b: b.deliveries_of_job(job_id))
         for number, code in enumerate(status_codes, 1):
-            [claimed] = self.db.write(store_deliveries.claim_due_deliveries, now=now, limit=1,
-                                      lease_s=60)
+            [claimed] = self.store.run(lambda b: b.claim_deliveries(now=now, limit=1, lease_s=60))
             assert claimed.id == delivery.id
             failed = code >= 300
             last = number == len(status_codes)
-            self.db.write(store_deliveries.record_delivery_attempt, claimed, now=now,
-                          attempted_at=now, status_code=code,
-                          error=f"HTTP {code}" if failed else None, duration_ms=2.0,
-                          retry_at=None if last and dead else now + (3600 if last else 0))
+            self.store.run(lambda b, claimed=claimed, failed=failed, last=last, code=code:
+                           b.record_delivery_attempt(
+                               claimed, now=now, attempted_at=now, status_code=code,
+                               error=f"HTTP {code}" if failed else None, duration_ms=2.0,
+                               retry_at=None if last and dead else now + (3600 if last else 0)))
         return delivery.id
 
 
+def make_tenant(db: BlockingStore, tenant_id: str = "acme") -> None:
+    db.run(lambda b: b.create_tenant(tenant_id, rate=1000, burst=1000, max_concurrency=None,
+                                     now=T0))
+
+
 @pytest.fixture
-def seed(db: Database, new_tenant: Any) -> Iterator[Seeder]:
-    new_tenant("acme")
-    new_tenant("other")
+def db(blocking_store: BlockingStore) -> BlockingStore:
+    """The store the CLI's database was prepared with, to look at what a command did."""
+    return blocking_store
+
+
+@pytest.fixture
+def seed(db: BlockingStore) -> Iterator[Seeder]:
+    make_tenant(db, "acme")
+    make_tenant(db, "other")
     yield Seeder(db)

@@ -15,16 +15,14 @@ from typing import Any
 import pytest
 
 from jobd.models import JobStatus
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store.database import Database
+from tests.stores import BlockingStore
 from tests.support import JOBD, _env, cli, reap
 
 DAY = 86_400.0
 
 
 @pytest.fixture
-def old_work(db: Database, seed: Any) -> dict[str, Any]:
+def old_work(db: BlockingStore, seed: Any) -> dict[str, Any]:
     """Two finished jobs past retention (1 day in ``cfg``) and two dead deliveries."""
     old = time.time() - 3 * DAY
     done = [seed.succeeded("acme", at=old), seed.succeeded("acme", at=old + 1)]
@@ -35,12 +33,12 @@ def old_work(db: Database, seed: Any) -> dict[str, Any]:
     return {"jobs": done, "dead": dead}
 
 
-def surviving_jobs(db: Database, job_ids: list[str]) -> list[str]:
-    return [j for j in job_ids if db.read(store_jobs.find_job, j) is not None]
+def surviving_jobs(db: BlockingStore, job_ids: list[str]) -> list[str]:
+    return [j for j in job_ids if db.run(lambda b, j=j: b.find_job(j)) is not None]
 
 
-def dead_left(db: Database) -> int:
-    return db.read(store_deliveries.count_dead_deliveries)
+def dead_left(db: BlockingStore) -> int:
+    return len(db.run(lambda b: b.dead_delivery_ids()))
 
 
 def on_a_terminal(cfg: Path, *args: str, answer: str) -> tuple[int, str, str]:
@@ -80,7 +78,7 @@ def on_a_terminal(cfg: Path, *args: str, answer: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("args", [("dlq", "purge", "--all"), ("dlq", "purge", "--all", "--json"),
                                   ("prune",), ("prune", "--json")])
-def test_without_a_terminal_and_without_yes_nothing_is_deleted(cfg: Path, db: Database,
+def test_without_a_terminal_and_without_yes_nothing_is_deleted(cfg: Path, db: BlockingStore,
                                                                old_work: dict[str, Any],
                                                                args: tuple[str, ...]) -> None:
     proc = cli(cfg, *args, check=False)
@@ -93,21 +91,21 @@ def test_without_a_terminal_and_without_yes_nothing_is_deleted(cfg: Path, db: Da
 
 
 def test_without_a_terminal_yes_is_needed_even_when_there_is_nothing_to_delete(
-        cfg: Path, db: Database, seed: Any) -> None:
+        cfg: Path, db: BlockingStore, seed: Any) -> None:
     """A script gets the same answer every day, not only on the days with work."""
     for args in (("prune",), ("dlq", "purge", "--all")):
         assert cli(cfg, *args, check=False).returncode == 2
         assert cli(cfg, *args, "--yes").returncode == 0
 
 
-def test_yes_deletes_without_asking(cfg: Path, db: Database, old_work: dict[str, Any]) -> None:
+def test_yes_deletes_without_asking(cfg: Path, db: BlockingStore, old_work: dict[str, Any]) -> None:
     assert "2 dead delivery(ies) purged" in cli(cfg, "dlq", "purge", "--all", "--yes").stdout
     assert dead_left(db) == 0
     assert "jobs: 4" in cli(cfg, "prune", "-y").stdout  # the two succeeded, the two fatal
     assert surviving_jobs(db, old_work["jobs"]) == []
 
 
-def test_purging_one_delivery_by_id_does_not_ask(cfg: Path, db: Database,
+def test_purging_one_delivery_by_id_does_not_ask(cfg: Path, db: BlockingStore,
                                                  old_work: dict[str, Any]) -> None:
     assert cli(cfg, "dlq", "purge", old_work["dead"][0]).returncode == 0
     assert dead_left(db) == 1
@@ -116,7 +114,7 @@ def test_purging_one_delivery_by_id_does_not_ask(cfg: Path, db: Database,
 # on a terminal: the question, then the answer ----------------------------------------
 
 
-def test_dlq_purge_all_asks_and_a_no_keeps_everything(cfg: Path, db: Database,
+def test_dlq_purge_all_asks_and_a_no_keeps_everything(cfg: Path, db: BlockingStore,
                                                       old_work: dict[str, Any]) -> None:
     code, stdout, shown = on_a_terminal(cfg, "dlq", "purge", "--all", answer="n")
     assert "Delete 2 dead delivery(ies) and their attempt history? [y/N]" in shown
@@ -125,7 +123,7 @@ def test_dlq_purge_all_asks_and_a_no_keeps_everything(cfg: Path, db: Database,
     assert dead_left(db) == 2
 
 
-def test_dlq_purge_all_asks_and_a_yes_purges(cfg: Path, db: Database,
+def test_dlq_purge_all_asks_and_a_yes_purges(cfg: Path, db: BlockingStore,
                                              old_work: dict[str, Any]) -> None:
     code, stdout, shown = on_a_terminal(cfg, "dlq", "purge", "--all", "--tenant", "other",
                                         answer="y")
@@ -134,7 +132,7 @@ def test_dlq_purge_all_asks_and_a_yes_purges(cfg: Path, db: Database,
     assert dead_left(db) == 0
 
 
-def test_prune_asks_with_what_it_would_delete(cfg: Path, db: Database,
+def test_prune_asks_with_what_it_would_delete(cfg: Path, db: BlockingStore,
                                               old_work: dict[str, Any]) -> None:
     code, _, shown = on_a_terminal(cfg, "prune", answer="")  # Enter alone: the default, no
     assert "Delete 4 finished job(s) and 0 delivered webhook(s) older than" in shown
@@ -144,4 +142,4 @@ def test_prune_asks_with_what_it_would_delete(cfg: Path, db: Database,
     code, stdout, _ = on_a_terminal(cfg, "prune", "--json", answer="y")
     assert code == 0 and '"jobs": 4' in stdout
     assert surviving_jobs(db, old_work["jobs"]) == []
-    assert db.read(store_jobs.list_jobs, status=JobStatus.SUCCEEDED.value, limit=10) == []
+    assert db.run(lambda b: b.list_jobs(status=JobStatus.SUCCEEDED.value, limit=10)) == []

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from jobd.models import JobStatus
-from jobd.store import jobs as store_jobs
 from tests.support import cli, cli_json, write_config
 
 VIEW_FIELDS = {"jobId", "status", "attempts", "nextRunAt", "createdAt", "updatedAt", "type",
@@ -160,13 +159,13 @@ def test_cancel_then_retry_with_json(jobd, seed, db):
     assert cancelled["jobId"] == job_id
     assert cancelled["status"] == "cancelled"
     assert cancelled["completedAt"] is not None
-    assert db.read(store_jobs.get_job, job_id).status is JobStatus.CANCELLED
+    assert db.run(lambda b: b.find_job(job_id)).status is JobStatus.CANCELLED
 
     retried = jobd.json("jobs", "retry", job_id)
     assert retried["status"] == "queued"
     assert retried["completedAt"] is None
     assert retried["nextRunAt"] is not None
-    job = db.read(store_jobs.get_job, job_id)
+    job = db.run(lambda b: b.find_job(job_id))
     assert job.status is JobStatus.QUEUED
     assert job.next_run_at is not None and job.next_run_at <= time.time()  # runs now
 

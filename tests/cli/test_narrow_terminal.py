@@ -12,6 +12,8 @@ import pytest
 from rich.console import Console
 
 from jobd.cli.ops import TOP_FIXED_LINES, render_stats
+from tests.cli.conftest import make_tenant
+from tests.stores import BlockingStore
 from tests.support import cli, cli_json
 
 WIDTH, HEIGHT = 80, 24
@@ -20,9 +22,9 @@ LONG_URL = "https://hooks.example.com/" + "/".join(["a-long-path-segment"] * 5) 
 
 
 @pytest.fixture
-def world(cfg: Path, seed: Any, new_tenant: Any) -> dict[str, str]:
+def world(cfg: Path, seed: Any, db: BlockingStore) -> dict[str, str]:
     """Jobs, deliveries and tenants with long ids, URLs and errors."""
-    new_tenant(LONG_TENANT)
+    make_tenant(db, LONG_TENANT)
     now = time.time()
     ok = seed.succeeded("acme", at=now - 60, webhook_url=LONG_URL)
     seed.deliver(ok, now=now - 59, status_codes=[200])

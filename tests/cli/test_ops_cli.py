@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -12,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobd.models import DeliveryStatus, JobStatus
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store.database import Database
+from tests.stores import BlockingStore
 from tests.support import JOBD, wait_for
 
 DAY = 86_400.0
@@ -71,7 +70,7 @@ def test_stats_of_an_empty_database(jobd, seed):
 
 
 @pytest.fixture
-def aged(seed, db: Database):
+def aged(seed, db: BlockingStore):
     """Jobs around the 1-day retention of the ``cfg`` fixture. Idempotency keys live an
     hour (``KEY_TTL_S``), so the keys of every job created over an hour ago expired."""
     now = time.time()
@@ -88,7 +87,7 @@ def aged(seed, db: Database):
     running = seed.submit("acme", now=old + 30)
     seed.attempt(running, now=old + 30, finish=False)
     cancelled = seed.submit("acme", now=old + 40, run_at=now + DAY)
-    db.write(store_jobs.cancel_job, cancelled, tenant_id=None, now=old + 41)
+    db.run(lambda b: b.cancel_job(cancelled, tenant_id=None, now=old + 41))
     jobs["old_cancelled"] = cancelled
     jobs["old_running"] = running
     jobs["old_queued"] = seed.submit("other", now=old + 50, run_at=now + DAY)
@@ -96,16 +95,22 @@ def aged(seed, db: Database):
     return jobs
 
 
-def remaining(db: Database) -> set[str]:
-    return {j.id for j in db.read(store_jobs.list_jobs, limit=100)}
+def remaining(db: BlockingStore) -> set[str]:
+    return {j.id for j in db.run(lambda b: b.list_jobs(limit=100))}
 
 
-def held_keys(db: Database) -> int:
-    return db.read(lambda c: c.execute(
-        "SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL").fetchone()[0])
+def held_keys(tmp_path: Path) -> int:
+    """Jobs that hold an Idempotency-Key, read from the file (SQLite: the protocol does
+    not say)."""
+    conn = sqlite3.connect(tmp_path / "jobd.db")
+    try:
+        return int(conn.execute(
+            "SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL").fetchone()[0])
+    finally:
+        conn.close()
 
 
-def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged):
+def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged, tmp_path):
     before = remaining(db)
     doc = jobd.json("prune", "--dry-run")
     assert doc["dryRun"] is True
@@ -114,21 +119,22 @@ def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged):
     assert "idempotencyKeys" not in doc  # keys live on their jobs and go with them
     assert doc["cutoff"].endswith("Z")
     assert remaining(db) == before
-    assert held_keys(db) == 9
+    assert held_keys(tmp_path) == 9
     assert "dryRun: True" in jobd("prune", "--dry-run").stdout
 
 
-def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db, aged):
+def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db, aged,
+                                                                       tmp_path):
     doc = jobd.json("prune", "--yes")
     assert doc["dryRun"] is False
     assert (doc["jobs"], doc["deliveries"]) == (5, 3)
     assert doc["seconds"] >= 0
     assert remaining(db) == {aged["recent_succeeded"], aged["old_running"], aged["old_queued"],
                              aged["new_queued"]}
-    dead = db.read(store_deliveries.get_delivery, aged["dead_delivery"])
+    dead = db.run(lambda b: b.find_delivery(aged["dead_delivery"]))
     assert dead.status is DeliveryStatus.DEAD  # the DLQ is purged only by `dlq purge`
     assert jobd.json("dlq", "list")[0]["deliveryId"] == aged["dead_delivery"]
-    assert held_keys(db) == 4  # the jobs that are left keep theirs
+    assert held_keys(tmp_path) == 4  # the jobs that are left keep theirs
 
     again = jobd.json("prune", "--yes")
     assert (again["jobs"], again["deliveries"]) == (0, 0)
@@ -140,9 +146,7 @@ def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db
 
 
 def test_prune_many_jobs_in_batches_with_progress(jobd, db, seed, monkeypatch):
-    from jobd.store import retention
-
-    monkeypatch.setitem(retention.prune_jobs_batch.__kwdefaults__, "batch", 7)
+    monkeypatch.setattr("jobd.cli.ops.BATCH", 7)
     old = time.time() - 3 * DAY
     for i in range(20):
         seed.succeeded("acme", at=old + i)

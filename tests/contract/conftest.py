@@ -6,11 +6,7 @@ durably stored (a lease, a row count, the stored bytes) asks the kind's
 :class:`~tests.contract.stored.Peek`, which reads the database on a connection of its own.
 
 A kind is one entry in :data:`KINDS`: an async context manager that opens a backend on
-an empty database for one test and closes it after, with its Peek. The SQLite backend
-joins with::
-
-    "sqlite": sqlite_kind,   # SqliteBackend(DatabaseConfig(path=tmp_path / "jobd.db"))
-                             # and SqlitePeek(path) from tests/contract/stored.py
+an empty database for one test and closes it after, with its Peek.
 """
 
 from __future__ import annotations
@@ -25,8 +21,9 @@ from dataclasses import dataclass
 import pytest
 
 from jobd.config import DatabaseConfig
+from jobd.store import open_backend
 from jobd.store.backend import Backend
-from tests.contract.stored import Peek, PostgresPeek
+from tests.contract.stored import Peek, PostgresPeek, SqlitePeek
 from tests.pg import admin, with_database
 
 # jobd's tables, emptied between the tests of a module that share one database
@@ -93,8 +90,25 @@ async def postgres_kind(request: pytest.FixtureRequest) -> AsyncIterator[Opened]
         await peek.close()
 
 
+# sqlite: a new file per test -----------------------------------------------------------
+
+
+@asynccontextmanager
+async def sqlite_kind(request: pytest.FixtureRequest) -> AsyncIterator[Opened]:
+    path = str(request.getfixturevalue("tmp_path") / "jobd.db")
+    backend = open_backend(DatabaseConfig(path=path))
+    await backend.open()
+    peek = SqlitePeek(path)
+    try:
+        yield Opened(backend, peek)
+    finally:
+        await peek.close()
+        await backend.close()
+
+
 KINDS: dict[str, Kind] = {
     "postgres": postgres_kind,
+    "sqlite": sqlite_kind,
 }
 
 

@@ -53,12 +53,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_the_package_and_its_sql_and_nothing_else(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert wheel.name.startswith(f"jobd-{__version__}-py3-none-any")
-    for needed in ("jobd/cli/main.py", "jobd/store/queries.sql",
-                   "jobd/store/migrations/0001_initial.sql"):
+    for needed in ("jobd/cli/main.py", "jobd/store/sqlite/queries.sql",
+                   "jobd/store/sqlite/migrations/0001_initial.sql"):
         assert needed in names, needed
-    migrations = sorted(p.name for p in (REPO / "jobd/store/migrations").glob("*.sql"))
+    migrations = sorted(p.name for p in (REPO / "jobd/store/sqlite/migrations").glob("*.sql"))
     assert sorted(n.rsplit("/", 1)[1] for n in names
-                  if n.startswith("jobd/store/migrations/") and n.endswith(".sql")) == migrations
+                  if n.startswith("jobd/store/sqlite/migrations/") and n.endswith(".sql")) == migrations
     assert not [n for n in names if n.startswith(("tests/", "bench/", "contrib/"))]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "jobd = jobd.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed
 from jobd.runtime.metrics import Metrics
-from jobd.store.writer import WriterStats
+from jobd.store.backend import BackendMetrics, Gauge, WriterStats
 from tests.docs.conftest import DOCS, code_blocks
 
 GUIDE = DOCS / "production.md"
@@ -29,7 +29,8 @@ def exported_series() -> set[str]:
     m.attempt_recorded(job, Failed("boom"), JobStatus.FATAL, 0.1)
     m.delivery_attempted("succeeded", 0.02)
     m.request_rate_limited("acme")
-    text = m.render({"jobs": {}, "dlq": 0, "writer": WriterStats(), "files": {"main": 1}})
+    text = m.render(BackendMetrics(jobs={}, dlq_size=0, writer=WriterStats(),
+                                   gauges=[Gauge("jobd_db_bytes", "", 1, (("file", "main"),))]))
     return {sample.name for family in text_string_to_metric_families(text.decode())
             for sample in family.samples}
 

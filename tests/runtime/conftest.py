@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,14 +62,14 @@ class Claims:
     def __init__(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.asked: list[int] = []
         self.rounds = 0
-        claim = store.claim_due_jobs_soon
+        claim = store.claim_jobs
 
         def recorded(**kwargs: Any) -> asyncio.Future[Any]:
             self.asked.append(kwargs["limit"])
             future = claim(**kwargs)
             future.add_done_callback(self._done)
             return future
-        monkeypatch.setattr(store, "claim_due_jobs_soon", recorded)
+        monkeypatch.setattr(store, "claim_jobs", recorded)
 
     def _done(self, future: asyncio.Future[Any]) -> None:
         self.rounds += 1
@@ -79,12 +80,17 @@ class Claims:
                     f"only {len(self.asked)} claim(s) were made")
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5) -> None:
-    """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout_s``."""
+async def until(predicate: Callable[[], object], what: str, timeout_s: float = 5) -> None:
+    """Poll ``predicate`` (a value, or an awaitable such as a store's read) until it
+    holds; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while not await _value(predicate()):
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.001)
+
+
+async def _value(value: object) -> object:
+    return await value if inspect.isawaitable(value) else value
 
 
 @pytest.fixture

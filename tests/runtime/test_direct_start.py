@@ -21,10 +21,9 @@ from jobd.handlers.base import Services
 from jobd.models import IdempotentResult, JobStatus, NewJob
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
-from jobd.store import jobs as store_jobs
 from tests.conftest import T0, make_config
 from tests.runtime.conftest import Behaviour, Claims, until
-from tests.runtime.test_workers import settle, submit
+from tests.runtime.test_workers import job, settle, submit
 
 
 def make_pool(store, config, behaviour, clock) -> WorkerPool:
@@ -41,7 +40,7 @@ def pool(store, config, behaviour, clock) -> WorkerPool:
 async def one_slot(store, tmp_path, behaviour, clock, new_tenant) -> WorkerPool:
     """A pool of one worker that has seen the queue empty."""
     pool = make_pool(store, make_config(tmp_path, workers={"concurrency": 1}), behaviour, clock)
-    new_tenant()
+    await new_tenant()
     await pool.run_once()
     return pool
 
@@ -58,9 +57,8 @@ def create(store, pool, clock, job: NewJob, *, capped: bool = False,
     """What ``POST /jobs`` does (jobd.api.routes.insert): reserve, insert, follow."""
     now = clock.now()
     lease = pool.reserve(job, now=now, capped=capped)
-    future = store.insert_job_soon(job, body_hash=body_hash or job.idempotency_key.encode(),
-                                   now=now, idempotency_ttl_s=3600,
-                                   lease=lease)
+    future = store.insert_job(job, body_hash=body_hash or job.idempotency_key.encode(),
+                              now=now, idempotency_ttl_s=3600, lease=lease)
     if lease is not None:
         pool.follow(job, now, future)
     return lease is not None, future
@@ -70,20 +68,16 @@ async def started(behaviour: Behaviour, count: int) -> None:
     await until(lambda: len(behaviour.started) >= count, "the job never started")
 
 
-def job(db, job_id):
-    return db.read(store_jobs.get_job, job_id)
-
-
 async def test_a_job_created_while_the_queue_is_empty_starts_without_a_claim(
-        store, db, pool, clock, behaviour, new_tenant, monkeypatch):
-    new_tenant()
+        store, pool, clock, behaviour, new_tenant, monkeypatch):
+    await new_tenant()
     assert await pool.run_once() == 0  # the queue is seen empty
     claims = Claims(store, monkeypatch)
     reserved, future = create(store, pool, clock, new_job(clock, key="a"))
     assert reserved
     result = await future
     assert result.started and not result.replayed
-    row = job(db, result.job_id)
+    row = await job(store, result.job_id)
     assert row.status is JobStatus.RUNNING
     assert row.attempts == 1
     assert row.started_at == row.created_at == clock.now()
@@ -93,7 +87,7 @@ async def test_a_job_created_while_the_queue_is_empty_starts_without_a_claim(
     assert pool.running_ids() == [result.job_id]
     behaviour.release.set()
     await settle(pool)
-    done = job(db, result.job_id)
+    done = await job(store, result.job_id)
     assert done.status is JobStatus.SUCCEEDED
     assert done.attempts == 1
     assert claims.rounds == 0
@@ -102,7 +96,7 @@ async def test_a_job_created_while_the_queue_is_empty_starts_without_a_claim(
 async def test_the_201_still_says_queued(store, pool, clock, new_tenant):
     # The answer describes the creation (SPEC: 201 {"status": "queued"}), replays included:
     # the API renders it from the result, which says only that the job started.
-    new_tenant()
+    await new_tenant()
     await pool.run_once()
     reserved, future = create(store, pool, clock, new_job(clock, "noop", key="a"))
     assert reserved
@@ -113,17 +107,17 @@ async def test_the_201_still_says_queued(store, pool, clock, new_tenant):
 
 
 async def test_nothing_starts_directly_before_a_claim_saw_the_queue_empty(
-        store, db, pool, clock, new_tenant):
-    new_tenant()
+        store, pool, clock, new_tenant):
+    await new_tenant()
     reserved, future = create(store, pool, clock, new_job(clock, key="a"))
     assert not reserved
     result = await future
     assert not result.started
-    assert job(db, result.job_id).status is JobStatus.QUEUED
+    assert (await job(store, result.job_id)).status is JobStatus.QUEUED
 
 
-async def test_a_waiting_job_is_never_overtaken(store, db, pool, clock, new_tenant):
-    new_tenant()
+async def test_a_waiting_job_is_never_overtaken(store, pool, clock, new_tenant):
+    await new_tenant()
     await pool.run_once()
     waiting = await submit(store, clock, "hold", key="waiting")
     pool.wake()  # what the daemon does for a job created queued
@@ -148,7 +142,7 @@ async def test_when_a_new_job_goes_through_the_queue(one_slot, clock, why):
     assert pool.reserve(job_, now=clock.now(), capped=why == "capped") is None
 
 
-async def test_a_replayed_or_refused_creation_gives_the_slot_back(store, db, one_slot, clock):
+async def test_a_replayed_or_refused_creation_gives_the_slot_back(store, one_slot, clock):
     pool = one_slot
     _, first = create(store, pool, clock, new_job(clock, "noop", key="a"))
     first_id = (await first).job_id
@@ -169,14 +163,14 @@ async def test_a_replayed_or_refused_creation_gives_the_slot_back(store, db, one
         await conflict
     await asyncio.sleep(0)
     assert pool.free_slots == 1
-    assert job(db, first_id).attempts == 1
+    assert (await job(store, first_id)).attempts == 1
 
 
 async def test_in_a_batch_with_a_replay_the_new_job_still_starts_at_once(
-        store, db, pool, clock, new_tenant):
+        store, pool, clock, new_tenant):
     # The batch's one statement leaves the used key (replayed on its own, not started)
     # and inserts the new job beside it running, as if it had been alone.
-    new_tenant()
+    await new_tenant()
     await submit(store, clock, "noop", key="used")
     await pool.run_once()
     await settle(pool)
@@ -188,45 +182,45 @@ async def test_in_a_batch_with_a_replay_the_new_job_still_starts_at_once(
     assert [r.replayed for r in results] == [True, False]
     assert [r.started for r in results] == [False, True]
     await settle(pool)
-    assert job(db, results[1].job_id).status is JobStatus.SUCCEEDED
-    assert job(db, results[1].job_id).attempts == 1
+    assert (await job(store, results[1].job_id)).status is JobStatus.SUCCEEDED
+    assert (await job(store, results[1].job_id)).attempts == 1
     assert pool.idle and pool.free_slots == 16
 
 
-async def test_shutdown_waits_for_a_job_being_created_running(store, db, pool, clock, new_tenant):
-    new_tenant()
+async def test_shutdown_waits_for_a_job_being_created_running(store, pool, clock, new_tenant):
+    await new_tenant()
     await pool.run_once()
     reserved, future = create(store, pool, clock, new_job(clock, "noop", key="a"))
     assert reserved
     await pool.shutdown(grace_s=5)  # before the insert is committed
     result = await future
     assert result.started
-    assert job(db, result.job_id).status is JobStatus.SUCCEEDED
+    assert (await job(store, result.job_id)).status is JobStatus.SUCCEEDED
 
 
 async def test_anything_queued_meanwhile_turns_direct_starts_off(store, pool, clock, new_tenant):
-    new_tenant()
+    await new_tenant()
     await pool.run_once()
     assert pool.reserve(new_job(clock, key="x"), now=clock.now(), capped=False)
     pool.wake(clock.now() + 30)  # e.g. a retry scheduled for later
     assert not pool.reserve(new_job(clock, key="y"), now=clock.now(), capped=False)
 
 
-async def test_a_job_created_running_by_a_process_that_died_is_rescued(store, db, config, clock,
+async def test_a_job_created_running_by_a_process_that_died_is_rescued(store, config, clock,
                                                                       behaviour, new_tenant):
-    new_tenant()
+    await new_tenant()
     dead = make_pool(store, config, behaviour, clock)
     await dead.run_once()
     lease = dead.reserve(new_job(clock, key="a"), now=clock.now(), capped=False)
     assert lease is not None
-    result = await store.insert_job_soon(new_job(clock, key="a"), body_hash=b"a", now=clock.now(),
-                                         idempotency_ttl_s=3600,
-                                         lease=lease)  # never followed: the process died
-    assert job(db, result.job_id).status is JobStatus.RUNNING
+    result = await store.insert_job(new_job(clock, key="a"), body_hash=b"a", now=clock.now(),
+                                    idempotency_ttl_s=3600,
+                                    lease=lease)  # never followed: the process died
+    assert (await job(store, result.job_id)).status is JobStatus.RUNNING
     fresh = make_pool(store, config, behaviour, clock)
     lifeline = Lifeline(store=store, pool=fresh, clock=clock, config=config.workers)
     assert await lifeline.recover_at_startup() == {"retry": 1, "fatal": 0}
-    back = job(db, result.job_id)
+    back = await job(store, result.job_id)
     assert back.status is JobStatus.RETRY
     assert "interrupted" in back.last_error
 
@@ -235,27 +229,27 @@ async def test_a_job_queued_while_a_claim_is_in_flight_is_not_overtaken(store, p
                                                                         new_tenant, monkeypatch):
     # The claim's snapshot may predate a job committed (and announced) meanwhile: a claim
     # round only vouches for an empty queue if nothing was announced while it ran.
-    new_tenant()
-    claim = store.claim_due_jobs_soon
+    await new_tenant()
+    claim = store.claim_jobs
 
     def announced_meanwhile(**kwargs):
         future = claim(**kwargs)
         pool.wake()
         return future
-    monkeypatch.setattr(store, "claim_due_jobs_soon", announced_meanwhile)
+    monkeypatch.setattr(store, "claim_jobs", announced_meanwhile)
     await pool.run_once()
     assert pool.reserve(new_job(clock, key="x"), now=clock.now(), capped=False) is None
-    monkeypatch.setattr(store, "claim_due_jobs_soon", claim)
+    monkeypatch.setattr(store, "claim_jobs", claim)
     await pool.run_once()
     assert pool.reserve(new_job(clock, key="y"), now=clock.now(), capped=False) is not None
 
 
 async def test_with_the_queue_empty_only_the_poll_looks_for_unannounced_jobs(
-        store, db, tmp_path, behaviour, new_tenant, monkeypatch):
+        store, tmp_path, behaviour, new_tenant, monkeypatch):
     config = make_config(tmp_path, workers={"poll_interval": 0.2})
     clock = FakeClock(T0)
     pool = make_pool(store, config, behaviour, clock)
-    new_tenant()
+    await new_tenant()
     claims = Claims(store, monkeypatch)
     run = asyncio.create_task(pool.run())
     try:
@@ -271,7 +265,7 @@ async def test_with_the_queue_empty_only_the_poll_looks_for_unannounced_jobs(
         # a job queued behind the pool's back (the CLI's `jobs retry`) is found by the poll
         hidden = await submit(store, clock, "noop", key="from-the-cli")
         deadline = time.monotonic() + 5
-        while job(db, hidden).status is not JobStatus.SUCCEEDED:
+        while (await job(store, hidden)).status is not JobStatus.SUCCEEDED:
             assert time.monotonic() < deadline, "the poll never found the job"
             await asyncio.sleep(0.01)
     finally:

@@ -1,5 +1,5 @@
-"""The webhook dispatcher, in-process: a real SQLite file, a real receiver on 127.0.0.1,
-and a FakeClock so the retry ladder is walked without sleeping."""
+"""The webhook dispatcher, in-process: a real store, a real receiver on 127.0.0.1, and a
+FakeClock so the retry ladder is walked without sleeping."""
 
 from __future__ import annotations
 
@@ -26,12 +26,10 @@ from jobd.handlers.registry import Registry, builtin_types
 from jobd.models import ClaimedJob, DeliveryStatus, JobStatus, NewJob, NewTenant
 from jobd.runtime.dispatcher import Dispatcher, retry_at
 from jobd.runtime.workers import WorkerPool
-from jobd.store import deliveries as store_deliveries
-from jobd.store.queries import Q
-from jobd.store.scheduling import DirectDelivery
-from jobd.store.store import Store
+from jobd.store.backend import Backend, ClaimedDelivery, DirectDelivery, Rotation
 from tests.conftest import T0, make_config
 from tests.peers import REFUSED_HEADS, hostile_server
+from tests.runtime.conftest import until
 
 
 @dataclass
@@ -89,12 +87,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def tenant(new_tenant) -> NewTenant:
-    return new_tenant()
+async def tenant(new_tenant) -> NewTenant:
+    return await new_tenant()
 
 
 @pytest.fixture
-async def make_dispatcher(store: Store, clock: FakeClock, tmp_path: Path) -> AsyncIterator:
+async def make_dispatcher(store: Backend, clock: FakeClock, tmp_path: Path) -> AsyncIterator:
     made: list[Dispatcher] = []
 
     def make(**webhooks: object) -> Dispatcher:
@@ -117,7 +115,7 @@ def fast_client(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-async def finish_job_with_webhook(store: Store, clock: FakeClock, url: str, *,
+async def finish_job_with_webhook(store: Backend, clock: FakeClock, url: str, *,
                                   key: str = "k") -> tuple[str, str]:
     """Submit, claim and succeed a job the way the pool does; return (job id, delivery id)."""
     job = NewJob(tenant_id="acme", type="noop", payload='{"to":"user@example.com"}', priority=0,
@@ -125,16 +123,18 @@ async def finish_job_with_webhook(store: Store, clock: FakeClock, url: str, *,
                  idempotency_key=key)
     created = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
                                      idempotency_ttl_s=3600)
-    claim = await store.claim_due_jobs(now=clock.now(), limit=10, owner="o", lease_s=60)
+    claim = await store.claim_jobs(rotation=Rotation(), now=clock.now(), limit=10, owner="o", lease_s=60)
     for claimed in claim.jobs:
         await store.finish_job(claimed, owner="o", status=JobStatus.SUCCEEDED, now=clock.now(),
                                result_json='{"ok":true}')
-    [delivery] = store.read(store_deliveries.deliveries_of_job, created.job_id)
+    [delivery] = await store.deliveries_of_job(created.job_id)
     return created.job_id, delivery.id
 
 
-def delivery(db, delivery_id: str):
-    return db.read(store_deliveries.get_delivery, delivery_id)
+async def delivery(store, delivery_id: str):
+    found = await store.find_delivery(delivery_id)
+    assert found is not None, delivery_id
+    return found
 
 
 async def round_(dispatcher: Dispatcher) -> int:
@@ -155,25 +155,18 @@ def test_retry_at_with_no_delays_dead_letters_at_once():
     assert retry_at(1, (), 100.0) is None
 
 
-def test_claim_query_uses_the_due_index(db):
-    plan = " ".join(str(tuple(r)) for r in db.read(
-        lambda conn: conn.execute("EXPLAIN QUERY PLAN " + Q["deliveries_due_packed"],
-                                  {"now": T0, "limit": 10}).fetchall()))
-    assert "deliveries_due" in plan, plan
-
-
 # sending --------------------------------------------------------------------------------
 
 async def test_success_records_one_attempt_and_a_verifiable_signature(
-        store, db, clock, receiver, tenant, make_dispatcher, fast_client):
+        store, clock, receiver, tenant, make_dispatcher, fast_client):
     dispatcher = make_dispatcher(fast_client=fast_client)
     job_id, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
     assert await round_(dispatcher) == 1
 
-    done = delivery(db, delivery_id)
+    done = await delivery(store, delivery_id)
     assert done.status is DeliveryStatus.SUCCEEDED
     assert (done.attempts, done.delivered_at, done.last_status_code) == (1, T0, 200)
-    [attempt] = db.read(store_deliveries.attempts_of_delivery, delivery_id)
+    [attempt] = await store.delivery_attempts(delivery_id)
     assert (attempt.status_code, attempt.error, attempt.attempted_at) == (200, None, T0)
 
     [seen] = receiver.requests
@@ -198,7 +191,7 @@ async def test_success_records_one_attempt_and_a_verifiable_signature(
     assert await round_(dispatcher) == 0  # nothing sent twice
 
 
-async def test_500_walks_the_ladder_then_dead_letters(store, db, clock, receiver, tenant,
+async def test_500_walks_the_ladder_then_dead_letters(store, clock, receiver, tenant,
                                                       make_dispatcher, caplog, fast_client):
     receiver.statuses = [500]
     dispatcher = make_dispatcher(fast_client=fast_client, **LADDER)
@@ -207,7 +200,7 @@ async def test_500_walks_the_ladder_then_dead_letters(store, db, clock, receiver
     for number in range(1, 5):
         attempted = clock.now()
         assert await round_(dispatcher) == 1
-        d = delivery(db, delivery_id)
+        d = await delivery(store, delivery_id)
         states.append(d.status.value)
         assert d.attempts == number
         if d.status is DeliveryStatus.PENDING:
@@ -221,13 +214,13 @@ async def test_500_walks_the_ladder_then_dead_letters(store, db, clock, receiver
     assert {r.headers["webhook-id"] for r in receiver.requests} == {delivery_id}
     assert [int(r.headers["webhook-timestamp"]) for r in receiver.requests] == [
         int(T0), int(T0 + 30), int(T0 + 90), int(T0 + 210)]
-    dead = delivery(db, delivery_id)
+    dead = await delivery(store, delivery_id)
     assert dead.dead_at == T0 + 210
     assert dead.next_attempt_at is None
     assert dead.last_status_code == 500
     assert dead.last_error.startswith("HTTP 500: xxx")
     assert len(dead.last_error) < 300  # only an excerpt of the 5000-byte answer
-    history = db.read(store_deliveries.attempts_of_delivery, delivery_id)
+    history = await store.delivery_attempts(delivery_id)
     assert [a.status_code for a in history] == [500] * 4
     assert [a.attempted_at for a in history] == [T0, T0 + 30, T0 + 90, T0 + 210]
     assert "moved to the DLQ" in caplog.text
@@ -236,13 +229,13 @@ async def test_500_walks_the_ladder_then_dead_letters(store, db, clock, receiver
     assert len(receiver.requests) == 4
 
 
-async def test_redirect_is_a_failure_and_never_followed(store, db, clock, receiver, tenant,
+async def test_redirect_is_a_failure_and_never_followed(store, clock, receiver, tenant,
                                                         make_dispatcher, fast_client):
     receiver.statuses = [302]
     dispatcher = make_dispatcher(fast_client=fast_client, **LADDER)
     _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
     await round_(dispatcher)
-    d = delivery(db, delivery_id)
+    d = await delivery(store, delivery_id)
     assert d.status is DeliveryStatus.PENDING
     assert d.last_status_code == 302
     assert "redirects are not followed" in d.last_error
@@ -250,7 +243,7 @@ async def test_redirect_is_a_failure_and_never_followed(store, db, clock, receiv
     assert len(receiver.at("/hook")) == 1
 
 
-async def test_a_receiver_slower_than_the_timeout_is_a_failure(store, db, clock, receiver, tenant,
+async def test_a_receiver_slower_than_the_timeout_is_a_failure(store, clock, receiver, tenant,
                                                                make_dispatcher, fast_client):
     receiver.hang_s = 5
     dispatcher = make_dispatcher(fast_client=fast_client, timeout=0.2, **LADDER)
@@ -258,15 +251,15 @@ async def test_a_receiver_slower_than_the_timeout_is_a_failure(store, db, clock,
     started = time.perf_counter()
     await round_(dispatcher)
     assert time.perf_counter() - started < 2
-    d = delivery(db, delivery_id)
+    d = await delivery(store, delivery_id)
     assert d.status is DeliveryStatus.PENDING
     assert d.last_error == "timed out after 0.2s"
-    [attempt] = db.read(store_deliveries.attempts_of_delivery, delivery_id)
+    [attempt] = await store.delivery_attempts(delivery_id)
     assert attempt.status_code is None
     assert attempt.duration_ms >= 150
 
 
-async def test_private_addresses_are_refused_when_not_allowed(store, db, clock, receiver, tenant,
+async def test_private_addresses_are_refused_when_not_allowed(store, clock, receiver, tenant,
                                                               make_dispatcher, fast_client):
     dispatcher = make_dispatcher(fast_client=fast_client, allow_private_networks=False, **LADDER)
     _, loopback = await finish_job_with_webhook(store, clock, receiver.url(), key="a")
@@ -275,16 +268,16 @@ async def test_private_addresses_are_refused_when_not_allowed(store, db, clock, 
                                                key="b")
     assert await round_(dispatcher) == 2
     assert receiver.requests == []
-    first, second = delivery(db, loopback), delivery(db, by_name)
+    first, second = (await delivery(store, loopback)), (await delivery(store, by_name))
     assert first.status is second.status is DeliveryStatus.PENDING
     assert "refused URL" in first.last_error and "loopback" in first.last_error
     assert "localhost" in second.last_error
-    [attempt] = db.read(store_deliveries.attempts_of_delivery, loopback)
+    [attempt] = await store.delivery_attempts(loopback)
     assert attempt.status_code is None
 
 
 async def test_a_hostile_receiver_fails_the_attempt_at_once_with_a_clear_error(
-        store, db, clock, tenant, make_dispatcher, fast_client):
+        store, clock, tenant, make_dispatcher, fast_client):
     async with hostile_server() as hostile:
         dispatcher = make_dispatcher(fast_client=fast_client, timeout=10, **LADDER)
         sent = {path: (await finish_job_with_webhook(store, clock, hostile.url(path),
@@ -294,45 +287,45 @@ async def test_a_hostile_receiver_fails_the_attempt_at_once_with_a_clear_error(
         assert await round_(dispatcher) == len(sent)
         assert time.perf_counter() - started < 3  # not webhooks.timeout
     for path, delivery_id in sent.items():
-        d = delivery(db, delivery_id)
+        d = await delivery(store, delivery_id)
         assert d.status is DeliveryStatus.PENDING
         assert d.last_error == f"AnswerRefused: {REFUSED_HEADS[path]}"
         assert d.last_status_code is None
 
 
 async def test_dlq_retry_gives_a_fresh_budget_and_keeps_the_webhook_id(
-        store, db, clock, receiver, tenant, make_dispatcher):
+        store, clock, receiver, tenant, make_dispatcher):
     receiver.statuses = [500]
     dispatcher = make_dispatcher(retry_delays=[30])
     _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
     await round_(dispatcher)
     clock.advance(30)
     await round_(dispatcher)
-    assert delivery(db, delivery_id).status is DeliveryStatus.DEAD
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.DEAD
 
     clock.advance(100)
-    assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == [delivery_id]
-    again = delivery(db, delivery_id)
+    assert await store.redeliver_dead([delivery_id], now=clock.now()) == [delivery_id]
+    again = await delivery(store, delivery_id)
     # `attempts` keeps counting every attempt (as the history does); the budget is new
     assert (again.status, again.attempts, again.next_attempt_at) == (
         DeliveryStatus.PENDING, 2, clock.now())
     assert again.dead_at is None
 
     await round_(dispatcher)  # fails again: the first attempt of the new budget, so a retry
-    retrying = delivery(db, delivery_id)
+    retrying = await delivery(store, delivery_id)
     assert (retrying.status, retrying.attempts) == (DeliveryStatus.PENDING, 3)
     receiver.statuses = [200]
     clock.advance(30)
     assert await round_(dispatcher) == 1
-    done = delivery(db, delivery_id)
+    done = await delivery(store, delivery_id)
     assert (done.status, done.attempts) == (DeliveryStatus.SUCCEEDED, 4)
     assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery_id] * 4
-    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == done.attempts
+    assert len(await store.delivery_attempts(delivery_id)) == done.attempts
     # only dead deliveries can be retried
-    assert db.write(store_deliveries.redeliver_dead, [delivery_id], now=clock.now()) == []
+    assert await store.redeliver_dead([delivery_id], now=clock.now()) == []
 
 
-async def test_concurrency_is_bounded(store, db, clock, receiver, tenant, make_dispatcher):
+async def test_concurrency_is_bounded(store, clock, receiver, tenant, make_dispatcher):
     receiver.hang_s = 5
     dispatcher = make_dispatcher(concurrency=2)
     ids = [(await finish_job_with_webhook(store, clock, receiver.url(), key=f"k{i}"))[1]
@@ -344,41 +337,41 @@ async def test_concurrency_is_bounded(store, db, clock, receiver, tenant, make_d
     await dispatcher.wait_idle()
     assert await round_(dispatcher) == 2
     assert await round_(dispatcher) == 1
-    assert {delivery(db, i).status for i in ids} == {DeliveryStatus.SUCCEEDED}
+    assert {(await delivery(store, i)).status for i in ids} == {DeliveryStatus.SUCCEEDED}
 
 
 # crashes and leases -----------------------------------------------------------------------
 
-async def test_sending_left_by_a_dead_process_is_sent_again(store, db, clock, receiver, tenant,
+async def test_sending_left_by_a_dead_process_is_sent_again(store, clock, receiver, tenant,
                                                             make_dispatcher):
     dispatcher = make_dispatcher()
     _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
-    await store.claim_due_deliveries(now=clock.now(), limit=10, lease_s=40)  # then "kill -9"
-    assert delivery(db, delivery_id).status is DeliveryStatus.SENDING
+    await store.claim_deliveries(now=clock.now(), limit=10, lease_s=40)  # then "kill -9"
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.SENDING
     assert await round_(dispatcher) == 0  # held by a live-looking claim
 
     assert await dispatcher.recover_at_startup() == 1
-    back = delivery(db, delivery_id)
+    back = await delivery(store, delivery_id)
     assert (back.status, back.attempts, back.next_attempt_at) == (DeliveryStatus.PENDING, 0, T0)
     assert await round_(dispatcher) == 1
-    assert delivery(db, delivery_id).status is DeliveryStatus.SUCCEEDED
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.SUCCEEDED
 
 
-async def test_an_expired_claim_is_rescued_by_run_once(store, db, clock, receiver, tenant,
+async def test_an_expired_claim_is_rescued_by_run_once(store, clock, receiver, tenant,
                                                        make_dispatcher):
     dispatcher = make_dispatcher()
     _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
-    stale = await store.claim_due_deliveries(now=clock.now(), limit=10, lease_s=40)
+    stale = await store.claim_deliveries(now=clock.now(), limit=10, lease_s=40)
     clock.advance(41)
     assert await round_(dispatcher) == 1
-    assert delivery(db, delivery_id).status is DeliveryStatus.SUCCEEDED
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.SUCCEEDED
     # the stale claim can no longer change the delivery, but its attempt is recorded
     status = await store.record_delivery_attempt(stale[0], now=clock.now(), attempted_at=T0,
                                                  status_code=500, error="HTTP 500",
                                                  duration_ms=1.0, retry_at=clock.now() + 30)
     assert status is None
-    assert delivery(db, delivery_id).status is DeliveryStatus.SUCCEEDED
-    assert len(db.read(store_deliveries.attempts_of_delivery, delivery_id)) == 2
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.SUCCEEDED
+    assert len(await store.delivery_attempts(delivery_id)) == 2
 
 
 # finished jobs: sent at once, or queued behind a backlog -----------------------------------
@@ -409,17 +402,17 @@ async def wired(store, clock, tmp_path) -> AsyncIterator:
 
 
 class ClaimCounter:
-    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, store: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
         self.rounds = 0
-        claim = store.claim_due_deliveries
+        claim = store.claim_deliveries
 
-        async def counted(**kwargs: object) -> list[store_deliveries.ClaimedDelivery]:
+        async def counted(**kwargs: object) -> list[ClaimedDelivery]:
             self.rounds += 1
             return await claim(**kwargs)
-        monkeypatch.setattr(store, "claim_due_deliveries", counted)
+        monkeypatch.setattr(store, "claim_deliveries", counted)
 
 
-async def submit(store: Store, clock: FakeClock, url: str, key: str) -> str:
+async def submit(store: Backend, clock: FakeClock, url: str, key: str) -> str:
     job = NewJob(tenant_id="acme", type="noop", payload="{}", priority=0, max_attempts=1,
                  timeout_seconds=None, run_at=clock.now(), webhook_url=url, idempotency_key=key)
     created = await store.insert_job(job, body_hash=key.encode(), now=clock.now(),
@@ -427,15 +420,8 @@ async def submit(store: Store, clock: FakeClock, url: str, key: str) -> str:
     return created.job_id
 
 
-async def until(condition, what: str, timeout_s: float = 3.0) -> None:
-    deadline = time.perf_counter() + timeout_s
-    while not condition():
-        assert time.perf_counter() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.002)
-
-
 async def test_an_idle_dispatcher_sends_a_finished_job_s_webhook_without_a_claim(
-        store, db, clock, receiver, tenant, wired, monkeypatch):
+        store, clock, receiver, tenant, wired, monkeypatch):
     pool, dispatcher = wired()
     await until(lambda: not dispatcher._backlog, "the first round to find nothing due")
     claims = ClaimCounter(store, monkeypatch)
@@ -443,7 +429,7 @@ async def test_an_idle_dispatcher_sends_a_finished_job_s_webhook_without_a_claim
     assert await pool.run_once() == 1
     await until(lambda: receiver.requests, "the webhook")
     await dispatcher.wait_idle()
-    [sent] = store.read(store_deliveries.deliveries_of_job, job_id)
+    [sent] = await store.deliveries_of_job(job_id)
     assert (sent.status, sent.attempts) == (DeliveryStatus.SUCCEEDED, 1)
     assert receiver.requests[0].headers["webhook-id"] == sent.id
     body = json.loads(receiver.requests[0].body)
@@ -452,7 +438,7 @@ async def test_an_idle_dispatcher_sends_a_finished_job_s_webhook_without_a_claim
     assert dispatcher.free_slots == dispatcher._webhooks.concurrency
 
 
-async def test_webhooks_already_due_go_first(store, db, clock, receiver, tenant, wired):
+async def test_webhooks_already_due_go_first(store, clock, receiver, tenant, wired):
     receiver.hang_s = 5
     pool, dispatcher = wired(concurrency=1)
     await until(lambda: not dispatcher._backlog, "the first round to find nothing due")
@@ -462,18 +448,18 @@ async def test_webhooks_already_due_go_first(store, db, clock, receiver, tenant,
     await until(lambda: receiver.requests, "the older webhook")
     job_id = await submit(store, clock, receiver.url(), "newer")
     assert await pool.run_once() == 1
-    await until(lambda: store.read(store_deliveries.deliveries_of_job, job_id), "its delivery")
-    [newer] = store.read(store_deliveries.deliveries_of_job, job_id)
+    await until(lambda: store.deliveries_of_job(job_id), "its delivery")
+    [newer] = await store.deliveries_of_job(job_id)
     assert newer.status is DeliveryStatus.PENDING  # no free slot: it waits for the claim
     receiver.release.set()
     await until(lambda: len(receiver.requests) == 2, "the newer webhook")
     await dispatcher.wait_idle()
     assert [r.headers["webhook-id"] for r in receiver.requests] == [older, newer.id]
-    assert delivery(db, newer.id).status is DeliveryStatus.SUCCEEDED
+    assert (await delivery(store, newer.id)).status is DeliveryStatus.SUCCEEDED
 
 
 async def test_a_webhook_queued_while_every_slot_is_busy_goes_out_when_one_frees(
-        store, db, clock, receiver, tenant, wired):
+        store, clock, receiver, tenant, wired):
     receiver.hang_s = 5
     pool, dispatcher = wired(concurrency=1)
     await until(lambda: not dispatcher._backlog, "the first round to find nothing due")
@@ -487,14 +473,14 @@ async def test_a_webhook_queued_while_every_slot_is_busy_goes_out_when_one_frees
     dispatcher.finished(job, JobStatus.FATAL, None, False)
     await until(lambda: dispatcher._backlog, "the round that found no free slot")
     assert len(receiver.requests) == 1
-    assert delivery(db, queued).status is DeliveryStatus.PENDING
+    assert (await delivery(store, queued)).status is DeliveryStatus.PENDING
     receiver.release.set()  # the slot frees: the queued one is claimed now, not at the poll
     await until(lambda: len(receiver.requests) == 2, "the queued webhook", timeout_s=2)
     await dispatcher.wait_idle()
-    assert delivery(db, queued).status is DeliveryStatus.SUCCEEDED
+    assert (await delivery(store, queued)).status is DeliveryStatus.SUCCEEDED
 
 
-async def test_a_backlog_keeps_new_webhooks_in_the_queue(store, db, clock, receiver, tenant,
+async def test_a_backlog_keeps_new_webhooks_in_the_queue(store, clock, receiver, tenant,
                                                          make_dispatcher):
     dispatcher = make_dispatcher()
     await finish_job_with_webhook(store, clock, receiver.url(), key="due")
@@ -510,43 +496,44 @@ async def test_a_backlog_keeps_new_webhooks_in_the_queue(store, db, clock, recei
     assert dispatcher.reserve(job, JobStatus.SUCCEEDED, T0, "{}", None) is None
 
 
-async def claimed_with_a_slot(store: Store, clock: FakeClock, dispatcher: Dispatcher,
+async def claimed_with_a_slot(store: Backend, clock: FakeClock, dispatcher: Dispatcher,
                               url: str) -> tuple[ClaimedJob, DirectDelivery]:
     """A job claimed by owner "o", about to succeed, and the slot its webhook got."""
     assert await round_(dispatcher) == 0  # nothing due: no backlog
     await submit(store, clock, url, "k")
-    [job] = (await store.claim_due_jobs(now=clock.now(), limit=1, owner="o", lease_s=60)).jobs
+    [job] = (await store.claim_jobs(rotation=Rotation(), now=clock.now(), limit=1, owner="o",
+                                    lease_s=60)).jobs
     direct = dispatcher.reserve(job, JobStatus.SUCCEEDED, clock.now(), '{"ok":true}', None)
     assert direct is not None
     return job, direct
 
 
 async def test_a_fenced_out_finish_creates_no_delivery_and_sends_nothing(
-        store, db, clock, receiver, tenant, make_dispatcher):
+        store, clock, receiver, tenant, make_dispatcher):
     dispatcher = make_dispatcher()
     job, direct = await claimed_with_a_slot(store, clock, dispatcher, receiver.url())
-    created = await store.finish_job_soon(job, owner="someone else", status=JobStatus.SUCCEEDED,
+    created = await store.finish_job(job, owner="someone else", status=JobStatus.SUCCEEDED,
                                           now=clock.now(), result_json="{}", direct=direct)
     assert created is False
     dispatcher.finished(job, JobStatus.SUCCEEDED, direct, created)
     await dispatcher.wait_idle()
-    assert store.read(store_deliveries.deliveries_of_job, job.id) == []
+    assert await store.deliveries_of_job(job.id) == []
     assert receiver.requests == []
     assert dispatcher.free_slots == dispatcher._webhooks.concurrency
 
 
 async def test_a_webhook_created_sending_by_a_dead_process_is_sent_again(
-        store, db, clock, receiver, tenant, make_dispatcher):
+        store, clock, receiver, tenant, make_dispatcher):
     dispatcher = make_dispatcher()
     job, direct = await claimed_with_a_slot(store, clock, dispatcher, receiver.url())
-    assert await store.finish_job_soon(job, owner="o", status=JobStatus.SUCCEEDED,
+    assert await store.finish_job(job, owner="o", status=JobStatus.SUCCEEDED,
                                        now=clock.now(), result_json='{"ok":true}', direct=direct)
     # "kill -9" before it was sent: the next start puts it back and sends it, same id
-    assert delivery(db, direct.id).status is DeliveryStatus.SENDING
+    assert (await delivery(store, direct.id)).status is DeliveryStatus.SENDING
     restarted = make_dispatcher()
     assert await restarted.recover_at_startup() == 1
     assert await round_(restarted) == 1
-    assert delivery(db, direct.id).status is DeliveryStatus.SUCCEEDED
+    assert (await delivery(store, direct.id)).status is DeliveryStatus.SUCCEEDED
     assert [r.headers["webhook-id"] for r in receiver.requests] == [direct.id]
     assert json.loads(receiver.requests[0].body)["jobId"] == job.id
 

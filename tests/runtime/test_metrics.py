@@ -10,11 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobd.models import ClaimedJob, JobStatus
 from jobd.runtime.execution import Failed, Succeeded, TimedOut
 from jobd.runtime.metrics import Metrics
-from jobd.store.writer import WriterStats
+from jobd.store.backend import BackendMetrics, Gauge, WriterStats
 
 
-def samples(metrics: Metrics, counts: dict[str, object] | None = None) -> dict[tuple, float]:
-    text = metrics.render(counts or {}).decode()
+def samples(metrics: Metrics, store: BackendMetrics | None = None) -> dict[tuple, float]:
+    text = metrics.render(store).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -70,7 +70,7 @@ def test_api_webhook_and_store_figures() -> None:
     m.request_rate_limited("acme")
     m.delivery_attempted("succeeded", 0.02)
     m.delivery_attempted("failed", 0.5)
-    s = samples(m, {"jobs": {"queued": 3, "running": 1}, "dlq": 2})
+    s = samples(m, BackendMetrics(jobs={"queued": 3, "running": 1}, dlq_size=2))
     assert s[("jobd_jobs_created_total", (("tenant", "acme"), ("type", "noop")))] == 2
     assert s[("jobd_rate_limited_requests_total", (("tenant", "acme"),))] == 1
     assert s[("jobd_webhook_deliveries_total", (("outcome", "failed"),))] == 1
@@ -85,7 +85,8 @@ def test_database_writer_figures() -> None:
     writer.count(40, 0.002, failed=False)
     writer.count(10, 0.004, failed=False)
     writer.count(5, 2.0, failed=True)
-    s = samples(Metrics(), {"writer": writer, "files": {"main": 8192, "wal": 4096}})
+    s = samples(Metrics(), BackendMetrics(jobs={}, dlq_size=0, writer=writer,
+                                          gauges=file_sizes(main=8192, wal=4096)))
     assert s[("jobd_db_transactions_total", (("outcome", "committed"),))] == 2
     assert s[("jobd_db_transactions_total", (("outcome", "error"),))] == 1
     assert s[("jobd_db_writes_total", ())] == 55
@@ -100,8 +101,23 @@ def test_database_writer_figures() -> None:
     assert s[("jobd_db_bytes", (("file", "wal"),))] == 4096
 
 
+def file_sizes(**sizes: int) -> list[Gauge]:
+    return [Gauge("jobd_db_bytes", "Size of the database files.", size, (("file", name),))
+            for name, size in sizes.items()]
+
+
 def test_database_figures_are_left_out_when_the_store_gives_none() -> None:
     assert not [k for k in samples(Metrics()) if k[0].startswith("jobd_db_")]
+
+
+def test_a_backends_own_gauges_are_one_family_each() -> None:
+    pool = [Gauge("jobd_db_pool_connections", "Connections the pool holds open.", 3),
+            Gauge("jobd_db_pool_connections_max", "Connections the pool may open.", 10)]
+    text = Metrics().render(BackendMetrics(jobs={}, dlq_size=0, gauges=pool)).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["jobd_db_pool_connections"].type == "gauge"
+    assert [s.value for s in families["jobd_db_pool_connections"].samples] == [3]
+    assert [s.value for s in families["jobd_db_pool_connections_max"].samples] == [10]
 
 
 def test_the_readme_lists_every_metric_and_only_those() -> None:
@@ -115,7 +131,9 @@ def test_the_readme_lists_every_metric_and_only_those() -> None:
     m.attempt_recorded(claimed(), Failed("boom"), JobStatus.FATAL, 0.1)
     m.delivery_attempted("succeeded", 0.02)
     m.request_rate_limited("acme")
-    text = m.render({"jobs": {}, "dlq": 0, "writer": WriterStats(), "files": {"main": 1}})
+    # what the SQLite backend gives (the families the README lists)
+    text = m.render(BackendMetrics(jobs={}, dlq_size=0, writer=WriterStats(),
+                                   gauges=file_sizes(main=1)))
     emitted = {family.name + ("_total" if family.type == "counter" else "")
                for family in text_string_to_metric_families(text.decode())}
     assert documented == emitted

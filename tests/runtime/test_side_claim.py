@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from typing import Any
 
@@ -20,20 +19,32 @@ from jobd.handlers.base import AnyPayload, JobContext, JobType, Services
 from jobd.handlers.registry import Registry, builtin_types
 from jobd.models import JobStatus
 from jobd.runtime.workers import WorkerPool
-from jobd.store import scheduling
-from jobd.store.scheduling import Rotation
+from jobd.store.backend import Rotation
 from tests.conftest import make_config
 from tests.runtime.conftest import Claims, until
 from tests.runtime.test_direct_start import make_pool
 from tests.runtime.test_workers import job, settle, submit
 
 
-class Gate:
-    """Holds the store's writer: every write queued after it waits until it opens."""
+def delayed_claims(store, monkeypatch, wait) -> None:
+    """The store's claims, each made once ``await wait()`` returns: until then the pool
+    sees it in flight."""
+    claim = store.claim_jobs
 
-    def __init__(self, store) -> None:
-        self._open = threading.Event()
-        self.done = asyncio.ensure_future(store.write(lambda conn: self._open.wait(10)))
+    def later(**kwargs):
+        async def made():
+            await wait()
+            return await claim(**kwargs)
+        return asyncio.ensure_future(made())
+    monkeypatch.setattr(store, "claim_jobs", later)
+
+
+class Gate:
+    """Holds the store's claims: one asked for meanwhile is made once the gate opens."""
+
+    def __init__(self, store, monkeypatch) -> None:
+        self._open = asyncio.Event()
+        delayed_claims(store, monkeypatch, self._open.wait)
 
     def open(self) -> None:
         self._open.set()
@@ -48,7 +59,7 @@ def release_those_holding(behaviour) -> None:
 async def two_slots_one_held(store, tmp_path, behaviour, clock, new_tenant):
     """A pool of two workers running one ``hold`` job, with two more waiting."""
     pool = make_pool(store, make_config(tmp_path, workers={"concurrency": 2}), behaviour, clock)
-    new_tenant()
+    await new_tenant()
     first = await submit(store, clock, "hold", key="first")
     assert await pool.run_once() == 1
     await until(lambda: len(behaviour.started) == 1, "the first job never started")
@@ -57,10 +68,10 @@ async def two_slots_one_held(store, tmp_path, behaviour, clock, new_tenant):
 
 
 async def test_a_slot_freed_while_a_claim_is_in_flight_is_claimed_beside_it(
-        store, db, tmp_path, behaviour, clock, new_tenant, monkeypatch):
+        store, tmp_path, behaviour, clock, new_tenant, monkeypatch):
     pool, first, waiting = await two_slots_one_held(store, tmp_path, behaviour, clock, new_tenant)
+    gate = Gate(store, monkeypatch)
     claims = Claims(store, monkeypatch)
-    gate = Gate(store)
     loop_claim = asyncio.ensure_future(pool.run_once())  # for the one free slot
     await claims.reach(1)
     release_those_holding(behaviour)  # the first job finishes while that claim waits
@@ -71,12 +82,11 @@ async def test_a_slot_freed_while_a_claim_is_in_flight_is_claimed_beside_it(
     # No other round of the loop: the side claim started the other waiting job.
     await until(lambda: len(behaviour.started) == 3, "the freed slot was not filled")
     assert sorted(pool.running_ids()) == sorted(waiting)
-    assert {job(db, i).status for i in waiting} == {JobStatus.RUNNING}
-    assert job(db, first).status is JobStatus.SUCCEEDED
+    assert {(await job(store, i)).status for i in waiting} == {JobStatus.RUNNING}
+    assert (await job(store, first)).status is JobStatus.SUCCEEDED
     assert behaviour.peak == 2
     behaviour.release.set()
     await settle(pool)
-    await gate.done
 
 
 async def test_without_a_claim_in_flight_a_freed_slot_wakes_the_loop_instead(
@@ -119,17 +129,12 @@ class OneByOne:
 
 
 async def test_never_more_jobs_run_than_slots_with_claims_overlapping(
-        store, db, tmp_path, clock, new_tenant, monkeypatch):
+        store, tmp_path, clock, new_tenant, monkeypatch):
     # Jobs finish one by one at random moments while claims are in flight (each claim
-    # takes a few ms in the writer here), so side claims are made all the time: the slots
-    # held by claims and by running jobs never add up to more than the pool's 3.
-    claim = scheduling.claim_rotating
+    # takes a few ms here), so side claims are made all the time: the slots held by
+    # claims and by running jobs never add up to more than the pool's 3.
     rounds = {"side": 0}
-
-    def slow_claim(*args, **kwargs):
-        time.sleep(0.003)
-        return claim(*args, **kwargs)
-    monkeypatch.setattr(scheduling, "claim_rotating", slow_claim)
+    delayed_claims(store, monkeypatch, lambda: asyncio.sleep(0.003))
     config = make_config(tmp_path, workers={"concurrency": 3})
     jobs = OneByOne()
     pool = WorkerPool(store=store, registry=jobs.registry(), services=Services(config=config),
@@ -140,8 +145,8 @@ async def test_never_more_jobs_run_than_slots_with_claims_overlapping(
         rounds["side"] += 1
         side_claim()
     monkeypatch.setattr(pool, "_side_claim", counted_side_claim)
-    new_tenant("acme")
-    new_tenant("globex")
+    await new_tenant("acme")
+    await new_tenant("globex")
     ids = [await submit(store, clock, "hold", tenant=("acme", "globex")[i % 2], key=f"k{i}")
            for i in range(60)]
     rng = random.Random(7)
@@ -159,32 +164,32 @@ async def test_never_more_jobs_run_than_slots_with_claims_overlapping(
         run.cancel()
     assert jobs.peak <= 3
     assert jobs.started == len(ids)
-    assert {job(db, i).status for i in ids} == {JobStatus.SUCCEEDED}
+    assert {(await job(store, i)).status for i in ids} == {JobStatus.SUCCEEDED}
     assert rounds["side"] > 5  # the case this test is about did happen
 
 
 async def test_two_claims_in_flight_continue_one_rotation(store, clock, new_tenant):
-    new_tenant("acme")
-    new_tenant("globex")
+    await new_tenant("acme")
+    await new_tenant("globex")
     for key in ("a1", "a2"):
         await submit(store, clock, "noop", tenant="acme", key=key)
     await submit(store, clock, "noop", tenant="globex", key="g1")
     rotation = Rotation()
     kwargs = dict(now=clock.now(), limit=1, owner="o", lease_s=60, rotation=rotation)
-    first = store.claim_due_jobs_soon(**kwargs)
-    second = store.claim_due_jobs_soon(**kwargs)  # asked before the first is done
+    first = store.claim_jobs(**kwargs)
+    second = store.claim_jobs(**kwargs)  # asked before the first is done
     rounds = [await first, await second]
     assert [[j.tenant_id for j in r.jobs] for r in rounds] == [["acme"], ["globex"]]
     assert rotation.after == "globex"
-    third = await store.claim_due_jobs(**kwargs)
+    third = await store.claim_jobs(**kwargs)
     assert [j.tenant_id for j in third.jobs] == ["acme"]
 
 
 async def test_shutdown_waits_for_a_side_claim_and_puts_its_job_back(
-        store, db, tmp_path, behaviour, clock, new_tenant, monkeypatch):
+        store, tmp_path, behaviour, clock, new_tenant, monkeypatch):
     pool, first, waiting = await two_slots_one_held(store, tmp_path, behaviour, clock, new_tenant)
+    gate = Gate(store, monkeypatch)
     claims = Claims(store, monkeypatch)
-    gate = Gate(store)
     loop_claim = asyncio.ensure_future(pool.run_once())
     await claims.reach(1)
     release_those_holding(behaviour)
@@ -197,7 +202,6 @@ async def test_shutdown_waits_for_a_side_claim_and_puts_its_job_back(
     await stopping
     # Both claimed jobs were started, stopped by the shutdown and put back: none is left
     # running under this pool's lease.
-    assert {job(db, i).status for i in waiting} == {JobStatus.QUEUED}
-    assert job(db, first).status is JobStatus.SUCCEEDED
+    assert {(await job(store, i)).status for i in waiting} == {JobStatus.QUEUED}
+    assert (await job(store, first)).status is JobStatus.SUCCEEDED
     assert pool.idle
-    await gate.done

@@ -1,4 +1,4 @@
-"""The worker pool and the lifeline, in-process, against a real SQLite file."""
+"""The worker pool and the lifeline, in-process, against a real store."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from jobd.handlers.base import Services
 from jobd.models import JobStatus, NewJob
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
-from jobd.store import jobs as store_jobs
+from jobd.store.backend import Rotation
 from tests.conftest import T0, make_config
 from tests.runtime.conftest import until
 
@@ -44,7 +44,7 @@ async def settle(pool: WorkerPool) -> None:
 
 async def start_holding(store, pool, clock, behaviour, new_tenant) -> str:
     """Submit one ``hold`` job, claim it and return once its handler runs."""
-    new_tenant()
+    await new_tenant()
     job_id = await submit(store, clock, "hold", key="a")
     await pool.run_once()
     deadline = time.monotonic() + 5
@@ -54,34 +54,38 @@ async def start_holding(store, pool, clock, behaviour, new_tenant) -> str:
     return job_id
 
 
-def job(db, job_id):
-    return db.read(store_jobs.get_job, job_id)
+async def job(store, job_id):
+    found = await store.find_job(job_id)
+    assert found is not None, job_id
+    return found
 
 
-async def test_noop_succeeds(store, db, pool, clock, new_tenant):
-    new_tenant()
+async def test_noop_succeeds(store, pool, clock, new_tenant):
+    await new_tenant()
     job_id = await submit(store, clock, "noop", key="a")
     assert await pool.run_once() == 1
     await settle(pool)
-    done = job(db, job_id)
+    done = await job(store, job_id)
     assert done.status is JobStatus.SUCCEEDED
     assert done.attempts == 1
     assert done.result == '{"ok":true}'
 
 
-async def test_listeners_hear_of_a_success_after_it_is_committed(store, db, pool, clock,
+async def test_listeners_hear_of_a_success_after_it_is_committed(store, pool, clock,
                                                                  new_tenant):
     heard: list[tuple[str, JobStatus | None, JobStatus]] = []
+    # each listener call starts a read at once: it runs before a later commit would
     pool.listeners.append(lambda j, outcome, status, duration_s: heard.append(
-        (j.id, status, job(db, j.id).status)))
-    new_tenant()
+        (j.id, status, asyncio.ensure_future(job(store, j.id)))))
+    await new_tenant()
     job_id = await submit(store, clock, "noop", key="a")
     await pool.run_once()
     await settle(pool)
-    assert heard == [(job_id, JobStatus.SUCCEEDED, JobStatus.SUCCEEDED)]
+    assert [(i, status, (await read).status) for i, status, read in heard] == [
+        (job_id, JobStatus.SUCCEEDED, JobStatus.SUCCEEDED)]
 
 
-async def test_a_success_that_cannot_be_recorded_is_left_to_its_lease(store, db, pool, clock,
+async def test_a_success_that_cannot_be_recorded_is_left_to_its_lease(store, pool, clock,
                                                                      new_tenant, monkeypatch,
                                                                      caplog):
     heard: list[str] = []
@@ -92,24 +96,24 @@ async def test_a_success_that_cannot_be_recorded_is_left_to_its_lease(store, db,
         future.set_exception(RuntimeError("disk on fire"))
         return future
 
-    monkeypatch.setattr(store, "finish_job_soon", broken)
-    new_tenant()
+    monkeypatch.setattr(store, "finish_job", broken)
+    await new_tenant()
     job_id = await submit(store, clock, "noop", key="a")
     await pool.run_once()
     await settle(pool)  # the pool is idle again: its slot is free
-    assert job(db, job_id).status is JobStatus.RUNNING  # the lease rescue takes it from here
+    assert (await job(store, job_id)).status is JobStatus.RUNNING  # the lease rescue takes it from here
     assert heard == []
     assert any("could not record the outcome of job " + job_id in r.getMessage()
                for r in caplog.records)
 
 
-async def test_failure_schedules_retry_with_backoff_then_fatal(store, db, pool, clock, config,
+async def test_failure_schedules_retry_with_backoff_then_fatal(store, pool, clock, config,
                                                                new_tenant):
-    new_tenant()
+    await new_tenant()
     job_id = await submit(store, clock, "fail", key="a", max_attempts=2)
     await pool.run_once()
     await settle(pool)
-    first = job(db, job_id)
+    first = await job(store, job_id)
     assert first.status is JobStatus.RETRY
     base = config.jobs.backoff_base
     assert T0 + base / 2 <= first.next_run_at <= T0 + base
@@ -118,53 +122,53 @@ async def test_failure_schedules_retry_with_backoff_then_fatal(store, db, pool, 
     clock.advance(base)
     assert await pool.run_once() == 1
     await settle(pool)
-    final = job(db, job_id)
+    final = await job(store, job_id)
     assert final.status is JobStatus.FATAL
     assert final.attempts == 2
 
 
-async def test_permanent_error_is_fatal_at_once(store, db, pool, clock, new_tenant):
-    new_tenant()
+async def test_permanent_error_is_fatal_at_once(store, pool, clock, new_tenant):
+    await new_tenant()
     job_id = await submit(store, clock, "permanent", key="a", max_attempts=5)
     await pool.run_once()
     await settle(pool)
-    done = job(db, job_id)
+    done = await job(store, job_id)
     assert (done.status, done.attempts) == (JobStatus.FATAL, 1)
     assert "do not retry" in done.last_error
 
 
-async def test_timeout_counts_as_a_failure(store, db, pool, clock, new_tenant):
-    new_tenant()
+async def test_timeout_counts_as_a_failure(store, pool, clock, new_tenant):
+    await new_tenant()
     job_id = await submit(store, clock, "hold", key="a", timeout_s=0.05)
     await pool.run_once()
     await settle(pool)
-    done = job(db, job_id)
+    done = await job(store, job_id)
     assert done.status is JobStatus.RETRY
     assert "timed out" in done.last_error
 
 
-async def test_cancel_running_job_cooperatively(store, db, pool, clock, behaviour, new_tenant):
+async def test_cancel_running_job_cooperatively(store, pool, clock, behaviour, new_tenant):
     job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
     assert pool.cancel(job_id)
     await settle(pool)
-    assert job(db, job_id).status is JobStatus.CANCELLED
+    assert (await job(store, job_id)).status is JobStatus.CANCELLED
 
 
-async def test_cancel_requested_from_cli_is_noticed_by_the_lifeline(store, db, pool, clock, config,
+async def test_cancel_requested_from_cli_is_noticed_by_the_lifeline(store, pool, clock, config,
                                                                     behaviour, new_tenant):
     job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
-    db.write(store_jobs.cancel_job, job_id, tenant_id=None, now=clock.now())  # what the CLI does
-    assert job(db, job_id).status is JobStatus.RUNNING
+    await store.cancel_job(job_id, tenant_id=None, now=clock.now())  # what the CLI does
+    assert (await job(store, job_id)).status is JobStatus.RUNNING
     lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
     await lifeline.run_once()
     await settle(pool)
-    assert job(db, job_id).status is JobStatus.CANCELLED
+    assert (await job(store, job_id)).status is JobStatus.CANCELLED
 
 
-async def test_shutdown_puts_unfinished_jobs_back(store, db, pool, clock, behaviour, new_tenant):
+async def test_shutdown_puts_unfinished_jobs_back(store, pool, clock, behaviour, new_tenant):
     job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
     await pool.shutdown(grace_s=0.01)
-    back = job(db, job_id)
+    back = await job(store, job_id)
     assert back.status is JobStatus.QUEUED
     assert back.next_run_at == clock.now()
     assert "shutdown" in back.last_error
@@ -172,8 +176,8 @@ async def test_shutdown_puts_unfinished_jobs_back(store, db, pool, clock, behavi
 
 
 async def test_shutdown_ends_within_grace_and_cleanup_even_if_a_job_ignores_cancellation(
-        store, db, pool, clock, behaviour, new_tenant):
-    new_tenant()
+        store, pool, clock, behaviour, new_tenant):
+    await new_tenant()
     job_id = await submit(store, clock, "stubborn", key="s")
     await pool.run_once()
     await until(lambda: bool(behaviour.started), "the job never started")
@@ -181,20 +185,20 @@ async def test_shutdown_ends_within_grace_and_cleanup_even_if_a_job_ignores_canc
     async with asyncio.timeout(5):
         await pool.shutdown(grace_s=0.05, cleanup_s=0.2)
     assert time.monotonic() - started < 1.0
-    assert job(db, job_id).status is JobStatus.RUNNING  # left to the next start's recovery
+    assert (await job(store, job_id)).status is JobStatus.RUNNING  # left to the next start's recovery
     behaviour.release.set()
     await settle(pool)
 
 
-async def test_shutdown_lets_jobs_finish_within_grace(store, db, pool, clock, behaviour, new_tenant):
+async def test_shutdown_lets_jobs_finish_within_grace(store, pool, clock, behaviour, new_tenant):
     job_id = await start_holding(store, pool, clock, behaviour, new_tenant)
     asyncio.get_running_loop().call_later(0.02, behaviour.release.set)
     await pool.shutdown(grace_s=5)
-    assert job(db, job_id).status is JobStatus.SUCCEEDED
+    assert (await job(store, job_id)).status is JobStatus.SUCCEEDED
 
 
-async def test_max_concurrency_caps_a_tenant(store, db, pool, clock, behaviour, new_tenant):
-    new_tenant("capped", max_concurrency=2)
+async def test_max_concurrency_caps_a_tenant(store, pool, clock, behaviour, new_tenant):
+    await new_tenant("capped", max_concurrency=2)
     ids = [await submit(store, clock, "hold", tenant="capped", key=f"k{i}") for i in range(6)]
     for _ in range(3):
         await pool.run_once()
@@ -203,7 +207,7 @@ async def test_max_concurrency_caps_a_tenant(store, db, pool, clock, behaviour, 
     run = asyncio.create_task(pool.run())
     try:
         deadline = time.monotonic() + 5
-        while any(job(db, i).status is not JobStatus.SUCCEEDED for i in ids):
+        while any([(await job(store, i)).status is not JobStatus.SUCCEEDED for i in ids]):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.005)
     finally:
@@ -219,7 +223,7 @@ async def test_a_submitted_job_starts_within_milliseconds_when_woken(store, tmp_
     clock = FakeClock(T0)
     pool = WorkerPool(store=store, registry=behaviour.registry(), services=Services(config=config),
                       clock=clock, config=config, owner="o")
-    new_tenant()
+    await new_tenant()
     run = asyncio.create_task(pool.run())
     await asyncio.sleep(0.01)  # let the loop go idle
     latencies = []
@@ -238,24 +242,24 @@ async def test_a_submitted_job_starts_within_milliseconds_when_woken(store, tmp_
     assert max(latencies) < 0.25, latencies
 
 
-async def test_startup_recovery_and_lease_rescue(store, db, pool, clock, config, behaviour,
+async def test_startup_recovery_and_lease_rescue(store, pool, clock, config, behaviour,
                                                  new_tenant):
-    new_tenant()
+    await new_tenant()
     orphan = await submit(store, clock, "noop", key="a", max_attempts=1)
     survivor = await submit(store, clock, "noop", key="b", max_attempts=3)
-    await store.claim_due_jobs(now=clock.now(), limit=10, owner="dead-process",
+    await store.claim_jobs(rotation=Rotation(), now=clock.now(), limit=10, owner="dead-process",
                                lease_s=config.workers.lease_seconds)
     lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
     counts = await lifeline.recover_at_startup()
     assert counts == {"retry": 1, "fatal": 1}
-    assert job(db, orphan).status is JobStatus.FATAL
-    assert "last one" in job(db, orphan).last_error
-    assert job(db, survivor).status is JobStatus.RETRY
+    assert (await job(store, orphan)).status is JobStatus.FATAL
+    assert "last one" in (await job(store, orphan)).last_error
+    assert (await job(store, survivor)).status is JobStatus.RETRY
     # a lease that runs out while the daemon runs is rescued too
-    await store.claim_due_jobs(now=clock.now(), limit=10, owner="stuck",
+    await store.claim_jobs(rotation=Rotation(), now=clock.now(), limit=10, owner="stuck",
                                lease_s=config.workers.lease_seconds)
     await lifeline.run_once()
-    assert job(db, survivor).status is JobStatus.RUNNING
+    assert (await job(store, survivor)).status is JobStatus.RUNNING
     clock.advance(config.workers.lease_seconds + 1)
     await lifeline.run_once()
-    assert job(db, survivor).status is JobStatus.RETRY
+    assert (await job(store, survivor)).status is JobStatus.RETRY

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from jobd.models import DeliveryStatus, IdempotentResult, JobStatus, NewTenant
-from jobd.store import deliveries as store_deliveries
-from jobd.store import scheduling
-from jobd.store.database import Database
-from jobd.store.deliveries import AttemptRecord, ClaimedDelivery
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.deliveries import AttemptRecord, ClaimedDelivery
 from tests.conftest import T0
+from tests.store.conftest import Transactions
 
 Submit = Callable[..., IdempotentResult]
 HOOK = "https://client.example/hook"
@@ -24,7 +24,7 @@ def acme(new_tenant: Callable[..., NewTenant]) -> NewTenant:
     return new_tenant("acme")
 
 
-def pending_deliveries(db: Database, submit: Submit, n: int) -> list[ClaimedDelivery]:
+def pending_deliveries(db: Transactions, submit: Submit, n: int) -> list[ClaimedDelivery]:
     for _ in range(n):
         submit(webhook_url=HOOK)
     jobs = db.write(scheduling.claim_due_jobs, now=T0, limit=n, owner="w", lease_s=30).jobs
@@ -40,7 +40,7 @@ def record(delivery: ClaimedDelivery, *, error: str | None = None, code: int | N
     return AttemptRecord(delivery, T0 + 2, T0 + 1.5, code, error, 12.5, retry_at)
 
 
-def state(db: Database, delivery_id: str) -> tuple[Any, ...]:
+def state(db: Transactions, delivery_id: str) -> tuple[Any, ...]:
     d = db.read(store_deliveries.get_delivery, delivery_id)
     attempts = db.read(lambda c: c.execute(
         "SELECT count(*) FROM delivery_attempts WHERE delivery_id = ?", (delivery_id,)
@@ -48,14 +48,14 @@ def state(db: Database, delivery_id: str) -> tuple[Any, ...]:
     return d.status, d.attempts, d.last_status_code, d.last_error, attempts
 
 
-def test_all_delivered_is_one_group(db: Database, submit: Submit) -> None:
+def test_all_delivered_is_one_group(db: Transactions, submit: Submit) -> None:
     claimed = pending_deliveries(db, submit, 5)
     outcomes = db.write(store_deliveries.record_delivery_attempts, [record(d) for d in claimed])
     assert outcomes == [(True, DeliveryStatus.SUCCEEDED)] * 5
     assert {state(db, d.id) for d in claimed} == {(DeliveryStatus.SUCCEEDED, 1, 200, None, 1)}
 
 
-def test_a_mixed_group_answers_each_delivery(db: Database, submit: Submit) -> None:
+def test_a_mixed_group_answers_each_delivery(db: Transactions, submit: Submit) -> None:
     ok, retry, dead, stale = pending_deliveries(db, submit, 4)
     stale = dataclasses.replace(stale, lease_expires_at=stale.lease_expires_at + 1)  # lost claim
     outcomes = db.write(store_deliveries.record_delivery_attempts, [
@@ -70,7 +70,7 @@ def test_a_mixed_group_answers_each_delivery(db: Database, submit: Submit) -> No
 
 
 def test_one_lost_claim_among_successes_falls_back_without_double_counting(
-        db: Database, submit: Submit) -> None:
+        db: Transactions, submit: Submit) -> None:
     a, b, c = pending_deliveries(db, submit, 3)
     b = dataclasses.replace(b, lease_expires_at=b.lease_expires_at + 1)
     outcomes = db.write(store_deliveries.record_delivery_attempts, [record(a), record(b),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,11 @@ import pytest
 from jobd.config import Config
 from jobd.errors import AlreadyExists, IdempotencyConflict, StoreUnavailable, Unauthorized
 from jobd.models import IdempotentResult, JobStatus, NewJob, NewTenant
-from jobd.store import jobs as store_jobs
-from jobd.store import tenants as store_tenants
-from jobd.store.store import Store
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import tenants as store_tenants
+from jobd.store.sqlite.backend import SqliteBackend
 from tests.conftest import T0, make_config
+from tests.store.conftest import write, writer_stats
 
 NewJobFactory = Callable[..., NewJob]
 
@@ -40,9 +41,15 @@ def job_ids(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT id FROM jobs").fetchall()}
 
 
-def insert(store: Store, job: NewJob, *, now: float = T0) -> Coroutine[Any, Any, IdempotentResult]:
-    return store.insert_job(job, body_hash=job.idempotency_key.encode(), now=now,
-                            idempotency_ttl_s=3600.0)
+async def later(call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """``call(...)``, made once the coroutine runs (a task: see enqueue)."""
+    return await call(*args, **kwargs)
+
+
+async def insert(store: SqliteBackend, job: NewJob, *, now: float = T0) -> IdempotentResult:
+    """An insert that goes to the writer once the coroutine runs (a task: see enqueue)."""
+    return await store.insert_job(job, body_hash=job.idempotency_key.encode(), now=now,
+                                  idempotency_ttl_s=3600.0)
 
 
 class WriterGate:
@@ -72,8 +79,8 @@ async def enqueue(*coros: Awaitable[Any]) -> list[asyncio.Future[Any]]:
 
 
 async def test_200_concurrent_inserts_all_commit_in_fewer_batches(
-        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
-    before = store.writer_stats
+        store: SqliteBackend, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    before = writer_stats(store)
     jobs = [new_job(key=f"k{i}") for i in range(200)]
     results = await asyncio.gather(*(insert(store, job) for job in jobs))
 
@@ -85,33 +92,33 @@ async def test_200_concurrent_inserts_all_commit_in_fewer_batches(
     keys = {r[0] for r in observer.execute("SELECT idempotency_key FROM jobs")}
     assert keys == {f"k{i}" for i in range(200)}
 
-    after = store.writer_stats
+    after = writer_stats(store)
     assert after.units - before.units == 200
     assert after.transactions - before.transactions < 200, "no grouping happened"
 
 
 async def test_units_queued_while_the_writer_is_busy_share_one_batch(
-        store: Store, new_job: NewJobFactory) -> None:
+        store: SqliteBackend, new_job: NewJobFactory) -> None:
     gate = WriterGate()
-    before = store.writer_stats
-    gate_task = asyncio.create_task(store.write(gate.unit))
+    before = writer_stats(store)
+    gate_task = asyncio.create_task(write(store, gate.unit))
     await gate.wait_entered()
     tasks = await enqueue(*(insert(store, new_job(key=f"g{i}")) for i in range(50)))
     gate.release.set()
     assert await gate_task == "gate"
     await asyncio.gather(*tasks)
-    after = store.writer_stats
+    after = writer_stats(store)
     assert (after.transactions, after.units) == (before.transactions + 2, before.units + 51)
 
 
 # grouped units ----------------------------------------------------------------------
 
 
-async def one_batch(store: Store, *coros: Awaitable[Any]) -> list[Any]:
+async def one_batch(store: SqliteBackend, *coros: Awaitable[Any]) -> list[Any]:
     """Run ``coros`` as one batch of the writer (queued while a gate holds it); return
     each one's result or exception."""
     gate = WriterGate()
-    gate_task = asyncio.create_task(store.write(gate.unit))
+    gate_task = asyncio.create_task(write(store, gate.unit))
     await gate.wait_entered()
     tasks = await enqueue(*coros)
     gate.release.set()
@@ -134,10 +141,10 @@ class Recorder:
         return [(False, Boom(f"item {i}")) if i < 0 else (True, i * 10) for i in items]
 
 
-async def test_grouped_items_of_one_batch_share_one_call(store: Store,
+async def test_grouped_items_of_one_batch_share_one_call(store: SqliteBackend,
                                                          observer: sqlite3.Connection) -> None:
     group = Recorder()
-    outcomes = await one_batch(store, *(store._writer.call_grouped(group, i)
+    outcomes = await one_batch(store, *(store.writer.call_grouped(group, i)
                                         for i in (1, 2, -3, 4)))
     assert group.calls == [[1, 2, -3, 4]]
     assert outcomes[:2] == [10, 20] and outcomes[3] == 40
@@ -146,10 +153,10 @@ async def test_grouped_items_of_one_batch_share_one_call(store: Store,
 
 
 async def test_a_group_that_raises_fails_its_items_and_nothing_else(
-        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+        store: SqliteBackend, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
     group = Recorder(fail_all=True)
     kept, *failed = await one_batch(store, insert(store, new_job(key="kept")),
-                                    *(store._writer.call_grouped(group, i) for i in (1, 2)))
+                                    *(store.writer.call_grouped(group, i) for i in (1, 2)))
     assert isinstance(kept, IdempotentResult)
     assert all(isinstance(f, Boom) for f in failed)
     assert job_ids(observer) == {kept.job_id}
@@ -157,13 +164,13 @@ async def test_a_group_that_raises_fails_its_items_and_nothing_else(
 
 
 async def test_a_group_answering_the_wrong_count_fails_and_the_writer_lives_on(
-        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+        store: SqliteBackend, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
     def short(conn: sqlite3.Connection, items: list[Any]) -> list[tuple[bool, Any]]:
         conn.execute("UPDATE tenants SET burst = 1 WHERE id = 'acme'")
         return [(True, "only one")]
 
     kept, *failed = await one_batch(store, insert(store, new_job(key="kept")),
-                                    *(store._writer.call_grouped(short, i) for i in (1, 2)))
+                                    *(store.writer.call_grouped(short, i) for i in (1, 2)))
     assert isinstance(kept, IdempotentResult)
     assert all(isinstance(f, RuntimeError) and "2 items" in str(f) for f in failed)
     assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
@@ -190,16 +197,16 @@ class Tracer:
         return [sql.split(None, 1)[0].upper() for sql in self.statements]
 
 
-async def traced_batch(store: Store, *coros: Awaitable[Any]) -> tuple[list[Any], Tracer]:
+async def traced_batch(store: SqliteBackend, *coros: Awaitable[Any]) -> tuple[list[Any], Tracer]:
     """Run ``coros`` as one batch of the writer, its statements traced."""
     tracer = Tracer()
-    gate_task = asyncio.create_task(store.write(tracer.unit))
+    gate_task = asyncio.create_task(write(store, tracer.unit))
     await tracer.gate.wait_entered()
     tasks = await enqueue(*coros)
     tracer.gate.release.set()
     await gate_task
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-    await store.write(lambda conn: conn.set_trace_callback(None))
+    await write(store, lambda conn: conn.set_trace_callback(None))
     # the gate's COMMIT first, the BEGIN of the unit that stops the trace last
     assert tracer.kinds()[0] == "COMMIT" and tracer.kinds()[-1] == "BEGIN"
     del tracer.statements[0], tracer.statements[-1]
@@ -207,21 +214,21 @@ async def traced_batch(store: Store, *coros: Awaitable[Any]) -> tuple[list[Any],
 
 
 async def test_a_batch_of_only_new_jobs_is_one_statement_without_begin_or_commit(
-        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
-    before = store.writer_stats
+        store: SqliteBackend, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+    before = writer_stats(store)
     outcomes, tracer = await traced_batch(store, *(insert(store, new_job(key=f"n{i}"))
                                                    for i in range(20)))
     assert tracer.kinds() == ["INSERT"]  # SQLite's own transaction: committed, one fsync
     assert all(isinstance(r, IdempotentResult) and not r.replayed for r in outcomes)
     assert job_ids(observer) == {r.job_id for r in outcomes}
-    after = store.writer_stats  # the tracer's gate, the batch, the unit that ends the trace
+    after = writer_stats(store)  # the tracer's gate, the batch, the unit that ends the trace
     assert (after.transactions, after.units) == (before.transactions + 3, before.units + 22)
 
 
 async def test_new_jobs_with_other_writes_share_the_writers_transaction(
-        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+        store: SqliteBackend, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
     outcomes, tracer = await traced_batch(
-        store, insert(store, new_job(key="a")), store.write(note_burst, 7),
+        store, insert(store, new_job(key="a")), write(store, note_burst, 7),
         insert(store, new_job(key="b")))
     assert tracer.kinds()[0] == "BEGIN" and tracer.kinds()[-1] == "COMMIT"
     assert tracer.kinds().count("INSERT") == 1  # the two jobs still share one statement
@@ -231,18 +238,17 @@ async def test_new_jobs_with_other_writes_share_the_writers_transaction(
 
 
 async def test_new_jobs_alone_that_the_statement_leaves_go_one_by_one_and_the_rest_stay(
-        store: Store, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
+        store: SqliteBackend, new_job: NewJobFactory, observer: sqlite3.Connection) -> None:
     used = await insert(store, new_job(key="used"))
     outcomes, tracer = await traced_batch(
         store,
         insert(store, new_job(key="fresh")),
         insert(store, new_job(key="twice")),
         insert(store, new_job(key="twice")),  # the same body: a replay of the one before
-        store.insert_job(new_job(key="used"), body_hash=b"another body", now=T0,
-                         idempotency_ttl_s=3600.0),  # 409
-        store.insert_job(new_job(key="bad-key"), body_hash=b"bad-key", now=T0,
-                         idempotency_ttl_s=3600.0,
-                         api_key_hash="not the tenant's"),  # a revoked key: 401
+        later(store.insert_job, new_job(key="used"), body_hash=b"another body", now=T0,
+              idempotency_ttl_s=3600.0),  # 409
+        later(store.insert_job, new_job(key="bad-key"), body_hash=b"bad-key", now=T0,
+              idempotency_ttl_s=3600.0, api_key_hash="not the tenant's"),  # a revoked key: 401
     )
     fresh, twice, again, conflict, revoked = outcomes
     assert isinstance(fresh, IdempotentResult) and not fresh.replayed
@@ -261,25 +267,25 @@ async def test_new_jobs_alone_that_the_statement_leaves_go_one_by_one_and_the_re
 async def test_new_jobs_alone_that_the_database_refuses_get_store_unavailable(
         tmp_path: Path, new_job: NewJobFactory) -> None:
     (tmp_path / "impatient").mkdir()
-    impatient = Store(make_config(tmp_path / "impatient",
+    impatient = SqliteBackend(make_config(tmp_path / "impatient",
                                   database={"busy_timeout": 0.05}).database)
-    impatient.open()
+    await impatient.open()
     other = sqlite3.connect(tmp_path / "impatient" / "jobd.db", isolation_level=None)
     try:
-        await impatient.write(store_tenants.create_tenant, "acme", rate=1.0, burst=1,
+        await write(impatient, store_tenants.create_tenant, "acme", rate=1.0, burst=1,
                               max_concurrency=None, now=T0)
         other.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
-        before = impatient.writer_stats
+        before = writer_stats(impatient)
         outcomes = await asyncio.gather(*(insert(impatient, new_job(key=f"r{i}")) for i in range(3)),
                                         return_exceptions=True)
         assert all(isinstance(o, StoreUnavailable) for o in outcomes)
-        assert impatient.writer_stats.failed > before.failed
+        assert writer_stats(impatient).failed > before.failed
         other.execute("ROLLBACK")
         assert other.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
         assert isinstance(await insert(impatient, new_job(key="later")), IdempotentResult)
     finally:
         other.close()
-        impatient.close()
+        await impatient.close()
 
 
 def note_burst(conn: sqlite3.Connection, burst: int) -> int:
@@ -294,7 +300,7 @@ class Boom(Exception):
     pass
 
 
-async def test_a_failing_unit_is_rolled_back_alone(store: Store, new_job: NewJobFactory,
+async def test_a_failing_unit_is_rolled_back_alone(store: SqliteBackend, new_job: NewJobFactory,
                                                    observer: sqlite3.Connection) -> None:
     doomed = new_job(key="doomed")
 
@@ -304,17 +310,17 @@ async def test_a_failing_unit_is_rolled_back_alone(store: Store, new_job: NewJob
         raise Boom("after writing")
 
     gate = WriterGate()
-    transactions0 = store.writer_stats.transactions
-    gate_task = asyncio.create_task(store.write(gate.unit))
+    transactions0 = writer_stats(store).transactions
+    gate_task = asyncio.create_task(write(store, gate.unit))
     await gate.wait_entered()
     before = [insert(store, new_job(key=f"before{i}")) for i in range(10)]
     after = [insert(store, new_job(key=f"after{i}")) for i in range(10)]
-    tasks = await enqueue(*before, store.write(insert_then_raise), *after)
+    tasks = await enqueue(*before, write(store, insert_then_raise), *after)
     gate.release.set()
     await gate_task
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
 
-    assert store.writer_stats.transactions == transactions0 + 2  # all 21 units were one
+    assert writer_stats(store).transactions == transactions0 + 2  # all 21 units were one
     failed = outcomes[10]
     assert isinstance(failed, Boom)
     assert str(failed) == "after writing"
@@ -328,14 +334,14 @@ async def test_a_failing_unit_is_rolled_back_alone(store: Store, new_job: NewJob
     assert observer.execute("SELECT burst FROM tenants WHERE id = 'acme'").fetchone()[0] == 1000
 
 
-async def test_a_store_error_in_one_unit_fails_alone(store: Store, new_job: NewJobFactory,
+async def test_a_store_error_in_one_unit_fails_alone(store: SqliteBackend, new_job: NewJobFactory,
                                                      observer: sqlite3.Connection) -> None:
     gate = WriterGate()
-    gate_task = asyncio.create_task(store.write(gate.unit))
+    gate_task = asyncio.create_task(write(store, gate.unit))
     await gate.wait_entered()
     tasks = await enqueue(
         insert(store, new_job(key="a")),
-        store.write(store_tenants.create_tenant, "acme", rate=1.0, burst=1,
+        write(store, store_tenants.create_tenant, "acme", rate=1.0, burst=1,
                     max_concurrency=None, now=T0),            # IntegrityError → AlreadyExists
         insert(store, new_job(key="b")),
     )
@@ -347,23 +353,23 @@ async def test_a_store_error_in_one_unit_fails_alone(store: Store, new_job: NewJ
     assert job_ids(observer) == {first.job_id, last.job_id}
 
 
-async def test_the_writer_keeps_working_after_failures(store: Store,
+async def test_the_writer_keeps_working_after_failures(store: SqliteBackend,
                                                        new_job: NewJobFactory) -> None:
     def fail(conn: sqlite3.Connection) -> None:
         raise Boom
 
     for _ in range(3):
         with pytest.raises(Boom):
-            await store.write(fail)
+            await write(store, fail)
     result = await insert(store, new_job())
-    assert store.find_job(result.job_id) is not None
+    assert await store.find_job(result.job_id) is not None
 
 
 # durability before the answer -------------------------------------------------------
 
 
 async def test_a_result_is_visible_to_others_as_soon_as_the_await_returns(
-        store: Store, new_job: NewJobFactory, config: Config) -> None:
+        store: SqliteBackend, new_job: NewJobFactory, config: Config) -> None:
     for i in range(20):
         result = await insert(store, new_job(key=f"v{i}"))
         fresh = sqlite3.connect(config.database.path)  # a brand-new reader, like another process
@@ -375,7 +381,7 @@ async def test_a_result_is_visible_to_others_as_soon_as_the_await_returns(
         assert row == ("queued",)
 
 
-async def test_the_unit_is_not_visible_before_commit(store: Store, new_job: NewJobFactory,
+async def test_the_unit_is_not_visible_before_commit(store: SqliteBackend, new_job: NewJobFactory,
                                                      observer: sqlite3.Connection) -> None:
     job = new_job(key="pending")
     seen_inside: list[int] = []
@@ -386,15 +392,15 @@ async def test_the_unit_is_not_visible_before_commit(store: Store, new_job: NewJ
         seen_inside.append(observer.execute("SELECT count(*) FROM jobs").fetchone()[0])
         return result
 
-    result = await store.write(insert_and_look)
+    result = await write(store, insert_and_look)
     assert seen_inside == [0]  # uncommitted inside the unit ...
     assert job_ids(observer) == {result.job_id}  # ... committed by the time we hear back
 
 
-async def test_replay_through_the_store(store: Store, new_job: NewJobFactory) -> None:
+async def test_replay_through_the_store(store: SqliteBackend, new_job: NewJobFactory) -> None:
     job = new_job(key="same")
     first, second = await asyncio.gather(insert(store, job), insert(store, job))
     assert first.job_id == second.job_id
     assert [first.replayed, second.replayed].count(True) == 1
-    found = store.find_job(first.job_id, "acme")
+    found = await store.find_job(first.job_id, "acme")
     assert found is not None and found.status is JobStatus.QUEUED

@@ -12,11 +12,11 @@ from jobd.clock import to_rfc3339
 from jobd.credentials import hash_api_key
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
 from jobd.models import ClaimedJob, IdempotentResult, Job, JobStatus, NewJob, NewTenant
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.database import Database
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import scheduling
 from tests.conftest import T0
+from tests.store.conftest import Transactions
 
 NewJobFactory = Callable[..., NewJob]
 Submit = Callable[..., IdempotentResult]
@@ -29,28 +29,28 @@ def acme(new_tenant: Callable[..., NewTenant]) -> NewTenant:
     return new_tenant("acme")
 
 
-def get(db: Database, job_id: str) -> Job:
+def get(db: Transactions, job_id: str) -> Job:
     return db.read(store_jobs.get_job, job_id)
 
 
-def count(db: Database, table: str) -> int:
+def count(db: Transactions, table: str) -> int:
     return int(db.read(lambda c: c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
 
 
-def claim_one(db: Database, *, now: float = T0, owner: str = "w1") -> ClaimedJob:
+def claim_one(db: Transactions, *, now: float = T0, owner: str = "w1") -> ClaimedJob:
     claimed = db.write(scheduling.claim_due_jobs, now=now, limit=1, owner=owner, lease_s=30.0)
     assert len(claimed.jobs) == 1
     return claimed.jobs[0]
 
 
-def deliveries(db: Database, job_id: str) -> list[Any]:
+def deliveries(db: Transactions, job_id: str) -> list[Any]:
     return db.read(store_deliveries.deliveries_of_job, job_id)
 
 
 # insert -----------------------------------------------------------------------------
 
 
-def test_insert_creates_a_queued_job(db: Database, submit: Submit,
+def test_insert_creates_a_queued_job(db: Transactions, submit: Submit,
                                      new_job: NewJobFactory) -> None:
     job = new_job(type="email", payload='{"to": "a@b.c"}', priority=3, max_attempts=7,
                   timeout_seconds=12.5, run_at=T0 + 60, webhook_url=HOOK)
@@ -78,7 +78,7 @@ def test_job_ids_are_unique(submit: Submit) -> None:
     assert len(ids) == 50
 
 
-def test_replay_returns_the_same_job_without_a_second_row(db: Database, submit: Submit,
+def test_replay_returns_the_same_job_without_a_second_row(db: Transactions, submit: Submit,
                                                          new_job: NewJobFactory) -> None:
     job = new_job(key="same")
     first = submit(job, now=T0)
@@ -90,7 +90,7 @@ def test_replay_returns_the_same_job_without_a_second_row(db: Database, submit: 
     assert holder_of(db, "same") == first.job_id
 
 
-def holder_of(db: Database, key: str) -> str | None:
+def holder_of(db: Transactions, key: str) -> str | None:
     rows = db.read(lambda c: c.execute("SELECT id FROM jobs WHERE idempotency_key = ?",
                                        (key,)).fetchall())
     assert len(rows) <= 1
@@ -102,11 +102,11 @@ def creation(job: NewJob, *, now: float = T0, body_hash: bytes = b"h",
     return store_jobs.Creation(job, body_hash, now, api_key_hash)
 
 
-def insert_many(db: Database, items: list[store_jobs.Creation]) -> list[tuple[bool, Any]]:
+def insert_many(db: Transactions, items: list[store_jobs.Creation]) -> list[tuple[bool, Any]]:
     return db.write(store_jobs.insert_jobs, items, idempotency_ttl_s=TTL_S)
 
 
-def test_insert_jobs_creates_a_batch_in_order(db: Database, new_job: NewJobFactory,
+def test_insert_jobs_creates_a_batch_in_order(db: Transactions, new_job: NewJobFactory,
                                               acme: NewTenant) -> None:
     jobs = [new_job(key=f"b{i}") for i in range(20)]
     outcomes = insert_many(db, [creation(j, api_key_hash=hash_api_key(acme.api_key)) for j in jobs])
@@ -116,7 +116,7 @@ def test_insert_jobs_creates_a_batch_in_order(db: Database, new_job: NewJobFacto
     assert prefixes == sorted(prefixes)
 
 
-def test_insert_jobs_answers_each_item_on_its_own(db: Database, submit: Submit,
+def test_insert_jobs_answers_each_item_on_its_own(db: Transactions, submit: Submit,
                                                   new_job: NewJobFactory,
                                                   acme: NewTenant) -> None:
     earlier = submit(new_job(key="used"), body_hash=b"h")
@@ -138,7 +138,7 @@ def test_insert_jobs_answers_each_item_on_its_own(db: Database, submit: Submit,
     assert count(db, "jobs") == 3
 
 
-def test_same_key_different_body_conflicts(db: Database, submit: Submit,
+def test_same_key_different_body_conflicts(db: Transactions, submit: Submit,
                                            new_job: NewJobFactory) -> None:
     submit(new_job(key="same"), body_hash=b"first")
     with pytest.raises(IdempotencyConflict, match="same"):
@@ -146,7 +146,7 @@ def test_same_key_different_body_conflicts(db: Database, submit: Submit,
     assert count(db, "jobs") == 1
 
 
-def test_expired_key_creates_a_new_job(db: Database, submit: Submit,
+def test_expired_key_creates_a_new_job(db: Transactions, submit: Submit,
                                        new_job: NewJobFactory) -> None:
     job = new_job(key="old")
     first = submit(job, now=T0)
@@ -168,7 +168,7 @@ def test_expired_key_with_a_different_body_is_not_a_conflict(submit: Submit,
     assert not fresh.replayed
 
 
-def test_keys_are_per_tenant(db: Database, submit: Submit, new_job: NewJobFactory,
+def test_keys_are_per_tenant(db: Transactions, submit: Submit, new_job: NewJobFactory,
                              new_tenant: Callable[..., NewTenant]) -> None:
     new_tenant("globex")
     a = submit(new_job("acme", key="k"))
@@ -178,7 +178,7 @@ def test_keys_are_per_tenant(db: Database, submit: Submit, new_job: NewJobFactor
     assert count(db, "jobs") == 2
 
 
-def test_find_job_is_scoped_to_the_tenant(db: Database, submit: Submit,
+def test_find_job_is_scoped_to_the_tenant(db: Transactions, submit: Submit,
                                           new_tenant: Callable[..., NewTenant]) -> None:
     new_tenant("globex")
     job_id = submit().job_id
@@ -192,7 +192,7 @@ def test_find_job_is_scoped_to_the_tenant(db: Database, submit: Submit,
 # cancel -----------------------------------------------------------------------------
 
 
-def test_cancel_queued_with_webhook_writes_a_delivery(db: Database, submit: Submit) -> None:
+def test_cancel_queued_with_webhook_writes_a_delivery(db: Transactions, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK, payload='{"x": 1}').job_id
     cancelled = db.write(store_jobs.cancel_job, job_id, tenant_id="acme", now=T0 + 5)
     assert cancelled.status is JobStatus.CANCELLED
@@ -211,7 +211,7 @@ def test_cancel_queued_with_webhook_writes_a_delivery(db: Database, submit: Subm
     assert body["completedAt"] == to_rfc3339(T0 + 5)
 
 
-def test_cancel_queued_without_webhook_writes_no_delivery(db: Database, submit: Submit) -> None:
+def test_cancel_queued_without_webhook_writes_no_delivery(db: Transactions, submit: Submit) -> None:
     job_id = submit().job_id
     assert db.write(store_jobs.cancel_job, job_id, tenant_id=None,
                     now=T0).status is JobStatus.CANCELLED
@@ -219,7 +219,7 @@ def test_cancel_queued_without_webhook_writes_no_delivery(db: Database, submit: 
     assert count(db, "deliveries") == 0
 
 
-def test_cancel_retry_waiting_job(db: Database, submit: Submit) -> None:
+def test_cancel_retry_waiting_job(db: Transactions, submit: Submit) -> None:
     job_id = submit().job_id
     claimed = claim_one(db)
     assert db.write(scheduling.schedule_retry, claimed, owner="w1", now=T0 + 1,
@@ -229,7 +229,7 @@ def test_cancel_retry_waiting_job(db: Database, submit: Submit) -> None:
     assert cancelled.next_run_at is None
 
 
-def test_cancel_running_only_requests_it(db: Database, submit: Submit) -> None:
+def test_cancel_running_only_requests_it(db: Transactions, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK).job_id
     claim_one(db)
     job = db.write(store_jobs.cancel_job, job_id, tenant_id="acme", now=T0 + 1)
@@ -239,7 +239,7 @@ def test_cancel_running_only_requests_it(db: Database, submit: Submit) -> None:
 
 
 @pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FATAL])
-def test_cancel_finished_job_is_invalid(db: Database, submit: Submit, final: JobStatus) -> None:
+def test_cancel_finished_job_is_invalid(db: Transactions, submit: Submit, final: JobStatus) -> None:
     job_id = submit().job_id
     claimed = claim_one(db)
     assert db.write(scheduling.finish_job, claimed, owner="w1", status=final, now=T0 + 1)
@@ -248,14 +248,14 @@ def test_cancel_finished_job_is_invalid(db: Database, submit: Submit, final: Job
     assert get(db, job_id).status is final
 
 
-def test_cancel_twice_is_invalid(db: Database, submit: Submit) -> None:
+def test_cancel_twice_is_invalid(db: Transactions, submit: Submit) -> None:
     job_id = submit().job_id
     db.write(store_jobs.cancel_job, job_id, tenant_id=None, now=T0)
     with pytest.raises(InvalidState):
         db.write(store_jobs.cancel_job, job_id, tenant_id=None, now=T0)
 
 
-def test_cancel_another_tenants_job_is_not_found(db: Database, submit: Submit,
+def test_cancel_another_tenants_job_is_not_found(db: Transactions, submit: Submit,
                                                  new_tenant: Callable[..., NewTenant]) -> None:
     new_tenant("globex")
     job_id = submit().job_id
@@ -267,7 +267,7 @@ def test_cancel_another_tenants_job_is_not_found(db: Database, submit: Submit,
 # retry ------------------------------------------------------------------------------
 
 
-def test_retry_fatal_job_queues_it_with_another_attempt(db: Database, submit: Submit) -> None:
+def test_retry_fatal_job_queues_it_with_another_attempt(db: Transactions, submit: Submit) -> None:
     job_id = submit(max_attempts=1).job_id
     claimed = claim_one(db)
     assert db.write(scheduling.finish_job, claimed, owner="w1", status=JobStatus.FATAL,
@@ -282,14 +282,14 @@ def test_retry_fatal_job_queues_it_with_another_attempt(db: Database, submit: Su
     assert again.attempt == 2
 
 
-def test_retry_keeps_a_larger_max_attempts(db: Database, submit: Submit) -> None:
+def test_retry_keeps_a_larger_max_attempts(db: Transactions, submit: Submit) -> None:
     job_id = submit(max_attempts=5).job_id
     claimed = claim_one(db)
     db.write(scheduling.finish_job, claimed, owner="w1", status=JobStatus.FATAL, now=T0 + 1)
     assert db.write(store_jobs.retry_job, job_id, tenant_id=None, now=T0 + 2).max_attempts == 5
 
 
-def test_retry_cancelled_job(db: Database, submit: Submit) -> None:
+def test_retry_cancelled_job(db: Transactions, submit: Submit) -> None:
     job_id = submit().job_id
     db.write(store_jobs.cancel_job, job_id, tenant_id=None, now=T0)
     job = db.write(store_jobs.retry_job, job_id, tenant_id="acme", now=T0 + 1)
@@ -298,7 +298,7 @@ def test_retry_cancelled_job(db: Database, submit: Submit) -> None:
 
 
 @pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
-def test_retry_of_a_live_or_succeeded_job_is_invalid(db: Database, submit: Submit,
+def test_retry_of_a_live_or_succeeded_job_is_invalid(db: Transactions, submit: Submit,
                                                      state: str) -> None:
     job_id = submit().job_id
     if state != "queued":
@@ -314,7 +314,7 @@ def test_retry_of_a_live_or_succeeded_job_is_invalid(db: Database, submit: Submi
 # list -------------------------------------------------------------------------------
 
 
-def test_list_newest_first_with_keyset_paging(db: Database, submit: Submit) -> None:
+def test_list_newest_first_with_keyset_paging(db: Transactions, submit: Submit) -> None:
     ids = [submit(now=T0 + i).job_id for i in range(7)]
     first = db.read(store_jobs.list_jobs, limit=3)
     assert [j.id for j in first] == ids[::-1][:3]
@@ -325,7 +325,7 @@ def test_list_newest_first_with_keyset_paging(db: Database, submit: Submit) -> N
     assert db.read(store_jobs.list_jobs, limit=3, before_seq=third[-1].seq) == []
 
 
-def test_paging_is_stable_while_new_jobs_arrive(db: Database, submit: Submit) -> None:
+def test_paging_is_stable_while_new_jobs_arrive(db: Transactions, submit: Submit) -> None:
     ids = [submit().job_id for _ in range(4)]
     page = db.read(store_jobs.list_jobs, limit=2)
     submit()  # a new job must not shift the next page
@@ -333,7 +333,7 @@ def test_paging_is_stable_while_new_jobs_arrive(db: Database, submit: Submit) ->
     assert [j.id for j in rest] == ids[:2][::-1]
 
 
-def test_list_filters(db: Database, submit: Submit,
+def test_list_filters(db: Transactions, submit: Submit,
                       new_tenant: Callable[..., NewTenant]) -> None:
     new_tenant("globex")
     a_noop = submit(tenant_id="acme", type="noop").job_id

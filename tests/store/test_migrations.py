@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from jobd.store.connection import connect, migrate, migrations
-from jobd.store.database import Database
-from jobd.store.queries import Q, _multi_row
-from jobd.store.store import Store
+from jobd.store.sqlite.backend import SqliteBackend
+from jobd.store.sqlite.connection import connect, migrate, migrations
+from jobd.store.sqlite.queries import Q, _multi_row
 from tests.conftest import make_config
+from tests.store.conftest import Transactions, read, write
 
 SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
 
@@ -107,16 +107,16 @@ def test_migrating_twice_is_a_no_op(fresh: sqlite3.Connection) -> None:
     assert user_version(fresh) == len(migrations())
 
 
-def test_database_and_store_migrate_on_open(tmp_path: Path) -> None:
+async def test_database_and_store_migrate_on_open(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    with Database(config.database) as db:
+    with Transactions(config.database) as db:
         assert db.read(user_version) == len(migrations())
-    store = Store(config.database)
-    store.open()
+    store = SqliteBackend(config.database)
+    await store.open()
     try:
-        assert store.read(user_version) == len(migrations())
+        assert read(store, user_version) == len(migrations())
     finally:
-        store.close()
+        await store.close()
 
 
 def test_concurrent_migrations_once_the_file_is_in_wal_mode(tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ def test_journal_mode_is_wal(fresh: sqlite3.Connection) -> None:
 def test_synchronous_matches_config(tmp_path: Path, synchronous: str) -> None:
     config = make_config(tmp_path, database={"synchronous": synchronous})
     expected = SYNCHRONOUS[synchronous]
-    with Database(config.database) as db:
+    with Transactions(config.database) as db:
         assert db.read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == expected
         assert db.read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
 
@@ -213,21 +213,21 @@ def test_synchronous_matches_config(tmp_path: Path, synchronous: str) -> None:
 async def test_store_connections_use_configured_synchronous(tmp_path: Path,
                                                             synchronous: str) -> None:
     config = make_config(tmp_path, database={"synchronous": synchronous})
-    store = Store(config.database)
-    store.open()
+    store = SqliteBackend(config.database)
+    await store.open()
     try:
         def pragma(conn: sqlite3.Connection) -> int:
             return int(conn.execute("PRAGMA synchronous").fetchone()[0])
-        assert store.read(pragma) == SYNCHRONOUS[synchronous]       # reader
+        assert read(store, pragma) == SYNCHRONOUS[synchronous]       # reader
         # the writer thread: with full, its syncer fsyncs the WAL apart (test_wal_sync.py)
-        assert await store.write(pragma) == SYNCHRONOUS["normal"]
+        assert await write(store, pragma) == SYNCHRONOUS["normal"]
     finally:
-        store.close()
+        await store.close()
 
 
 def test_busy_timeout_follows_config(tmp_path: Path) -> None:
     config = make_config(tmp_path, database={"busy_timeout": 1.5})
-    with Database(config.database) as db:
+    with Transactions(config.database) as db:
         assert db.read(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) == 1500
 
 
@@ -247,6 +247,7 @@ PARAMS: dict[str, Any] = {
     "count_prunable_jobs": {"cutoff": 1.0},
     "jobs_finished_since": (1.0,),
     "job_list": {"tenant_id": None, "status": None, "type": None, "before": 10, "limit": 5},
+    "deliveries_due_packed": {"now": 1.0, "limit": 10},
 }
 
 
@@ -325,6 +326,10 @@ def test_the_holder_of_a_key_is_found_through_its_unique_index(
                in s for s in steps), steps
 
 
+def test_the_dispatchers_claim_uses_the_due_index(migrated: sqlite3.Connection) -> None:
+    assert "deliveries_due" in " ".join(plan(migrated, "deliveries_due_packed"))
+
+
 def test_claim_plan_seeks_the_due_index(migrated: sqlite3.Connection) -> None:
     steps = plan(migrated, "claim_plan")
     assert any("SEARCH jobs USING INDEX jobs_due (tenant_id>?)" in s for s in steps), steps
@@ -357,8 +362,8 @@ def test_direct_dispatch_reads_seek_by_key(migrated: sqlite3.Connection) -> None
     secret = migrated.execute("EXPLAIN QUERY PLAN " + Q["tenant_webhook_secret"], ["t"]).fetchall()
     assert any(r[3].startswith("SEARCH tenants USING INDEX sqlite_autoindex_tenants_")
                for r in secret), secret
-    created = migrated.execute("EXPLAIN QUERY PLAN " + Q["deliveries_with_ids"],
-                               ['["msg_x"]']).fetchall()
-    assert any("SEARCH deliveries USING COVERING INDEX sqlite_autoindex_deliveries_" in r[3]
-               for r in created), created
-    assert not any(r[3].startswith("SCAN deliveries") for r in created), created
+    finished = migrated.execute("EXPLAIN QUERY PLAN " + Q["jobs_outcomes"],
+                                ['["job_x"]']).fetchall()
+    assert any("SEARCH jobs USING INDEX sqlite_autoindex_jobs_" in r[3]
+               for r in finished), finished
+    assert not any(r[3].startswith("SCAN jobs") for r in finished), finished

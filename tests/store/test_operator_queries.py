@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from jobd.models import JobStatus
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.connection import connect, migrate
-from jobd.store.database import Database
-from jobd.store.queries import Q
-from jobd.store.stats import collect_stats, job_counts
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.connection import connect, migrate
+from jobd.store.sqlite.queries import Q
+from jobd.store.sqlite.stats import collect_stats, job_counts
 from tests.conftest import T0
+from tests.store.conftest import Transactions
 
 LIST_QUERIES = {  # query -> the index it must read
     "job_list_of_tenant": "jobs_tenant_seq",
@@ -143,7 +143,7 @@ MIX = [("acme", "succeeded"), ("other", "fatal"), ("acme", "queued"), ("acme", "
 
 
 @pytest.fixture
-def mixed(db: Database, new_tenant: Any) -> list[tuple[str, str, str]]:
+def mixed(db: Transactions, new_tenant: Any) -> list[tuple[str, str, str]]:
     new_tenant("acme")
     new_tenant("other")
     ids = db.write(_jobs, MIX, at=T0)
@@ -153,7 +153,7 @@ def mixed(db: Database, new_tenant: Any) -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize("status", [None, *[s.value for s in JobStatus]])
 @pytest.mark.parametrize("tenant", [None, "acme", "other"])
 @pytest.mark.parametrize("backlog", ["short", "long"])
-def test_list_pages_newest_first_for_every_filter(db: Database, mixed: list[tuple[str, str, str]],
+def test_list_pages_newest_first_for_every_filter(db: Transactions, mixed: list[tuple[str, str, str]],
                                                   status: str | None, tenant: str | None,
                                                   backlog: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,7 +173,7 @@ def test_list_pages_newest_first_for_every_filter(db: Database, mixed: list[tupl
     assert pages == expected
 
 
-def test_index_only_counts_match_a_full_count(db: Database, mixed: list[tuple[str, str, str]]) -> None:
+def test_index_only_counts_match_a_full_count(db: Transactions, mixed: list[tuple[str, str, str]]) -> None:
     def full(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for r in conn.execute("SELECT tenant_id, status, count(*) FROM jobs NOT INDEXED "

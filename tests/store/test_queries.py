@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from jobd.store import queries
-from jobd.store.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
+from jobd.store.sqlite import queries
+from jobd.store.sqlite.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
 
 
 @pytest.fixture

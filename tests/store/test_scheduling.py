@@ -13,12 +13,12 @@ import pytest
 
 from jobd.clock import to_rfc3339
 from jobd.models import ClaimedJob, IdempotentResult, Job, JobStatus, NewJob, NewTenant
-from jobd.store import deliveries as store_deliveries
-from jobd.store import jobs as store_jobs
-from jobd.store import scheduling
-from jobd.store.database import Database
-from jobd.store.scheduling import ClaimRound
+from jobd.store.sqlite import deliveries as store_deliveries
+from jobd.store.sqlite import jobs as store_jobs
+from jobd.store.sqlite import scheduling
+from jobd.store.sqlite.scheduling import ClaimRound
 from tests.conftest import T0
+from tests.store.conftest import Transactions
 
 NewJobFactory = Callable[..., NewJob]
 Submit = Callable[..., IdempotentResult]
@@ -31,39 +31,39 @@ def acme(new_tenant: Callable[..., NewTenant]) -> NewTenant:
     return new_tenant("acme")
 
 
-def claim(db: Database, *, now: float = T0, limit: int = 10, owner: str = "w1",
+def claim(db: Transactions, *, now: float = T0, limit: int = 10, owner: str = "w1",
           lease_s: float = LEASE_S, after_tenant: str | None = None) -> ClaimRound:
     return db.write(scheduling.claim_due_jobs, now=now, limit=limit, owner=owner,
                     lease_s=lease_s, after_tenant=after_tenant)
 
 
-def claim_one(db: Database, **kwargs: Any) -> ClaimedJob:
+def claim_one(db: Transactions, **kwargs: Any) -> ClaimedJob:
     jobs = claim(db, limit=1, **kwargs).jobs
     assert len(jobs) == 1, jobs
     return jobs[0]
 
 
-def get(db: Database, job_id: str) -> Job:
+def get(db: Transactions, job_id: str) -> Job:
     return db.read(store_jobs.get_job, job_id)
 
 
-def lease(db: Database, job_id: str) -> tuple[str | None, float | None]:
+def lease(db: Transactions, job_id: str) -> tuple[str | None, float | None]:
     row = db.read(lambda c: c.execute(
         "SELECT lease_owner, lease_expires_at FROM jobs WHERE id = ?", (job_id,)).fetchone())
     return row[0], row[1]
 
 
-def running_of(db: Database, tenant_id: str) -> int:
+def running_of(db: Transactions, tenant_id: str) -> int:
     return int(db.read(lambda c: c.execute(
         "SELECT count(*) FROM jobs WHERE tenant_id = ? AND status = 'running'",
         (tenant_id,)).fetchone()[0]))
 
 
-def deliveries(db: Database, job_id: str) -> list[Any]:
+def deliveries(db: Transactions, job_id: str) -> list[Any]:
     return db.read(store_deliveries.deliveries_of_job, job_id)
 
 
-def snapshot(db: Database) -> list[tuple[Any, ...]]:
+def snapshot(db: Transactions) -> list[tuple[Any, ...]]:
     return db.read(lambda c: [tuple(r) for r in c.execute(
         "SELECT * FROM jobs ORDER BY seq").fetchall()] + [tuple(r) for r in c.execute(
             "SELECT * FROM deliveries ORDER BY seq").fetchall()])
@@ -72,7 +72,7 @@ def snapshot(db: Database) -> list[tuple[Any, ...]]:
 # claim ------------------------------------------------------------------------------
 
 
-def test_claim_marks_the_job_running(db: Database, submit: Submit) -> None:
+def test_claim_marks_the_job_running(db: Transactions, submit: Submit) -> None:
     job_id = submit(type="email", payload='{"to": "x"}', max_attempts=4,
                     timeout_seconds=9.0).job_id
     now = T0 + 3
@@ -90,26 +90,26 @@ def test_claim_marks_the_job_running(db: Database, submit: Submit) -> None:
     assert lease(db, job_id) == ("daemon-1", now + LEASE_S)
 
 
-def test_a_running_job_is_not_claimed_again(db: Database, submit: Submit) -> None:
+def test_a_running_job_is_not_claimed_again(db: Transactions, submit: Submit) -> None:
     submit()
     claim_one(db)
     assert claim(db, now=T0 + 1).jobs == []
 
 
-def test_future_job_waits_until_due(db: Database, submit: Submit) -> None:
+def test_future_job_waits_until_due(db: Transactions, submit: Submit) -> None:
     job_id = submit(run_at=T0 + 10).job_id
     assert claim(db, now=T0).jobs == []
     assert claim(db, now=T0 + 9.999).jobs == []
     assert [j.id for j in claim(db, now=T0 + 10).jobs] == [job_id]
 
 
-def test_claim_with_no_room_claims_nothing(db: Database, submit: Submit) -> None:
+def test_claim_with_no_room_claims_nothing(db: Transactions, submit: Submit) -> None:
     submit()
     assert claim(db, limit=0).jobs == []
     assert claim(db, limit=1).jobs != []
 
 
-def test_higher_priority_first_then_earlier_due(db: Database, submit: Submit) -> None:
+def test_higher_priority_first_then_earlier_due(db: Transactions, submit: Submit) -> None:
     low_early = submit(priority=0, run_at=T0 - 100).job_id
     high_late = submit(priority=5, run_at=T0 - 1).job_id
     high_early = submit(priority=5, run_at=T0 - 50).job_id
@@ -120,7 +120,7 @@ def test_higher_priority_first_then_earlier_due(db: Database, submit: Submit) ->
     assert order == [high_early, high_late, mid, low_early, low_late, negative]
 
 
-def test_one_round_takes_a_tenants_jobs_in_priority_order(db: Database, submit: Submit) -> None:
+def test_one_round_takes_a_tenants_jobs_in_priority_order(db: Transactions, submit: Submit) -> None:
     ids = [submit(priority=p).job_id for p in (1, 3, 2)]
     assert [j.id for j in claim(db, limit=3).jobs] == [ids[1], ids[2], ids[0]]
 
@@ -128,7 +128,7 @@ def test_one_round_takes_a_tenants_jobs_in_priority_order(db: Database, submit: 
 # fairness ---------------------------------------------------------------------------
 
 
-def _flood(db: Database, new_job: NewJobFactory, tenant_id: str, n: int) -> None:
+def _flood(db: Transactions, new_job: NewJobFactory, tenant_id: str, n: int) -> None:
     jobs = [new_job(tenant_id, key=f"{tenant_id}-{i}") for i in range(n)]
 
     def insert_all(conn: sqlite3.Connection) -> None:
@@ -139,7 +139,7 @@ def _flood(db: Database, new_job: NewJobFactory, tenant_id: str, n: int) -> None
 
 
 @pytest.fixture
-def big_and_small(db: Database, new_tenant: Callable[..., NewTenant],
+def big_and_small(db: Transactions, new_tenant: Callable[..., NewTenant],
                   new_job: NewJobFactory, submit: Submit) -> str:
     new_tenant("big")
     new_tenant("small")
@@ -147,14 +147,14 @@ def big_and_small(db: Database, new_tenant: Callable[..., NewTenant],
     return submit(tenant_id="small", now=T0 + 1, run_at=T0 + 1).job_id
 
 
-def test_a_single_job_is_not_stuck_behind_a_flood(db: Database, big_and_small: str) -> None:
+def test_a_single_job_is_not_stuck_behind_a_flood(db: Transactions, big_and_small: str) -> None:
     round_ = claim(db, now=T0 + 2, limit=4)
     assert len(round_.jobs) == 4
     assert big_and_small in [j.id for j in round_.jobs]
     assert Counter(j.tenant_id for j in round_.jobs) == {"big": 3, "small": 1}
 
 
-def test_rotation_reaches_the_small_tenant_within_two_rounds(db: Database,
+def test_rotation_reaches_the_small_tenant_within_two_rounds(db: Transactions,
                                                              big_and_small: str) -> None:
     first = claim(db, now=T0 + 2, limit=1)
     seen = [j.id for j in first.jobs]
@@ -163,7 +163,7 @@ def test_rotation_reaches_the_small_tenant_within_two_rounds(db: Database,
     assert big_and_small in seen
 
 
-def test_rotation_cycles_through_tenants(db: Database, submit: Submit,
+def test_rotation_cycles_through_tenants(db: Transactions, submit: Submit,
                                          new_tenant: Callable[..., NewTenant]) -> None:
     for tenant in ("b", "c"):
         new_tenant(tenant)
@@ -180,7 +180,7 @@ def test_rotation_cycles_through_tenants(db: Database, submit: Submit,
 
 
 def test_tenants_with_nothing_due_do_not_use_up_the_round(
-        db: Database, submit: Submit, new_tenant: Callable[..., NewTenant]) -> None:
+        db: Transactions, submit: Submit, new_tenant: Callable[..., NewTenant]) -> None:
     for tenant in ("a1", "a2", "a3"):
         new_tenant(tenant)
         submit(tenant_id=tenant, run_at=T0 + 3600)  # scheduled for later
@@ -190,7 +190,7 @@ def test_tenants_with_nothing_due_do_not_use_up_the_round(
 
 
 def test_tenants_at_their_cap_do_not_use_up_the_round(
-        db: Database, submit: Submit, new_tenant: Callable[..., NewTenant]) -> None:
+        db: Transactions, submit: Submit, new_tenant: Callable[..., NewTenant]) -> None:
     new_tenant("capped", max_concurrency=1)
     submit(tenant_id="capped")
     submit(tenant_id="capped")
@@ -203,7 +203,7 @@ def test_tenants_at_their_cap_do_not_use_up_the_round(
 # max_concurrency --------------------------------------------------------------------
 
 
-def test_max_concurrency_caps_running_jobs(db: Database, submit: Submit,
+def test_max_concurrency_caps_running_jobs(db: Transactions, submit: Submit,
                                            new_tenant: Callable[..., NewTenant]) -> None:
     new_tenant("capped", max_concurrency=2)
     for _ in range(5):
@@ -227,7 +227,7 @@ def test_max_concurrency_caps_running_jobs(db: Database, submit: Submit,
 
 
 def test_max_concurrency_counts_jobs_claimed_in_other_rounds(
-        db: Database, submit: Submit, new_tenant: Callable[..., NewTenant]) -> None:
+        db: Transactions, submit: Submit, new_tenant: Callable[..., NewTenant]) -> None:
     new_tenant("capped", max_concurrency=2)
     for _ in range(6):
         submit(tenant_id="capped")
@@ -244,7 +244,7 @@ def test_max_concurrency_counts_jobs_claimed_in_other_rounds(
 @pytest.mark.parametrize(("change", "owner"), [({"attempt": 2}, "w1"), ({"attempt": 0}, "w1"),
                                                ({}, "intruder")])
 def test_finish_with_wrong_attempt_or_owner_changes_nothing(
-        db: Database, submit: Submit, change: dict[str, Any], owner: str) -> None:
+        db: Transactions, submit: Submit, change: dict[str, Any], owner: str) -> None:
     submit(webhook_url=HOOK)
     claimed = claim_one(db)
     before = snapshot(db)
@@ -259,7 +259,7 @@ def test_finish_with_wrong_attempt_or_owner_changes_nothing(
     assert snapshot(db) == before
 
 
-def test_a_worker_whose_lease_expired_is_fenced_out(db: Database, submit: Submit) -> None:
+def test_a_worker_whose_lease_expired_is_fenced_out(db: Transactions, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK).job_id
     old = claim_one(db, now=T0, owner="w1")
     assert db.write(scheduling.rescue_orphans, now=T0 + LEASE_S, all_running=False) == {
@@ -288,7 +288,7 @@ def test_a_worker_whose_lease_expired_is_fenced_out(db: Database, submit: Submit
     assert get(db, job_id).attempts == 2
 
 
-def test_same_owner_reclaiming_fences_the_previous_attempt(db: Database, submit: Submit) -> None:
+def test_same_owner_reclaiming_fences_the_previous_attempt(db: Transactions, submit: Submit) -> None:
     submit()
     old = claim_one(db, now=T0, owner="w1")
     db.write(scheduling.rescue_orphans, now=T0 + 100, all_running=False)
@@ -299,7 +299,7 @@ def test_same_owner_reclaiming_fences_the_previous_attempt(db: Database, submit:
                     now=T0 + 101) is True
 
 
-def test_lease_rescue_leaves_live_leases_alone(db: Database, submit: Submit) -> None:
+def test_lease_rescue_leaves_live_leases_alone(db: Transactions, submit: Submit) -> None:
     a = submit().job_id
     b = submit().job_id
     claim(db, now=T0, limit=1, lease_s=10)
@@ -309,7 +309,7 @@ def test_lease_rescue_leaves_live_leases_alone(db: Database, submit: Submit) -> 
     assert get(db, b).status is JobStatus.RUNNING
 
 
-def test_startup_rescue_takes_every_running_job(db: Database, submit: Submit) -> None:
+def test_startup_rescue_takes_every_running_job(db: Transactions, submit: Submit) -> None:
     retry_id = submit(max_attempts=3).job_id
     last_id = submit(max_attempts=1, webhook_url=HOOK, payload='{"p": 1}').job_id
     queued_id = submit(run_at=T0 + 999).job_id
@@ -341,7 +341,7 @@ def test_startup_rescue_takes_every_running_job(db: Database, submit: Submit) ->
     assert claim_one(db, now=now).id == retry_id
 
 
-def test_rescue_with_nothing_running(db: Database, submit: Submit) -> None:
+def test_rescue_with_nothing_running(db: Transactions, submit: Submit) -> None:
     submit()
     for all_running in (True, False):
         assert db.write(scheduling.rescue_orphans, now=T0, all_running=all_running) == {
@@ -351,7 +351,7 @@ def test_rescue_with_nothing_running(db: Database, submit: Submit) -> None:
 # retry, requeue, heartbeat ----------------------------------------------------------
 
 
-def test_schedule_retry(db: Database, submit: Submit) -> None:
+def test_schedule_retry(db: Transactions, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK).job_id
     claimed = claim_one(db, now=T0)
     assert db.write(scheduling.schedule_retry, claimed, owner="w1", now=T0 + 1,
@@ -370,7 +370,7 @@ def test_schedule_retry(db: Database, submit: Submit) -> None:
     assert again.attempt == 2
 
 
-def test_requeue_puts_the_job_back(db: Database, submit: Submit) -> None:
+def test_requeue_puts_the_job_back(db: Transactions, submit: Submit) -> None:
     job_id = submit().job_id
     claimed = claim_one(db, now=T0)
     assert db.write(scheduling.requeue_job, claimed, owner="w1", now=T0 + 2,
@@ -383,7 +383,7 @@ def test_requeue_puts_the_job_back(db: Database, submit: Submit) -> None:
     assert claim_one(db, now=T0 + 2).id == job_id
 
 
-def test_extend_leases_only_for_the_owner(db: Database, submit: Submit) -> None:
+def test_extend_leases_only_for_the_owner(db: Transactions, submit: Submit) -> None:
     mine = submit().job_id
     cancelled = submit().job_id
     theirs = submit().job_id
@@ -405,14 +405,14 @@ def test_extend_leases_only_for_the_owner(db: Database, submit: Submit) -> None:
     assert get(db, mine).status is JobStatus.RUNNING
 
 
-def test_extend_no_leases(db: Database) -> None:
+def test_extend_no_leases(db: Transactions) -> None:
     assert db.write(scheduling.extend_leases, [], owner="w1", expires=T0) == []
 
 
 # finishing writes the webhook -------------------------------------------------------
 
 
-def test_success_writes_exactly_one_delivery(db: Database, submit: Submit) -> None:
+def test_success_writes_exactly_one_delivery(db: Transactions, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK, payload='{"to": "u@example.com"}', type="email").job_id
     claimed = claim_one(db, now=T0)
     assert db.write(scheduling.finish_job, claimed, owner="w1", status=JobStatus.SUCCEEDED,
@@ -443,13 +443,13 @@ def test_success_writes_exactly_one_delivery(db: Database, submit: Submit) -> No
     assert len(deliveries(db, job_id)) == 1
 
 
-def _finish_each(db: Database, jobs: list[ClaimedJob], *, now: float) -> None:
+def _finish_each(db: Transactions, jobs: list[ClaimedJob], *, now: float) -> None:
     for job in jobs:
         db.write(scheduling.finish_job, job, owner="w1", status=JobStatus.SUCCEEDED, now=now,
                  result_json='{"ok": true}')
 
 
-def _finish_many(db: Database, jobs: list[ClaimedJob], *, now: float,
+def _finish_many(db: Transactions, jobs: list[ClaimedJob], *, now: float,
                  statuses: list[JobStatus] | None = None) -> int:
     statuses = statuses or [JobStatus.SUCCEEDED] * len(jobs)
     return db.write(scheduling.finish_jobs, [
@@ -458,7 +458,7 @@ def _finish_many(db: Database, jobs: list[ClaimedJob], *, now: float,
         for job, status in zip(jobs, statuses, strict=True)], owner="w1")
 
 
-def test_finishing_many_writes_what_finishing_each_writes(db: Database, submit: Submit) -> None:
+def test_finishing_many_writes_what_finishing_each_writes(db: Transactions, submit: Submit) -> None:
     """The batched path (one executemany for jobs, one for webhooks) and the one-by-one
     path leave the same rows behind, webhook bodies included."""
     def run(finish: Callable[..., Any]) -> list[tuple[Any, ...]]:
@@ -474,7 +474,7 @@ def test_finishing_many_writes_what_finishing_each_writes(db: Database, submit: 
     assert sum(len(r[3]) for r in batched) == 3
 
 
-def test_finishing_many_with_one_fenced_out_finishes_the_others(db: Database,
+def test_finishing_many_with_one_fenced_out_finishes_the_others(db: Transactions,
                                                                submit: Submit) -> None:
     ids = [submit(webhook_url=HOOK).job_id for _ in range(4)]
     jobs = claim(db, now=T0).jobs
@@ -488,7 +488,7 @@ def test_finishing_many_with_one_fenced_out_finishes_the_others(db: Database,
     assert orjson.loads(deliveries(db, ids[2])[0].body)["error"] == "boom"
 
 
-def test_fatal_delivery_carries_the_error(db: Database, submit: Submit) -> None:
+def test_fatal_delivery_carries_the_error(db: Transactions, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK).job_id
     claimed = claim_one(db, now=T0)
     db.write(scheduling.finish_job, claimed, owner="w1", status=JobStatus.FATAL, now=T0 + 1,
@@ -500,7 +500,7 @@ def test_fatal_delivery_carries_the_error(db: Database, submit: Submit) -> None:
     assert body["error"] == "KeyError: 'to'"
 
 
-def test_finish_without_webhook_writes_no_delivery(db: Database, submit: Submit) -> None:
+def test_finish_without_webhook_writes_no_delivery(db: Transactions, submit: Submit) -> None:
     job_id = submit().job_id
     claimed = claim_one(db)
     assert db.write(scheduling.finish_job, claimed, owner="w1", status=JobStatus.SUCCEEDED,
@@ -508,7 +508,7 @@ def test_finish_without_webhook_writes_no_delivery(db: Database, submit: Submit)
     assert deliveries(db, job_id) == []
 
 
-def test_status_and_delivery_commit_or_roll_back_together(db: Database, submit: Submit) -> None:
+def test_status_and_delivery_commit_or_roll_back_together(db: Transactions, submit: Submit) -> None:
     job_id = submit(webhook_url=HOOK).job_id
     claimed = claim_one(db)
 
@@ -536,7 +536,7 @@ def test_status_and_delivery_commit_or_roll_back_together(db: Database, submit: 
     assert len(deliveries(db, job_id)) == 1
 
 
-def test_completed_at_is_set_exactly_while_a_job_is_finished(db: Database,
+def test_completed_at_is_set_exactly_while_a_job_is_finished(db: Transactions,
                                                              submit: Submit) -> None:
     """Retention's index (jobs_finished) holds the rows with a completed_at: that must
     be the finished jobs, through every transition in and out of a final status."""

@@ -15,11 +15,12 @@ import pytest
 
 from jobd.errors import StoreUnavailable
 from jobd.runtime.metrics import Metrics
-from jobd.store.connection import connect
-from jobd.store.store import Store
-from jobd.store.writer import GroupCommitWriter, WriterStats
+from jobd.store.backend import BackendMetrics, WriterStats
+from jobd.store.sqlite.backend import SqliteBackend
+from jobd.store.sqlite.connection import connect
+from jobd.store.sqlite.writer import GroupCommitWriter
 from tests.conftest import make_config
-from tests.store.conftest import note
+from tests.store.conftest import note, read, write, writer_stats
 
 
 class Disk:
@@ -139,45 +140,46 @@ def fdatasyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     def spy(fd: int) -> None:
         inodes.append(os.fstat(fd).st_ino)
         real(fd)
-    monkeypatch.setattr("jobd.store.store.os.fdatasync", spy)
+    monkeypatch.setattr("jobd.store.sqlite.backend.os.fdatasync", spy)
     return inodes
 
 
 async def test_full_syncs_the_wal_of_the_database_before_answering(
         tmp_path: Path, fdatasyncs: list[int]) -> None:
     config = make_config(tmp_path, database={"synchronous": "full"})
-    store = Store(config.database)
-    store.open()
+    store = SqliteBackend(config.database)
+    await store.open()
     try:
-        assert await store.write(pragma_synchronous) == 1  # NORMAL: the commit does not wait
-        assert store.read(pragma_synchronous) == 2          # readers keep FULL
+        assert await write(store, pragma_synchronous) == 1  # NORMAL: the commit does not wait
+        assert read(store, pragma_synchronous) == 2          # readers keep FULL
         before = len(fdatasyncs)
-        await store.write(lambda c: c.execute("UPDATE tenants SET burst = 1 WHERE 0"))
+        await write(store, lambda c: c.execute("UPDATE tenants SET burst = 1 WHERE 0"))
         assert len(fdatasyncs) > before
         wal = os.stat(f"{config.database.path}-wal").st_ino
         assert set(fdatasyncs) == {wal}
-        assert store.writer_stats.syncs == len(fdatasyncs)
+        assert writer_stats(store).syncs == len(fdatasyncs)
     finally:
-        store.close()
+        await store.close()
 
 
 @pytest.mark.parametrize("synchronous", ["normal", "off"])
 async def test_below_full_nothing_is_synced_apart(tmp_path: Path, fdatasyncs: list[int],
                                                   synchronous: str) -> None:
     config = make_config(tmp_path, database={"synchronous": synchronous})
-    store = Store(config.database)
-    store.open()
+    store = SqliteBackend(config.database)
+    await store.open()
     try:
         expected = {"normal": 1, "off": 0}[synchronous]
-        assert await store.write(pragma_synchronous) == expected
-        await store.write(lambda c: c.execute("UPDATE tenants SET burst = 1 WHERE 0"))
+        assert await write(store, pragma_synchronous) == expected
+        await write(store, lambda c: c.execute("UPDATE tenants SET burst = 1 WHERE 0"))
         assert fdatasyncs == []
-        assert store.writer_stats.syncs == 0
+        assert writer_stats(store).syncs == 0
     finally:
-        store.close()
+        await store.close()
 
 
 def test_metrics_name_the_syncs() -> None:
-    text = Metrics().render({"writer": WriterStats(syncs=3, sync_seconds=0.25)}).decode()
+    text = Metrics().render(BackendMetrics(jobs={}, dlq_size=0,
+                                           writer=WriterStats(syncs=3, sync_seconds=0.25))).decode()
     assert "jobd_db_wal_syncs_total 3.0" in text
     assert "jobd_db_wal_sync_seconds_total 0.25" in text

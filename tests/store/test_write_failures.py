@@ -14,16 +14,45 @@ from typing import Any
 import pytest
 
 from jobd.errors import StoreUnavailable
-from jobd.store import checkpointer as checkpointer_module
-from jobd.store import store as store_module
-from jobd.store import writer as writer_module
-from jobd.store.connection import connect
-from jobd.store.database import Database
-from jobd.store.store import Store
-from jobd.store.writer import GroupCommitWriter
+from jobd.store.sqlite import backend as backend_module
+from jobd.store.sqlite import checkpointer as checkpointer_module
+from jobd.store.sqlite import writer as writer_module
+from jobd.store.sqlite.backend import SqliteBackend
+from jobd.store.sqlite.connection import connect
+from jobd.store.sqlite.failures import is_storage_error
+from jobd.store.sqlite.writer import GroupCommitWriter
 from jobd.supervisor import Backoff, Supervisor
 from tests.conftest import make_config
-from tests.store.conftest import note
+from tests.store.conftest import Transactions, note, write
+
+
+def _sqlite_error(code: int) -> sqlite3.Error:
+    exc = sqlite3.OperationalError("database is locked")
+    exc.sqlite_errorcode = code
+    return exc
+
+
+@pytest.mark.parametrize(("exc", "storage"), [
+    (StoreUnavailable("database write failed: database or disk is full"), True),
+    (_sqlite_error(5), True),              # SQLITE_BUSY
+    (_sqlite_error(13), True),             # SQLITE_FULL
+    (_sqlite_error(10 | (4 << 8)), True),  # SQLITE_IOERR_WRITE
+    (_sqlite_error(11), False),            # SQLITE_CORRUPT: waiting does not help
+    (sqlite3.ProgrammingError("closed"), False),
+    (RuntimeError("a bug"), False),
+])
+def test_storage_failures_are_told_from_faults(exc: BaseException, storage: bool) -> None:
+    assert is_storage_error(exc) is storage
+
+
+def test_a_checkpoint_the_disk_refuses_reaches_the_supervisor_as_a_storage_failure(
+        notes_path: Path) -> None:
+    """A storage failure is retried for as long as it lasts; only faults give up."""
+    def full() -> sqlite3.Connection:
+        raise _sqlite_error(13)
+    checkpointer = checkpointer_module.Checkpointer(full)
+    with pytest.raises(StoreUnavailable, match="checkpoint failed"):
+        checkpointer.run_once()
 
 
 @pytest.fixture
@@ -166,7 +195,7 @@ async def test_a_failed_fsync_gives_up_at_once(path: Path) -> None:
 def small_wal_limit(monkeypatch: pytest.MonkeyPatch) -> int:
     limit = 256 * 1024
     monkeypatch.setattr(checkpointer_module, "WAL_RESTART_BYTES", limit)
-    monkeypatch.setattr(store_module, "WAL_RESTART_BYTES", limit)
+    monkeypatch.setattr(backend_module, "WAL_RESTART_BYTES", limit)
     monkeypatch.setattr(checkpointer_module, "INTERVAL_S", 0.05)
     return limit
 
@@ -174,22 +203,22 @@ def small_wal_limit(monkeypatch: pytest.MonkeyPatch) -> int:
 async def test_the_wal_stays_bounded_under_a_steady_stream_of_writes(
         tmp_path: Path, small_wal_limit: int) -> None:
     config = make_config(tmp_path, database={"synchronous": "normal"})
-    Database(config.database).close()
-    store = Store(config.database)
-    store.open()
+    Transactions(config.database).close()
+    store = SqliteBackend(config.database)
+    await store.open(daemon=True)  # the checkpointer runs in a daemon
     wal = Path(f"{config.database.path}-wal")
     try:
-        await store.write(lambda conn: conn.execute("CREATE TABLE notes (t TEXT)"))
+        await write(store, lambda conn: conn.execute("CREATE TABLE notes (t TEXT)"))
         largest, shrank, size, deadline = 0, 0, 0, time.monotonic() + 3
         blob = "x" * 2000
         while time.monotonic() < deadline:  # writes back to back, as under steady load
-            await asyncio.gather(*(store.write(note, blob) for _ in range(20)))
+            await asyncio.gather(*(write(store, note, blob) for _ in range(20)))
             size, last = wal.stat().st_size, size
             largest, shrank = max(largest, size), shrank + (size < last)
-        written = await store.read_slow(
-            lambda conn: conn.execute("SELECT count(*) FROM notes").fetchone()[0])
+        written = await write(store, lambda conn: conn.execute(
+            "SELECT count(*) FROM notes").fetchone()[0])
     finally:
-        store.close()
+        await store.close()
     through = written * len(blob)  # at least this much went through the WAL
     assert through > 40 * small_wal_limit
     # it started over again and again, each time cut back to the limit; without that it
@@ -198,32 +227,32 @@ async def test_the_wal_stays_bounded_under_a_steady_stream_of_writes(
     assert largest < through / 2, f"the WAL grew to {largest} bytes of {through} written"
 
 
-def test_closing_keeps_the_wal_and_shm_files_so_a_full_disk_can_still_be_read(
+async def test_closing_keeps_the_wal_and_shm_files_so_a_full_disk_can_still_be_read(
         tmp_path: Path) -> None:
     """SQLite deletes them when the last connection that may write closes; a start on a
     full disk could then not create the -shm again, and could read nothing."""
     config = make_config(tmp_path)
     db = config.database.path
-    Database(config.database).close()
+    Transactions(config.database).close()
     assert os.path.exists(f"{db}-shm") and os.path.exists(f"{db}-wal")
-    store = Store(config.database)
-    store.open()
-    store.close()
+    store = SqliteBackend(config.database)
+    await store.open()
+    await store.close()
     assert os.path.getsize(f"{db}-shm") > 0 and os.path.exists(f"{db}-wal")
 
 
 async def test_closing_with_a_deadline_does_not_wait_for_a_writer_stuck_on_a_lock(
         tmp_path: Path) -> None:
     config = make_config(tmp_path, database={"busy_timeout": 30})
-    Database(config.database).close()
-    store = Store(config.database)
-    store.open()
+    Transactions(config.database).close()
+    store = SqliteBackend(config.database)
+    await store.open()
     holder = sqlite3.connect(config.database.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    stuck = asyncio.ensure_future(store.write(note, "waits"))
+    stuck = asyncio.ensure_future(write(store, note, "waits"))
     await asyncio.sleep(0.05)
     started = time.monotonic()
-    store.close(timeout_s=0.2)
+    await store.close(timeout_s=0.2)
     assert time.monotonic() - started < 2
     holder.execute("ROLLBACK")
     holder.close()

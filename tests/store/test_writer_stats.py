@@ -5,24 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from jobd.errors import StoreUnavailable
-from jobd.store.store import Store
-from jobd.store.writer import TRANSACTION_BUCKETS_S, WriterStats
+from jobd.store.backend import TRANSACTION_BUCKETS_S, WriterStats
+from jobd.store.sqlite.backend import SqliteBackend
 from tests.conftest import make_config
+from tests.store.conftest import write, writer_stats
 
 
 @pytest.fixture
-def impatient_store(tmp_path: Path) -> Iterator[Store]:
+async def impatient_store(tmp_path: Path) -> AsyncIterator[SqliteBackend]:
     """A store that gives up on a locked database after 50 ms."""
-    s = Store(make_config(tmp_path, database={"busy_timeout": 0.05}).database)
-    s.open()
+    s = SqliteBackend(make_config(tmp_path, database={"busy_timeout": 0.05}).database)
+    await s.open()
     yield s
-    s.close()
+    await s.close()
 
 
 def note(conn: sqlite3.Connection, text: str) -> str:
@@ -31,11 +32,11 @@ def note(conn: sqlite3.Connection, text: str) -> str:
     return text
 
 
-async def test_transactions_writes_and_times_are_counted(impatient_store: Store) -> None:
-    before = impatient_store.writer_stats
-    await asyncio.gather(*(impatient_store.write(note, f"n{i}") for i in range(30)))
-    await impatient_store.write(note, "alone")
-    after = impatient_store.writer_stats
+async def test_transactions_writes_and_times_are_counted(impatient_store: SqliteBackend) -> None:
+    before = writer_stats(impatient_store)
+    await asyncio.gather(*(write(impatient_store, note, f"n{i}") for i in range(30)))
+    await write(impatient_store, note, "alone")
+    after = writer_stats(impatient_store)
 
     transactions = after.transactions - before.transactions
     assert 2 <= transactions <= 31  # the 30 shared some; "alone" came after them
@@ -46,20 +47,20 @@ async def test_transactions_writes_and_times_are_counted(impatient_store: Store)
 
 
 async def test_a_transaction_the_database_fails_is_counted_as_failed(
-        impatient_store: Store, tmp_path: Path) -> None:
+        impatient_store: SqliteBackend, tmp_path: Path) -> None:
     other = sqlite3.connect(tmp_path / "jobd.db", isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
-        before = impatient_store.writer_stats
+        before = writer_stats(impatient_store)
         with pytest.raises(StoreUnavailable):
-            await impatient_store.write(note, "refused")
-        failed = impatient_store.writer_stats
+            await write(impatient_store, note, "refused")
+        failed = writer_stats(impatient_store)
         assert (failed.transactions, failed.failed) == (before.transactions + 1, before.failed + 1)
         other.execute("ROLLBACK")
     finally:
         other.close()
-    assert await impatient_store.write(note, "accepted") == "accepted"
-    after = impatient_store.writer_stats
+    assert await write(impatient_store, note, "accepted") == "accepted"
+    after = writer_stats(impatient_store)
     assert (after.transactions, after.failed) == (failed.transactions + 1, failed.failed)
 
 
@@ -76,9 +77,11 @@ def test_a_transaction_is_counted_in_the_first_bucket_at_or_above_its_time() -> 
     assert copy.transactions == 3 and sum(copy.by_bucket) == 3  # a copy does not move
 
 
-async def test_the_file_sizes_are_those_on_disk(impatient_store: Store, tmp_path: Path) -> None:
-    await impatient_store.write(note, "x" * 10_000)
-    sizes = impatient_store.file_bytes()
+async def test_the_file_sizes_are_those_on_disk(impatient_store: SqliteBackend,
+                                               tmp_path: Path) -> None:
+    await write(impatient_store, note, "x" * 10_000)
+    sizes = {dict(g.labels)["file"]: g.value for g in (await impatient_store.metrics()).gauges
+             if g.name == "jobd_db_bytes"}
     assert set(sizes) == {"main", "wal"}
     # While the store is open the files only grow (a checkpoint may copy into main meanwhile).
     assert 0 < sizes["main"] <= (tmp_path / "jobd.db").stat().st_size

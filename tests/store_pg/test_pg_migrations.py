@@ -14,9 +14,9 @@ import pytest
 
 from jobd.config import DatabaseConfig
 from jobd.errors import StoreUnavailable
-from jobd.store import connection as sqlite_connection
 from jobd.store.postgres import connection as pg
 from jobd.store.postgres.connection import Migration, connect, migrate, migrations
+from jobd.store.sqlite import connection as sqlite_connection
 
 LATEST = migrations()[-1].version
 TABLES = {"tenants", "jobs", "deliveries", "delivery_attempts"}

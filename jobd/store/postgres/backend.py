@@ -49,9 +49,11 @@ from jobd.store.backend import (
     ClaimedDelivery,
     ClaimRound,
     DirectDelivery,
+    Gauge,
     Prunable,
     Rotation,
     Stats,
+    Unhealthy,
 )
 from jobd.store.postgres import deliveries, figures, jobs, scheduling, tenants
 from jobd.store.postgres.batching import Batcher, RunBatch
@@ -60,6 +62,7 @@ from jobd.store.postgres.failures import (
     DATABASE_ERRORS,
     GONE,
     ITEM_ERRORS,
+    OVERLOADED,
     READ_ONLY,
     STORAGE_FAILED,
     UNREACHABLE,
@@ -68,6 +71,9 @@ from jobd.store.postgres.failures import (
 )
 
 log = logging.getLogger("jobd.store")
+
+TITLES = {UNREACHABLE: "Database unreachable", READ_ONLY: "Database is read-only",
+          STORAGE_FAILED: "Storage failed", OVERLOADED: "Database overloaded"}
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -86,6 +92,7 @@ class PostgresBackend:
         self._url = config.url
         self._pool: asyncpg.Pool | None = None
         self._problem: str | None = None  # why the last call failed, until one succeeds
+        self._problem_detail = ""
         self._inserts = Batcher(jobs.insert_jobs, self._connection, self._failed)
         self._finishes = Batcher(scheduling.finish_jobs, self._connection, self._failed)
         self._attempts = Batcher(deliveries.record_attempts, self._connection, self._failed)
@@ -97,31 +104,49 @@ class PostgresBackend:
     async def open(self, *, daemon: bool = False) -> None:
         """Migrate, then open the pool: all of it for a daemon, one connection (more on
         demand) for the CLI."""
-        await migrate_database(self._config)
+        await self.migrate()
         self._pool = await create_pool(self._config, min_size=None if daemon else 1)
 
-    async def close(self) -> None:
-        """Answer every call made so far, then close the pool."""
-        for batcher in (self._inserts, self._finishes, self._attempts):
-            await batcher.drain()
-        pending = [*self._claims.values(), *self._reads]
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+    async def migrate(self) -> int:
+        return await migrate_database(self._config)
 
-    def health(self) -> str | None:
-        return self._problem
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Answer every call made so far, then close the pool; past ``timeout_s``, end its
+        connections instead (what was not answered was not committed)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                for batcher in (self._inserts, self._finishes, self._attempts):
+                    await batcher.drain()
+                pending = [*self._claims.values(), *self._reads]
+                await asyncio.gather(*pending, return_exceptions=True)
+                if self._pool is not None:
+                    await self._pool.close()
+        except TimeoutError:
+            log.warning("calls to the database did not finish within %gs; closing its "
+                        "connections", timeout_s)
+            if self._pool is not None:
+                self._pool.terminate()
+        self._pool = None
+
+    def health(self) -> Unhealthy | None:
+        if self._problem is None:
+            return None
+        return Unhealthy(self._problem, TITLES.get(self._problem, "Database unavailable"),
+                         self._problem_detail)
 
     async def metrics(self) -> BackendMetrics:
         pool = self._require_pool()
-        gauges: dict[str, float] = {
-            "jobd_db_pool_connections": pool.get_size(),
-            "jobd_db_pool_connections_max": pool.get_max_size(),
-            "jobd_db_pool_connections_idle": pool.get_idle_size(),
-            "jobd_db_batches_in_flight": sum(b.in_flight for b in (
-                self._inserts, self._finishes, self._attempts)),
-        }
+        in_flight = sum(b.in_flight for b in (self._inserts, self._finishes, self._attempts))
+        gauges = [
+            Gauge("jobd_db_pool_connections", "Connections the pool holds open.",
+                  pool.get_size()),
+            Gauge("jobd_db_pool_connections_max", "Connections the pool may open "
+                  "(database.pool_size).", pool.get_max_size()),
+            Gauge("jobd_db_pool_connections_idle", "Open connections no call is using.",
+                  pool.get_idle_size()),
+            Gauge("jobd_db_batches_in_flight", "Batches of new jobs, finishes and webhook "
+                  "attempts waiting for a connection or running.", in_flight),
+        ]
         by_status, dlq = await self._read(figures.job_counts_and_dlq)
         return BackendMetrics(jobs=by_status, dlq_size=dlq, gauges=gauges)
 
@@ -347,7 +372,7 @@ class PostgresBackend:
             reason = UNREACHABLE if connecting else reason_of(exc)
             if reason != self._problem:
                 log.warning("%s (%s)", error.detail, reason)
-            self._problem = reason
+            self._problem, self._problem_detail = reason, error.detail
         return error
 
     def _require_pool(self) -> asyncpg.Pool:

@@ -8,9 +8,9 @@ meanwhile start the next batch. So a quiet daemon sends each call at once (the c
 one turn of the event loop together), and a busy one sends bigger batches, several at a
 time on as many connections, whose commits PostgreSQL flushes to its WAL together.
 
-:func:`all_else_each` is the one way a batch runs: one statement for all its items; the
-items that statement did not take (or all of them, when it failed on an item's data)
-each on their own, so that every call keeps its own outcome.
+:func:`jobd.store.outcomes.all_else_each` is the one way a batch runs: one statement for
+all its items; the items that statement did not take (or all of them, when it failed on
+an item's data) each on their own, so that every call keeps its own outcome.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 
 from jobd.errors import JobdError
-from jobd.store.postgres.failures import ITEM_ERRORS
+from jobd.store.outcomes import Outcome
 
 T = TypeVar("T")
-Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 RunBatch = Callable[[asyncpg.Connection, list[T]], Awaitable[list[Outcome]]]
 Connect = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
@@ -109,25 +108,3 @@ class Batcher(Generic[T]):
             task.add_done_callback(self._tasks.discard)
         return taken
 
-
-async def all_else_each(conn: asyncpg.Connection, items: list[T],
-                        all_items: Callable[[asyncpg.Connection, list[T]],
-                                            Awaitable[list[Outcome | None]]],
-                        each: Callable[[asyncpg.Connection, T], Awaitable[Any]]) -> list[Outcome]:
-    """One statement for all ``items`` (``all_items``: an outcome per item, None for an
-    item it did not take); then each item it did not take, or every item when it failed
-    on an item's data, by ``each`` on its own. An item's refusal (a ``JobdError``) or
-    data error is that item's outcome; a lost connection fails the batch."""
-    try:
-        outcomes = await all_items(conn, items)
-    except ITEM_ERRORS:
-        outcomes = [None] * len(items)
-    done: list[Outcome] = []
-    for item, outcome in zip(items, outcomes, strict=True):
-        if outcome is None:
-            try:
-                outcome = (True, await each(conn, item))
-            except (JobdError, *ITEM_ERRORS) as exc:
-                outcome = (False, exc)
-        done.append(outcome)
-    return done

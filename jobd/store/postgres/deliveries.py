@@ -6,15 +6,17 @@ round-trips exactly): only the claim that is still current moves the delivery.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
+from jobd.store import rows
 from jobd.store.backend import ClaimedDelivery
-from jobd.store.postgres import rows
-from jobd.store.postgres.batching import Outcome, all_else_each
+from jobd.store.outcomes import Outcome, all_else_each
+from jobd.store.postgres.failures import ITEM_ERRORS
 from jobd.store.postgres.queries import Q, changed, fetch_planned
 
 
@@ -65,7 +67,8 @@ class Attempt:
 async def record_attempts(conn: asyncpg.Connection, items: list[Attempt]) -> list[Outcome]:
     """Record many attempts, one statement (``deliveries_record``); each outcome is the
     delivery's new status, or None when its claim was no longer current."""
-    return await all_else_each(conn, items, _record_all, _record_one)
+    return await all_else_each(items, functools.partial(_record_all, conn),
+                               functools.partial(_record_one, conn), item_errors=ITEM_ERRORS)
 
 
 async def _record_all(conn: asyncpg.Connection, items: list[Attempt]) -> list[Outcome | None]:

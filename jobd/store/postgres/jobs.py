@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,18 +10,11 @@ import asyncpg
 
 from jobd.credentials import new_delivery_id, new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, StoreUnavailable, Unauthorized
-from jobd.models import (
-    Delivery,
-    IdempotentResult,
-    Job,
-    JobStatus,
-    NewJob,
-    StartLease,
-    row_to_job,
-)
-from jobd.store.postgres import rows
-from jobd.store.postgres.batching import Outcome, all_else_each
+from jobd.models import Delivery, IdempotentResult, Job, JobStatus, NewJob, StartLease
+from jobd.store import rows
+from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.deliveries import deliveries_of_job
+from jobd.store.postgres.failures import ITEM_ERRORS
 from jobd.store.postgres.queries import Q
 
 # A key released (or its job pruned) between our insert and our read of its holder sends
@@ -45,7 +39,8 @@ async def insert_jobs(conn: asyncpg.Connection, items: list[Creation]) -> list[O
     """Create many jobs, one outcome per item. The common case (live API keys, a key not
     seen before) is one statement for all of them, which also checks the keys; the items
     it did not insert (a key in use or revoked, the same key twice) then go one by one."""
-    return await all_else_each(conn, items, _insert_all, _insert_one)
+    return await all_else_each(items, functools.partial(_insert_all, conn),
+                               functools.partial(_insert_one, conn), item_errors=ITEM_ERRORS)
 
 
 async def _insert_all(conn: asyncpg.Connection, items: list[Creation]) -> list[Outcome | None]:
@@ -114,7 +109,7 @@ async def find_job(conn: asyncpg.Connection, job_id: str,
         row = await conn.fetchrow(Q["job_get"], job_id)
     else:
         row = await conn.fetchrow(Q["job_get_for_tenant"], job_id, tenant_id)
-    return row_to_job(row) if row else None
+    return rows.job(row) if row else None
 
 
 async def job_state(conn: asyncpg.Connection, job_id: str,
@@ -132,7 +127,7 @@ async def list_jobs(conn: asyncpg.Connection, *, tenant_id: str | None = None,
     """Newest first; page with ``before_seq`` (the last row's ``seq``), never OFFSET."""
     found = await conn.fetch(Q["jobs_list"], LAST_SEQ if before_seq is None else before_seq,
                              limit, tenant_id, status, job_type)
-    return [row_to_job(r) for r in found]
+    return [rows.job(r) for r in found]
 
 
 # the operator's transitions --------------------------------------------------------------
@@ -170,7 +165,7 @@ async def _locked(conn: asyncpg.Connection, job_id: str, tenant_id: str | None) 
     row = await conn.fetchrow(Q["job_lock"], job_id)
     if row is None or (tenant_id is not None and row["tenant_id"] != tenant_id):
         raise NotFound(f"job {job_id!r} does not exist")
-    return row_to_job(row)
+    return rows.job(row)
 
 
 async def queue_webhook(conn: asyncpg.Connection, finished: asyncpg.Record | None,

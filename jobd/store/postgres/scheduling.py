@@ -7,6 +7,7 @@ attempt and the lease owner, so a worker whose claim was taken away changes noth
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +16,11 @@ import asyncpg
 from jobd.credentials import new_delivery_id
 from jobd.models import ClaimedJob, JobStatus
 from jobd.store.backend import ClaimRound, DirectDelivery
-from jobd.store.postgres import rows
-from jobd.store.postgres.batching import Outcome, all_else_each
+from jobd.store.outcomes import Outcome, all_else_each
+from jobd.store.postgres.failures import ITEM_ERRORS
 from jobd.store.postgres.jobs import queue_webhook
 from jobd.store.postgres.queries import Q, changed, fetch_planned
+from jobd.webhook_body import claimed_job_body
 
 
 async def claim_jobs(conn: asyncpg.Connection, *, now: float, limit: int, owner: str,
@@ -50,7 +52,8 @@ class Finish:
 async def finish_jobs(conn: asyncpg.Connection, items: list[Finish]) -> list[Outcome]:
     """Finish many jobs with their webhooks: one statement (``jobs_finish``); each
     outcome says whether that job was finished (its claim was still current)."""
-    return await all_else_each(conn, items, _finish_all, _finish_one)
+    return await all_else_each(items, functools.partial(_finish_all, conn),
+                               functools.partial(_finish_one, conn), item_errors=ITEM_ERRORS)
 
 
 async def _finish_all(conn: asyncpg.Connection, items: list[Finish]) -> list[Outcome | None]:
@@ -90,8 +93,8 @@ def _webhook(f: Finish) -> tuple[str | None, bytes | None, float | None]:
         return None, None, None
     if f.direct is not None:
         return f.direct.id, f.direct.body, f.direct.lease_expires_at
-    return new_delivery_id(), rows.claimed_body(f.job, f.status, f.now, f.result_json,
-                                                f.error), None
+    body = claimed_job_body(f.job, f.status, f.now, f.result_json, f.error)
+    return new_delivery_id(), body, None
 
 
 async def retry_job_later(conn: asyncpg.Connection, job: ClaimedJob, *, owner: str, now: float,

@@ -7,7 +7,7 @@ import asyncpg
 from jobd import credentials
 from jobd.errors import AlreadyExists, NotFound
 from jobd.models import NewTenant, Tenant
-from jobd.store.postgres import rows
+from jobd.store import rows
 from jobd.store.postgres.queries import Q
 
 

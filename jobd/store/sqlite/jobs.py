@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from dataclasses import dataclass
 
@@ -9,11 +10,14 @@ import orjson
 
 from jobd.credentials import new_job_id
 from jobd.errors import IdempotencyConflict, InvalidState, NotFound, Unauthorized
-from jobd.models import IdempotentResult, Job, JobStatus, NewJob, StartLease, row_to_job
-from jobd.store.connection import transaction
-from jobd.store.outbox import enqueue_delivery
-from jobd.store.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
-from jobd.store.writer import Outcome, in_savepoint
+from jobd.models import Delivery, IdempotentResult, Job, JobStatus, NewJob, StartLease
+from jobd.store import rows
+from jobd.store.outcomes import Outcome, all_else_each, run_now
+from jobd.store.sqlite.connection import OneByOne, transaction
+from jobd.store.sqlite.deliveries import deliveries_of_job
+from jobd.store.sqlite.failures import ITEM_ERRORS
+from jobd.store.sqlite.outbox import enqueue_delivery
+from jobd.store.sqlite.queries import MAX_ROWS_PER_STATEMENT, Q, run_rows
 
 
 @dataclass(slots=True)
@@ -50,6 +54,14 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *,
     if len(items) > MAX_ROWS_PER_STATEMENT and not conn.in_transaction:
         with transaction(conn):  # more than one statement: not alone
             return insert_jobs(conn, items, idempotency_ttl_s=idempotency_ttl_s)
+    one = functools.partial(_insert_one, conn, idempotency_ttl_s)
+    with OneByOne(conn, one) as each:
+        return run_now(all_else_each(items, functools.partial(_insert_all, conn), each,
+                                     item_errors=ITEM_ERRORS))
+
+
+def _insert_all(conn: sqlite3.Connection, items: list[Creation]) -> list[Outcome | None]:
+    """The one statement; None for each item it did not insert."""
     ids = [new_job_id() for _ in items]
     try:
         inserted = run_rows(conn, "jobs_insert_if_key_live", [
@@ -60,21 +72,17 @@ def insert_jobs(conn: sqlite3.Connection, items: list[Creation], *,
     except sqlite3.IntegrityError:
         inserted = -1  # that statement was undone (an earlier one of 500 rows was not)
     if inserted == len(items):
-        return [(True, _created(job_id, c)) for job_id, c in zip(ids, items, strict=True)]
-    present = {row[0] for row in conn.execute(Q["jobs_present"], (orjson.dumps(ids).decode(),))}
-    with transaction(conn):
-        return [(True, _created(job_id, c)) if job_id in present
-                else _isolated(conn, c, idempotency_ttl_s)
-                for job_id, c in zip(ids, items, strict=True)]
+        present = set(ids)
+    else:
+        present = {row[0] for row in conn.execute(Q["jobs_present"],
+                                                  (orjson.dumps(ids).decode(),))}
+    return [(True, IdempotentResult(job_id, c.now, replayed=False, started=c.lease is not None))
+            if job_id in present else None for job_id, c in zip(ids, items, strict=True)]
 
 
-def _created(job_id: str, item: Creation) -> IdempotentResult:
-    return IdempotentResult(job_id, item.now, replayed=False, started=item.lease is not None)
-
-
-def _isolated(conn: sqlite3.Connection, item: Creation, ttl_s: float) -> Outcome:
-    return in_savepoint(conn, insert_job, item.job, body_hash=item.body_hash, now=item.now,
-                        idempotency_ttl_s=ttl_s, api_key_hash=item.api_key_hash)
+def _insert_one(conn: sqlite3.Connection, ttl_s: float, item: Creation) -> IdempotentResult:
+    return insert_job(conn, item.job, body_hash=item.body_hash, now=item.now,
+                      idempotency_ttl_s=ttl_s, api_key_hash=item.api_key_hash)
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, *, body_hash: bytes, now: float,
@@ -111,10 +119,19 @@ def _row(job_id: str, job: NewJob, body_hash: bytes, now: float) -> tuple[object
 
 def find_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job | None:
     if tenant_id is None:
-        rows = conn.execute(Q["job_get"], (job_id,)).fetchall()
+        found = conn.execute(Q["job_get"], (job_id,)).fetchall()
     else:
-        rows = conn.execute(Q["job_get_for_tenant"], (job_id, tenant_id)).fetchall()
-    return row_to_job(rows[0]) if rows else None
+        found = conn.execute(Q["job_get_for_tenant"], (job_id, tenant_id)).fetchall()
+    return rows.job(found[0]) if found else None
+
+
+def job_state(conn: sqlite3.Connection, job_id: str,
+              tenant_id: str) -> tuple[Job, list[Delivery]] | None:
+    """The tenant's job and its deliveries (a job without a webhook has none: one read)."""
+    job = find_job(conn, job_id, tenant_id)
+    if job is None:
+        return None
+    return job, deliveries_of_job(conn, job_id) if job.webhook_url else []
 
 
 def get_job(conn: sqlite3.Connection, job_id: str, tenant_id: str | None = None) -> Job:
@@ -156,11 +173,11 @@ def list_jobs(conn: sqlite3.Connection, *, tenant_id: str | None = None,
 
     Each status is read through the index that holds it (see ``job_list*`` in
     queries.sql), so a rare status is found without scanning a million rows."""
-    rows = conn.execute(Q[_list_query(conn, tenant_id, status)], {
+    found = conn.execute(Q[_list_query(conn, tenant_id, status)], {
         "tenant_id": tenant_id, "status": status, "type": job_type, "limit": limit,
         "before": before_seq if before_seq is not None else 2**63 - 1,
     }).fetchall()
-    return [row_to_job(r) for r in rows]
+    return [rows.job(r) for r in found]
 
 
 SORT_WAITING_MAX = 10_000  # a backlog up to this long is sorted; a longer one, walked

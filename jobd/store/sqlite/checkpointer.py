@@ -20,6 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
+from jobd.store.sqlite.failures import is_storage_error, unavailable
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.store")
@@ -72,8 +73,10 @@ class Checkpointer:
         try:
             conn = self._connection()
             busy, log_frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-        except Exception:
+        except Exception as exc:
             self._close()
+            if isinstance(exc, sqlite3.Error) and is_storage_error(exc):  # (retried, not a fault)
+                raise unavailable(exc, "checkpoint failed") from exc
             raise
         self.checkpoints += 1
         if (log_frames * self._page_size > WAL_RESTART_BYTES and not busy

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from jobd import credentials
 from jobd.errors import AlreadyExists, NotFound
 from jobd.models import NewTenant, Tenant
-from jobd.store.queries import Q
-
-
-def row_to_tenant(row: Any) -> Tenant:
-    return Tenant(
-        id=row["id"], api_key_prefix=row["api_key_prefix"],
-        webhook_secret=row["webhook_secret"], rate=row["rate"], burst=row["burst"],
-        max_concurrency=row["max_concurrency"], disabled=bool(row["disabled"]),
-        created_at=row["created_at"], updated_at=row["updated_at"],
-    )
+from jobd.store import rows
+from jobd.store.sqlite.queries import Q
 
 
 def create_tenant(conn: sqlite3.Connection, tenant_id: str, *, rate: float, burst: int,
@@ -36,13 +27,13 @@ def create_tenant(conn: sqlite3.Connection, tenant_id: str, *, rate: float, burs
 
 
 def webhook_secret(conn: sqlite3.Connection, tenant_id: str) -> str | None:
-    rows = conn.execute(Q["tenant_webhook_secret"], (tenant_id,)).fetchall()
-    return str(rows[0][0]) if rows else None
+    found = conn.execute(Q["tenant_webhook_secret"], (tenant_id,)).fetchall()
+    return str(found[0][0]) if found else None
 
 
 def find_tenant(conn: sqlite3.Connection, tenant_id: str) -> Tenant | None:
-    rows = conn.execute(Q["tenant_get"], (tenant_id,)).fetchall()
-    return row_to_tenant(rows[0]) if rows else None
+    found = conn.execute(Q["tenant_get"], (tenant_id,)).fetchall()
+    return rows.tenant(found[0]) if found else None
 
 
 def get_tenant(conn: sqlite3.Connection, tenant_id: str) -> Tenant:
@@ -53,12 +44,12 @@ def get_tenant(conn: sqlite3.Connection, tenant_id: str) -> Tenant:
 
 
 def list_tenants(conn: sqlite3.Connection) -> list[Tenant]:
-    return [row_to_tenant(r) for r in conn.execute(Q["tenant_list"]).fetchall()]
+    return [rows.tenant(r) for r in conn.execute(Q["tenant_list"]).fetchall()]
 
 
 def tenant_for_key_hash(conn: sqlite3.Connection, key_hash: str) -> Tenant | None:
-    rows = conn.execute(Q["tenant_by_key_hash"], (key_hash,)).fetchall()
-    return row_to_tenant(rows[0]) if rows else None
+    found = conn.execute(Q["tenant_by_key_hash"], (key_hash,)).fetchall()
+    return rows.tenant(found[0]) if found else None
 
 
 def update_tenant_limits(conn: sqlite3.Connection, tenant_id: str, *, rate: float | None,

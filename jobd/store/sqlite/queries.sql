@@ -169,6 +169,13 @@ FROM (VALUES (?, ?, ?, ?, ?, ?)) AS v
 WHERE jobs.id = v.column1 AND jobs.status = 'running' AND jobs.attempts = v.column6
   AND jobs.lease_owner = ?;
 
+-- What finishing wrote, read only when jobs_finish_running_many left some of its rows
+-- (a claim that was no longer current): jobd.store.sqlite.scheduling tells the finished
+-- ones from the others by it.
+-- name: jobs_outcomes
+SELECT id, status, attempts, completed_at, result, last_error, lease_owner FROM jobs
+WHERE id IN (SELECT value FROM json_each(?));
+
 -- The webhooks of jobs about to be finished by jobs_finish_running_many, fenced the same
 -- way (run first, in the same transaction, so a fenced-out job gets none): one VALUES row
 -- (id, job_id, tenant_id, url, body, now, attempt, lease_expires_at) per job; the last
@@ -334,9 +341,6 @@ WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 'pending';
 
 -- name: tenant_webhook_secret
 SELECT webhook_secret FROM tenants WHERE id = ?;
-
--- name: deliveries_with_ids
-SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?));
 
 -- name: delivery_next_due_time
 SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending';

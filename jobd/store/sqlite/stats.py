@@ -7,25 +7,14 @@ cheap with millions of finished jobs: ``jobd top`` and ``GET /metrics`` run it o
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
 
 from jobd.models import JobStatus
-from jobd.store.connection import transaction
-from jobd.store.deliveries import count_dead_deliveries
-from jobd.store.queries import Q
+from jobd.store.backend import Prunable, Stats
+from jobd.store.sqlite.connection import transaction
+from jobd.store.sqlite.deliveries import count_dead_deliveries
+from jobd.store.sqlite.queries import Q
 
 _INDEXED = ("job_counts_waiting", "job_counts_running", "job_counts_failed")
-
-
-@dataclass(frozen=True)
-class Stats:
-    by_status: dict[str, int]
-    by_tenant: dict[str, dict[str, int]]
-    finished_last_minute: dict[str, int]
-    finished_last_hour: dict[str, int]
-    dlq_size: int
-    oldest_queued_due: float | None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _counts_by_tenant(conn: sqlite3.Connection) -> tuple[dict[str, dict[str, int]], float | None]:
@@ -56,9 +45,14 @@ def _total(by_tenant: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def job_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Jobs by status (statuses with no jobs left out)."""
+    return job_counts_and_dlq(conn)[0]
+
+
+def job_counts_and_dlq(conn: sqlite3.Connection) -> tuple[dict[str, int], int]:
+    """Jobs by status (statuses with none left out) and the DLQ's size, for /metrics."""
     with transaction(conn, "BEGIN"):  # one snapshot: the counts agree
         by_tenant, _ = _counts_by_tenant(conn)
-    return _total(by_tenant)
+        return _total(by_tenant), count_dead_deliveries(conn)
 
 
 def collect_stats(conn: sqlite3.Connection, *, now: float) -> Stats:
@@ -73,3 +67,14 @@ def collect_stats(conn: sqlite3.Connection, *, now: float) -> Stats:
             finished_last_hour=finished_since(now - 3600),
             dlq_size=count_dead_deliveries(conn), oldest_queued_due=oldest,
         )
+
+
+def count_prunable(conn: sqlite3.Connection, *, jobs_before: float,
+                   deliveries_before: float) -> Prunable:
+    """What retention would delete now: finished jobs completed before ``jobs_before``,
+    delivered webhooks before ``deliveries_before`` (one snapshot)."""
+    with transaction(conn, "BEGIN"):
+        return Prunable(
+            jobs=int(conn.execute(Q["count_prunable_jobs"], {"cutoff": jobs_before}).fetchone()[0]),
+            deliveries=int(conn.execute(Q["count_prunable_deliveries"],
+                                        {"cutoff": deliveries_before}).fetchone()[0]))

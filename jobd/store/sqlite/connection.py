@@ -10,15 +10,18 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import IO
+from typing import IO, Generic, TypeVar
 
 from jobd.errors import StoreUnavailable
+from jobd.store.sqlite.failures import is_storage_error
 
-MIGRATIONS_PACKAGE = "jobd.store.migrations"
+T = TypeVar("T")
+R = TypeVar("R")
+MIGRATIONS_PACKAGE = "jobd.store.sqlite.migrations"
 
 
 FILE_MODE = 0o600  # the database holds every tenant's webhook secret
@@ -81,6 +84,49 @@ def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Ite
     conn.execute("COMMIT")
 
 
+@contextmanager
+def savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+    """The block in a savepoint of its own: if it raises, only its writes are undone and
+    the transaction goes on (unless the database failed: then the whole transaction
+    fails, and its caller rolls it back)."""
+    conn.execute("SAVEPOINT unit")
+    try:
+        yield
+    except BaseException as exc:
+        if not is_storage_error(exc):
+            conn.execute("ROLLBACK TO unit")
+            conn.execute("RELEASE unit")
+        raise
+    conn.execute("RELEASE unit")
+
+
+class OneByOne(Generic[T, R]):
+    """``fn(item)`` for the items a batch's one statement left (the ``each`` of
+    :func:`jobd.store.outcomes.all_else_each`): each in a savepoint of its own, all in one
+    transaction, begun at the first item when the caller had none (the writer runs a
+    batch that holds only new jobs outside a transaction) and committed at the end of
+    the ``with`` block."""
+
+    def __init__(self, conn: sqlite3.Connection, fn: Callable[[T], R]) -> None:
+        self._conn = conn
+        self._fn = fn
+        self._began = False
+
+    def __call__(self, item: T) -> R:
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._began = True
+        with savepoint(self._conn):
+            return self._fn(item)
+
+    def __enter__(self) -> OneByOne[T, R]:
+        return self
+
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        if self._began and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
 def hold_daemon_lock(path: str) -> IO[bytes]:
     """An exclusive lock on ``<path>.lock`` for as long as the returned file is open."""
     if path == ":memory:":
@@ -119,10 +165,18 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations in one transaction each; return the schema version."""
+def migrate(conn: sqlite3.Connection, *, path: str = "") -> int:
+    """Apply pending migrations in one transaction each; return the schema version. A
+    database whose schema is newer than this jobd knows is refused (StoreUnavailable):
+    an older jobd must not write to tables it does not understand."""
+    known = migrations()
+    latest = known[-1][0] if known else 0
     version = conn.execute("PRAGMA user_version").fetchall()[0][0]
-    for number, _name, sql in migrations():
+    if version > latest:
+        raise StoreUnavailable(f"the schema of database {path or 'here'} is at version "
+                               f"{version}, newer than this jobd knows ({latest}): "
+                               "upgrade jobd")
+    for number, _name, sql in known:
         if number <= version:
             continue
         conn.execute("BEGIN IMMEDIATE")
@@ -137,7 +191,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
         version = number
-    return version
+    return int(version)
 
 
 def _statements(sql: str) -> list[str]:

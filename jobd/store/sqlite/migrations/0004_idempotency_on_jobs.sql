@@ -1,5 +1,5 @@
 -- An Idempotency-Key now lives on the job it created: creating a job is one INSERT
--- into one table instead of two (measured: ~100 -> ~20 us per job with ordered ids).
+-- into one table instead of two, and the idempotency index is the job's own.
 -- A key is live while created_at + idempotency.ttl_hours is in the future; a client
 -- that reuses an expired key takes it over (the old job's key is set to NULL).
 

@@ -6,8 +6,8 @@ import sqlite3
 from typing import Any
 
 from jobd.credentials import new_delivery_id
-from jobd.store.queries import Q
-from jobd.webhook_body import build_body
+from jobd.store import rows
+from jobd.store.sqlite.queries import Q
 
 
 def enqueue_delivery(conn: sqlite3.Connection, finished: Any, now: float) -> str | None:
@@ -15,12 +15,7 @@ def enqueue_delivery(conn: sqlite3.Connection, finished: Any, now: float) -> str
     url = finished["webhook_url"]
     if not url:
         return None
-    body = build_body(
-        job_id=finished["id"], job_type=finished["type"], status=finished["status"],
-        attempts=finished["attempts"], payload_json=finished["payload"],
-        completed_at=finished["completed_at"], result_json=finished["result"],
-        error=finished["last_error"] if finished["status"] != "succeeded" else None,
-    )
+    body = rows.finished_body(finished)
     row = _delivery_row(job_id=finished["id"], tenant_id=finished["tenant_id"], url=url,
                        body=body, now=now)
     conn.execute(Q["delivery_insert"], row)

@@ -16,9 +16,8 @@ A batch that holds nothing but one such group whose function says it can commit
 by itself (``alone=True``: new jobs, when nothing else is being written) runs
 without BEGIN and COMMIT: its one statement is then SQLite's own transaction,
 with the same fsync. Every statement lets go of the GIL and must win it back
-from the event loop, so two fewer a batch make it shorter; measured under a
-flood of ``POST /jobs``: ~10 us less of the writer's CPU a job and +5-10% req/s
-(``bench/README.md``).
+from the event loop, so two fewer a batch make it shorter (``bench/README.md``
+has the figures).
 
 With ``sync`` (the store passes one when ``database.synchronous`` is ``full``) the
 writer's connection commits without waiting for the disk, and a second thread,
@@ -54,7 +53,6 @@ the checkpointer's pass, and its next write starts the log over.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import queue
@@ -62,53 +60,26 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from jobd.errors import StoreUnavailable
-from jobd.supervisor import Supervisor, is_storage_error
+from jobd.store.backend import WriterStats
+from jobd.store.outcomes import Outcome
+from jobd.store.sqlite.connection import savepoint
+from jobd.store.sqlite.failures import as_store_error, is_storage_error, unavailable
+from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.store")
 
 T = TypeVar("T")
 TxFn = Callable[..., Any]
 _Item = tuple[TxFn, tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop, int]
-Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 GroupFn = Callable[[sqlite3.Connection, list[Any]], list[Outcome]]
 _STOP = object()
 # what an item is (_Item's last field; false only for a plain call)
 _CALL, _GROUP, _GROUP_ALONE = 0, 1, 2
-TRANSACTION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 PROBE_INTERVAL_S = 1.0  # while writes fail: how often the writer tries one of its own
 REPORT_INTERVAL_S = 10.0  # while writes fail: at most one log line this often
-
-
-@dataclass(slots=True)
-class WriterStats:
-    """What the writer did since it started. Only its thread changes these; a reader
-    (the /metrics scrape) takes a :meth:`copy`, which may miss the transaction that is
-    being counted at that moment, nothing more."""
-
-    transactions: int = 0  # group transactions run (a batch each)
-    failed: int = 0        # of those, the ones the database failed: all their writes got a 503
-    units: int = 0         # writes they carried: a new job, a claim, an outcome ...
-    seconds: float = 0.0   # their time, BEGIN to the end of COMMIT (or the one statement of
-                           # a batch that runs alone); the fsync too, unless the syncer does it
-    by_bucket: list[int] = field(  # transactions by time: <= each TRANSACTION_BUCKETS_S, above
-        default_factory=lambda: [0] * (len(TRANSACTION_BUCKETS_S) + 1))
-    syncs: int = 0              # fsyncs of the WAL by the syncer (changed by its thread only)
-    sync_seconds: float = 0.0
-
-    def count(self, units: int, seconds: float, *, failed: bool) -> None:
-        self.transactions += 1
-        self.failed += failed
-        self.units += units
-        self.seconds += seconds
-        self.by_bucket[bisect.bisect_left(TRANSACTION_BUCKETS_S, seconds)] += 1
-
-    def copy(self) -> WriterStats:
-        return WriterStats(self.transactions, self.failed, self.units, self.seconds,
-                           list(self.by_bucket), self.syncs, self.sync_seconds)
 
 
 class WriteFailures:
@@ -156,8 +127,9 @@ class WriteFailures:
 class GroupCommitWriter:
     def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 1024,
                  sync: Callable[[], None] | None = None,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, probe_at_start: bool = True) -> None:
         self._connect = connect
+        self._probe_at_start = probe_at_start  # (the CLI's writer does not write unasked)
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobd-writer", daemon=True)
@@ -237,9 +209,8 @@ class GroupCommitWriter:
     def _hand_over_next_turn(self, loop: asyncio.AbstractEventLoop) -> None:
         """One more turn of the loop before the hand-over: the writes that the callbacks
         and tasks woken in this turn make (a job's outcome, the claim for the slot it
-        freed, a request read just now) then join the same batch. Measured with the
-        workers running: ~70 units a batch instead of ~60, +6-10% req/s; no cost when
-        idle but one pass of the loop."""
+        freed, a request read just now) then join the same batch, so batches are bigger
+        under load; when idle it costs one pass of the loop."""
         loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
@@ -257,7 +228,8 @@ class GroupCommitWriter:
             return
         self._ready.set()
         try:
-            self._probe(conn)  # a full disk shows at once, not at the first request
+            if self._probe_at_start:
+                self._probe(conn)  # a full disk shows at once, not at the first request
             while True:
                 batch, stop = self._take_batch()
                 if batch:
@@ -304,7 +276,7 @@ class GroupCommitWriter:
                 outcomes = self._transaction(conn, batch, isolate=True)
         except Exception as exc:  # the database failed the transaction (or a bug did)
             self._failed(conn, exc)
-            error = StoreUnavailable(f"database write failed: {exc}")
+            error = unavailable(exc)
             outcomes = [(False, error)] * len(batch)
             failed = True
         else:
@@ -469,20 +441,16 @@ def _run_unit(conn: sqlite3.Connection, fn: TxFn, args: tuple[Any, ...]) -> Outc
     return in_savepoint(conn, fn, *args)
 
 
-def in_savepoint(conn: sqlite3.Connection, fn: TxFn, *args: Any, **kwargs: Any) -> Outcome:
+def in_savepoint(conn: sqlite3.Connection, fn: TxFn, *args: Any) -> Outcome:
     """``fn(conn, ...)`` in its own savepoint: if it raises, only its writes are undone
     (unless the database failed: then the whole transaction fails)."""
-    conn.execute("SAVEPOINT unit")
     try:
-        result = fn(conn, *args, **kwargs)
+        with savepoint(conn):
+            return True, fn(conn, *args)
     except Exception as exc:
         if is_storage_error(exc):
             raise
-        conn.execute("ROLLBACK TO unit")
-        conn.execute("RELEASE unit")
         return False, exc
-    conn.execute("RELEASE unit")
-    return True, result
 
 
 def left_until(deadline: float | None) -> float | None:
@@ -493,7 +461,7 @@ def left_until(deadline: float | None) -> float | None:
 def _resolve(batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
     for (_fn, _args, future, loop, _grouped), (ok, value) in zip(batch, outcomes, strict=True):
-        by_loop.setdefault(loop, []).append((future, ok, value))
+        by_loop.setdefault(loop, []).append((future, ok, value if ok else as_store_error(value)))
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
             loop.call_soon_threadsafe(_set_results, items)

@@ -15,24 +15,10 @@ import orjson
 
 from jobd.credentials import new_delivery_id
 from jobd.models import ClaimedJob, JobStatus
-from jobd.store.outbox import enqueue_delivery
-from jobd.store.queries import Q, run_rows
-from jobd.webhook_body import build_body
-
-
-@dataclass(slots=True)
-class ClaimRound:
-    jobs: list[ClaimedJob]
-    last_tenant: str | None  # where the next round's rotation starts after
-    queue_was_empty: bool = False  # no job was queued or waiting for a retry, due or not
-
-
-@dataclass(slots=True)
-class Rotation:
-    """Where one pool's round-robin across tenants goes on from. Read and moved by
-    :func:`claim_rotating` in the writer, in commit order, so claims in flight at once
-    continue each other's rotation instead of starting from the same tenant."""
-    after: str | None = None
+from jobd.store.backend import ClaimRound, DirectDelivery, Rotation
+from jobd.store.sqlite.outbox import enqueue_delivery
+from jobd.store.sqlite.queries import Q, run_rows
+from jobd.webhook_body import claimed_job_body
 
 
 def claim_rotating(conn: sqlite3.Connection, rotation: Rotation, *, now: float, limit: int,
@@ -104,15 +90,6 @@ def finish_job(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, status:
 
 
 @dataclass(slots=True)
-class DirectDelivery:
-    """A finished job's webhook that the dispatcher sends as soon as the finish commits:
-    it is created ``sending`` under this lease, so it needs no claim of its own."""
-    id: str
-    body: bytes
-    lease_expires_at: float
-
-
-@dataclass(slots=True)
 class Finish:
     job: ClaimedJob
     status: JobStatus
@@ -125,32 +102,35 @@ class Finish:
 def finish_each(conn: sqlite3.Connection, items: list[Finish], *,
                 owner: str) -> list[tuple[bool, Any]]:
     """:func:`finish_jobs` as a group of the group-commit writer: one outcome per item,
-    True when its direct delivery (if it has one) was created, so it may be sent."""
+    True when that job was finished (its claim was still current; with a direct
+    delivery, that delivery was then created ``sending``)."""
     finished = finish_jobs(conn, items, owner=owner)
-    direct = [f.direct.id for f in items if f.direct is not None]
-    if not direct:
-        return [(True, False)] * len(items)
-    if finished == len(items):  # none was fenced out, so every webhook was created
-        return [(True, f.direct is not None) for f in items]
-    created = {row[0] for row in conn.execute(Q["deliveries_with_ids"],
-                                              (orjson.dumps(direct).decode(),)).fetchall()}
-    return [(True, f.direct is not None and f.direct.id in created) for f in items]
+    if finished == len(items):  # none was fenced out (the common case): no more reading
+        return [(True, True)] * len(items)
+    return [(True, done) for done in _finished_now(conn, items)]
 
 
-def webhook_body(job: ClaimedJob, status: JobStatus, now: float, result_json: str | None,
-                 error: str | None) -> bytes:
-    """What :func:`enqueue_delivery` builds from the finished row, from what we know."""
-    return build_body(job_id=job.id, job_type=job.type, status=status.value,
-                      attempts=job.attempt, payload_json=job.payload, completed_at=now,
-                      result_json=result_json,
-                      error=error if status is not JobStatus.SUCCEEDED else None)
+def _finished_now(conn: sqlite3.Connection, items: list[Finish]) -> list[bool]:
+    """Which items :func:`finish_jobs` just finished, when some were fenced out: the
+    rows that now hold exactly what each finish wrote (no other transition writes a
+    worker's outcome, error and time). The same job twice: only its first finish."""
+    found = conn.execute(Q["jobs_outcomes"], (orjson.dumps([f.job.id for f in items]).decode(),))
+    now = {r["id"]: (r["status"], r["attempts"], r["completed_at"], r["result"], r["last_error"],
+                     r["lease_owner"]) for r in found.fetchall()}
+    done: list[bool] = []
+    for f in items:
+        written = (f.status.value, f.job.attempt, f.now, f.result_json, f.error, None)
+        done.append(now.get(f.job.id) == written)
+        if done[-1]:
+            del now[f.job.id]
+    return done
 
 
 def _webhook_row(f: Finish, url: str) -> tuple[object, ...]:
     if f.direct is not None:
         return (f.direct.id, f.job.id, f.job.tenant_id, url, f.direct.body, f.now,
                 f.job.attempt, f.direct.lease_expires_at)
-    body = webhook_body(f.job, f.status, f.now, f.result_json, f.error)
+    body = claimed_job_body(f.job, f.status, f.now, f.result_json, f.error)
     return (new_delivery_id(), f.job.id, f.job.tenant_id, url, body, f.now, f.job.attempt, None)
 
 
@@ -188,13 +168,15 @@ def requeue_job(conn: sqlite3.Connection, job: ClaimedJob, *, owner: str, now: f
 
 def extend_leases(conn: sqlite3.Connection, job_ids: list[str], *, owner: str,
                   expires: float) -> list[str]:
-    """Heartbeat for live jobs; returns the ids whose cancellation was requested."""
+    """Heartbeat for live jobs; returns the ids whose cancellation was requested, in the
+    order given."""
     if not job_ids:
         return []
-    rows = conn.execute(Q["job_extend_leases"], {
+    found = conn.execute(Q["job_extend_leases"], {
         "ids": orjson.dumps(job_ids).decode(), "owner": owner, "expires": expires,
     }).fetchall()
-    return [r["id"] for r in rows if r["cancel_requested"]]
+    asked = {r["id"] for r in found if r["cancel_requested"]}
+    return [job_id for job_id in dict.fromkeys(job_ids) if job_id in asked]
 
 
 def rescue_orphans(conn: sqlite3.Connection, *, now: float, all_running: bool) -> dict[str, int]:
