@@ -27,7 +27,7 @@ def x_signature(secret: str, body: bytes) -> str:
 def _keyed(secret: str, *, standard: bool) -> hmac.HMAC:
     """An HMAC-SHA256 with the key already mixed in, to ``copy()`` for each message:
     a tenant's deliveries share a secret, and setting the key up is most of the cost
-    of signing a webhook body (measured: 12.5 -> ~7 us for both signatures)."""
+    of signing a webhook body."""
     if standard and secret.startswith(_WHSEC_PREFIX):
         key = base64.b64decode(secret[len(_WHSEC_PREFIX) :])
     else:

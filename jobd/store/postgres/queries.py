@@ -23,8 +23,8 @@ async def fetch_planned(conn: asyncpg.Connection, name: str, *args: Any) -> list
     switches to a generic plan after five runs, and a generic plan knows neither how
     long the arrays are nor (from statistics taken while the queue looked different)
     how many jobs are running, and picks a nested loop that rescans the arrays for
-    every row: five times slower at 256 rows, and quadratic. Planning each run costs a
-    round trip and a millisecond or so, a few microseconds a row."""
+    every row, which is quadratic. Planning each run costs a round trip, little against
+    the rows it carries."""
     statement = await conn.prepare(Q[name], name="")
     rows: list[asyncpg.Record] = await statement.fetch(*args)
     return rows
