@@ -44,8 +44,8 @@ from jobd.models import JobStatus
 from jobd.ratelimit import Decision, decision
 from jobd.store.cluster import Beat, NodeId, NodeInfo, Recovered, Signal, WakeHandler
 from jobd.store.named_sql import load_named
+from jobd.store.outcomes import Outcome
 from jobd.store.postgres.backend import PostgresBackend
-from jobd.store.postgres.batching import Outcome
 from jobd.store.postgres.jobs import queue_webhook
 from jobd.store.postgres.link import Link
 from jobd.store.postgres.queries import changed
