@@ -33,7 +33,7 @@ from typing import Protocol
 
 from jobd.config import Config
 from jobd.ratelimit import Decision, RateLimiter
-from jobd.store.backend import Backend
+from jobd.store.backend import Backend, Unhealthy
 
 OWNER_SEPARATOR = "/"  # <node_name>/<instance>; node names cannot hold it
 
@@ -181,8 +181,8 @@ class Coordination(Protocol):
     async def listen(self) -> None:
         """Receive the other nodes' wake-ups until :meth:`close` (reconnecting)."""
 
-    def health(self) -> str | None:
-        """None while this node heartbeats; otherwise a short reason for /healthz."""
+    def health(self) -> Unhealthy | None:
+        """None while this node heartbeats; otherwise why not, for /healthz."""
 
     async def close(self) -> None: ...
 
@@ -236,7 +236,7 @@ class SingleNode:
     async def listen(self) -> None:
         await self._closed.wait()
 
-    def health(self) -> str | None:
+    def health(self) -> Unhealthy | None:
         return None
 
     async def close(self) -> None:

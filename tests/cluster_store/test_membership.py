@@ -101,7 +101,8 @@ async def test_a_node_that_cannot_heartbeat_stops_claiming(cluster: Cluster) -> 
     assert node.coordination.can_claim() and node.coordination.health() is None
     clock.now += 0.02
     assert not node.coordination.can_claim()
-    assert node.coordination.health() == "heartbeat_failing"
+    health = node.coordination.health()
+    assert health is not None and health.code == "heartbeat_failing"
     await node.coordination.heartbeat()
     assert node.coordination.can_claim()
     await node.coordination.link.close()  # no connection: the heartbeat fails
@@ -120,7 +121,8 @@ async def test_a_node_taken_for_dead_learns_it_and_claims_nothing_more(cluster: 
     beat = await alpha.coordination.heartbeat()
     assert not beat.registered and not beat.is_leader
     assert not alpha.coordination.can_claim()
-    assert alpha.coordination.health() == "node_taken_for_dead"
+    health = alpha.coordination.health()
+    assert health is not None and health.code == "node_taken_for_dead"
     assert await cluster.peek.fetchval("SELECT count(*) FROM nodes WHERE name = 'alpha'") == 0
 
 

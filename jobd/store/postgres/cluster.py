@@ -42,6 +42,7 @@ from jobd.config import Config
 from jobd.errors import StartupError
 from jobd.models import JobStatus
 from jobd.ratelimit import Decision, decision
+from jobd.store.backend import Unhealthy
 from jobd.store.cluster import Beat, NodeId, NodeInfo, Recovered, Signal, WakeHandler
 from jobd.store.named_sql import load_named
 from jobd.store.outcomes import Outcome
@@ -53,6 +54,10 @@ from jobd.store.postgres.queries import changed
 log = logging.getLogger("jobd.cluster")
 
 Q = load_named("jobd.store.postgres", "cluster.sql")
+
+# /healthz codes
+TAKEN_FOR_DEAD = "node_taken_for_dead"
+HEARTBEAT_FAILING = "heartbeat_failing"
 
 # why a rescued job's attempt ended, in its last_error
 EARLIER_INSTANCE = "process died"
@@ -154,11 +159,17 @@ class PostgresCoordination:
     def taken_for_dead(self) -> bool:
         return self._taken_for_dead
 
-    def health(self) -> str | None:
+    def health(self) -> Unhealthy | None:
         if self._taken_for_dead:
-            return "node_taken_for_dead"
+            return Unhealthy(TAKEN_FOR_DEAD, "Node taken for dead",
+                             f"the other nodes took node {self.node.owner} for dead and have "
+                             "its work; it claims nothing more and stops")
         if not self.can_claim():
-            return "heartbeat_failing"
+            silent = ("never" if self._beat_at is None else
+                      f"{self._monotonic() - self._beat_at:.1f} s ago")
+            return Unhealthy(HEARTBEAT_FAILING, "Heartbeats failing",
+                             f"node {self.node.name}'s heartbeats do not reach the database "
+                             f"(the last went through {silent}); it claims nothing meanwhile")
         return None
 
     async def nodes(self) -> list[NodeInfo]:
