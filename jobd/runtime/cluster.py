@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from jobd.clock import Clock
 from jobd.config import ClusterConfig
 from jobd.errors import StoreUnavailable
-from jobd.store.cluster import Coordination, WakeUp
+from jobd.store.cluster import Coordination, Recovered, WakeUp
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.cluster")
@@ -74,6 +74,8 @@ class Membership:
         if self._failing:
             log.info("heartbeats go through again")
             self._failing = False
+            self.receivers.jobs()  # claims may have been held back meanwhile
+            self.receivers.webhooks()
         if not beat.registered:
             self._supervisor.give_up(TASK, "the other nodes took this node for dead and have "
                                      "its work; it stops, to start again as a new instance")
@@ -84,10 +86,44 @@ class Membership:
             log.info("this node %s", "leads now" if beat.is_leader else
                      f"no longer leads (the leader is {beat.leader})")
         if beat.is_leader:
-            recovered = await self._coordination.rescue_dead(now=self._clock.now())
+            try:
+                recovered = await self._coordination.rescue_dead(now=self._clock.now())
+            except StoreUnavailable as exc:  # tried again at the next heartbeat
+                log.warning("the rescue of dead nodes failed (%s)", exc.detail)
+                return
             if recovered:
                 self.receivers.jobs()
                 self.receivers.webhooks()
+
+    async def recover_own(self) -> Recovered:
+        """At the start, before any claim: put back what this node's earlier instances
+        left running or sending (on SQLite: everything, only a process before this one
+        can hold it)."""
+        recovered = await self._coordination.recover_own(now=self._clock.now())
+        if recovered.retry or recovered.fatal:
+            log.warning("recovered jobs left running by a dead process: %d to retry, %d fatal",
+                        recovered.retry, recovered.fatal)
+            self.receivers.jobs()
+        if recovered.webhooks:
+            log.warning("put back %d webhook delivery(ies) left sending when the last process "
+                        "died; sending them again", recovered.webhooks)
+            self.receivers.webhooks()
+        return recovered
+
+    async def leave(self) -> None:
+        """At the end, after the pool and the dispatcher stopped: put back what this node
+        still holds, step down and unregister (if that fails, or is cut short, the leader
+        puts it back once this node is silent for its timeout)."""
+        self.stop()
+        try:
+            recovered = await self._coordination.leave(now=self._clock.now())
+        except StoreUnavailable as exc:
+            log.warning("could not leave the cluster (%s); the other nodes put back what this "
+                        "node held once it is silent for its timeout", exc.detail)
+            return
+        if recovered:
+            log.info("left the cluster; put back %d job(s) and %d webhook(s) still held",
+                     recovered.retry + recovered.fatal, recovered.webhooks)
 
     async def run(self) -> None:
         """:meth:`run_once` every heartbeat interval until :meth:`stop`."""
