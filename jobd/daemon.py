@@ -197,8 +197,10 @@ async def _recover_at_startup(supervisor: Supervisor, membership: Membership,
 
 def _job_created(pool: WorkerPool, metrics: Metrics, coordination: Coordination,
                  clock: Clock) -> Callable[[NewJob, bool], None]:
-    """After a new job's commit: the pool claims it (unless it was created running), and
-    where nodes share the database, they are told of it (if it is due now)."""
+    """After a new job's commit: the pool claims it (unless it was created running); where
+    nodes share the database and this node has no room for it now, the others are told
+    (if it is due now: a later one is found by their polls). Telling them of every job
+    would wake every node's claim for each one, and all but one would find nothing."""
     if not coordination.shared:
         def created(job: NewJob, started: bool) -> None:
             if not started:  # queued: the pool claims it
@@ -209,7 +211,7 @@ def _job_created(pool: WorkerPool, metrics: Metrics, coordination: Coordination,
     def created_shared(job: NewJob, started: bool) -> None:
         if not started:
             pool.wake(job.run_at)
-            if job.run_at <= clock.now():  # (a later one is found by polling)
+            if not pool.has_room and job.run_at <= clock.now():
                 coordination.announce(Signal.JOBS)
         metrics.job_created(job.tenant_id, job.type)
     return created_shared
@@ -228,14 +230,18 @@ def _webhook_queued(dispatcher: Dispatcher, coordination: Coordination) -> Calla
 def _share(coordination: Coordination, pool: WorkerPool, lifeline: Lifeline,
            dispatcher: Dispatcher, pruner: Pruner) -> None:
     """The runtime's hooks where nodes share the database: claim only while this node's
-    heartbeats go through, maintenance by the leader only, and at shutdown put back only
-    this node's sends."""
+    heartbeats go through, maintenance by the leader only, at shutdown put back only this
+    node's sends, and tell the others of webhooks queued while every slot here is taken."""
     pool.may_claim = dispatcher.may_claim = coordination.can_claim
 
     def leads() -> bool:
         return coordination.is_leader
     lifeline.leads = dispatcher.leads = pruner.leads = leads
     dispatcher.only_sender = False
+
+    def webhooks_waiting() -> None:
+        coordination.announce(Signal.WEBHOOKS)
+    dispatcher.on_queued_without_room = webhooks_waiting
 
 
 def metrics_handler(store: Backend,

@@ -156,13 +156,16 @@ class Dispatcher:
         self._next_rescue_at = float("-inf")
         self.on_attempt: Callable[[str, float], None] | None = None  # (outcome, seconds): metrics
         # Nodes sharing a database (set by the daemon): whether this node may take work now
-        # (its heartbeats go through) and whether it leads (only the leader puts back sends
-        # whose lease ran out). ``only_sender``: no other process sends from this database,
-        # so at shutdown every delivery left ``sending`` is this one's to put back (else
-        # the node's leaving puts back its own).
+        # (its heartbeats go through), whether it leads (only the leader puts back sends
+        # whose lease ran out), and ``only_sender``: no other process sends from this
+        # database, so at shutdown every delivery left ``sending`` is this one's to put
+        # back (else the node's leaving puts back its own).
         self.may_claim: Callable[[], bool] | None = None
         self.leads: Callable[[], bool] | None = None
         self.only_sender = True
+        # Called when a finish queued a delivery and every slot here is taken: other
+        # nodes may send it sooner.
+        self.on_queued_without_room: Callable[[], None] | None = None
 
     @property
     def lease_s(self) -> float:
@@ -209,6 +212,8 @@ class Dispatcher:
                 return
         if status in FINAL_STATUSES:
             self._wake.set()
+            if self.on_queued_without_room is not None and self.free_slots <= 0:
+                self.on_queued_without_room()
 
     def _send_created(self, job: ClaimedJob, direct: DirectDelivery) -> None:
         self._sending[direct.id] = asyncio.create_task(

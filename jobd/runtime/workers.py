@@ -152,6 +152,12 @@ class WorkerPool:
         return (self._config.workers.concurrency - len(self._running) - self._reserved
                 - self._claim_slots)
 
+    @property
+    def has_room(self) -> bool:
+        """A job queued now would be claimed here at once: a slot is free (not held by a
+        claim in flight) and this node may claim."""
+        return self.free_slots > 0 and self._may_claim()
+
     # jobs created running ------------------------------------------------------------
     def reserve(self, job: NewJob, *, now: float, capped: bool) -> StartLease | None:
         """Hold a slot for ``job``, about to be created, if it can start at once without
