@@ -170,7 +170,7 @@ async def test_a_node_killed_under_load_has_its_work_done_by_the_others(
     assert frozen_jobs and frozen_sends
     answers = await sending
     acked = acknowledged(answers)
-    assert len(acked) >= 300
+    assert len(acked) >= len(jobs) // 2
 
     await until(lambda: _nothing(held()), "the victim's work put back", NODE_TIMEOUT_S + 5, 0.02)
     put_back_s = time.monotonic() - killed_at
@@ -323,3 +323,34 @@ async def test_wake_ups_cross_nodes_faster_than_the_poll(
 
 async def _limit(answer: Awaitable[Answer]) -> bool:
     return (await answer).headers["RateLimit-Limit"] == "7"
+
+
+async def test_a_restarted_node_puts_back_its_own_work_and_nothing_else(
+        cluster: Cluster, load: Load, db: asyncpg.Connection) -> None:
+    """A node's start touches only what its own earlier instance left (found by its node
+    name), at once: not the other nodes' running jobs, and without waiting for the
+    leader (whose node_timeout here is longer than the test)."""
+    nodes = cluster.start(cluster={"node_timeout": 30})
+    acme = await cluster.tenant("acme")
+    for node in nodes:
+        for i in range(4):
+            answer = await load.post(acme, probe(sleep=60), key=f"{node.name}-{i}", node=node)
+            assert answer.status == 201
+    await until(lambda: db.fetchval("SELECT count(*) = 12 FROM jobs WHERE status = 'running'"),
+                "every job running")
+    before = {r["id"]: (r["lease_owner"], r["attempts"]) for r in await db.fetch(
+        "SELECT id, lease_owner, attempts FROM jobs")}
+    restarted = nodes[0]
+    own = {job for job, (owner, _) in before.items() if owner.startswith(restarted.name + "/")}
+    assert own and len(own) < 12
+    restarted.daemon.kill9()
+    restarted.daemon.start(timeout_s=30)  # /healthz answers 200 once the recovery is done
+    after = {r["id"]: r for r in await db.fetch(
+        "SELECT id, status, lease_owner, attempts, last_error FROM jobs")}
+    for job in own:  # put back by the new instance at its start, and claimed again
+        assert after[job]["lease_owner"] != before[job][0]
+        assert "process died" in after[job]["last_error"], after[job]
+    others = {job: (after[job]["lease_owner"], after[job]["attempts"]) for job in before
+              if job not in own}
+    assert others == {job: before[job] for job in others}  # untouched, still running
+    assert {after[job]["status"] for job in others} == {"running"}
