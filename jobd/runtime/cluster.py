@@ -8,8 +8,11 @@ then, while this node leads, the rescue of dead nodes' work. A node taken for de
 the others (they have its work now) stops: the supervisor gives up, and the daemon exits
 for its service manager to start it again as a new instance.
 
-On SQLite (:class:`~jobd.store.cluster.SingleNode`) the heartbeat is a no-op and the
-node always leads.
+It also puts back, at the start, what this node's earlier instance left running or
+sending (:meth:`Membership.recover_own`), and at the end what it still holds
+(:meth:`Membership.leave`). On SQLite (:class:`~jobd.store.cluster.SingleNode`) the
+daemon runs no heartbeats, the start puts back everything left running or sending (only
+a process before this one can hold it) and the node always leads.
 """
 
 from __future__ import annotations

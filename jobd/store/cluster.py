@@ -170,6 +170,10 @@ class Coordination(Protocol):
     def announce(self, *signals: Signal) -> None:
         """Tell the other nodes, soon and coalesced (nothing to wait for)."""
 
+    async def tell(self, *signals: Signal) -> None:
+        """Tell every node now, from a process that is not one (the CLI, after a change
+        the nodes would otherwise find only by polling)."""
+
     def on_wake(self, handler: WakeHandler) -> None:
         """Call ``handler`` with what the other nodes said (in the event loop)."""
 
@@ -225,6 +229,9 @@ class SingleNode:
         return []
 
     def announce(self, *signals: Signal) -> None:
+        return None
+
+    async def tell(self, *signals: Signal) -> None:
         return None
 
     def on_wake(self, handler: WakeHandler) -> None:

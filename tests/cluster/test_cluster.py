@@ -290,8 +290,9 @@ async def _is(status: Awaitable[int], expected: int) -> bool:
 async def test_wake_ups_cross_nodes_faster_than_the_poll(
         cluster: Cluster, load: Load, db: asyncpg.Connection) -> None:
     """With a 5 s poll interval, only the wake-ups can be this quick: a job queued on a
-    busy node starts on an idle one, a cancel reaches the node running the job, and a
-    tenant's new limits reach every node's cache of API keys."""
+    busy node starts on an idle one, a cancel reaches the node running the job, a job
+    retried from the CLI starts, and a tenant's new limits reach every node's cache of
+    API keys."""
     nodes = cluster.start(workers={"poll_interval": 5},
                           each=lambda i: {"workers": {"concurrency": 1}} if i == 1 else {})
     acme = await cluster.tenant("acme")
@@ -313,6 +314,13 @@ async def test_wake_ups_cross_nodes_faster_than_the_poll(
     await until(lambda: db.fetchval("SELECT status = 'cancelled' FROM jobs WHERE id = $1",
                                     first.body["jobId"]), "the first job cancelled", 5, 0.005)
     assert time.monotonic() - asked < 0.5
+
+    cluster.cli("jobs", "retry", first.body["jobId"])  # the CLI tells the nodes too
+    retried_at = time.time()
+    started = await until(lambda: db.fetchval(
+        "SELECT started_at FROM jobs WHERE id = $1 AND status = 'running' AND attempts = 2",
+        first.body["jobId"]), "the retried job running again", 5, 0.005)
+    assert started - retried_at < 0.5
 
     for node in nodes:  # every node's cache holds the key, with the limits of now
         answer = await load.post(acme, probe(), key=f"before-{node.name}", node=node)

@@ -48,7 +48,7 @@ from jobd.store.named_sql import load_named
 from jobd.store.outcomes import Outcome
 from jobd.store.postgres.backend import PostgresBackend
 from jobd.store.postgres.jobs import queue_webhook
-from jobd.store.postgres.link import Link
+from jobd.store.postgres.link import DATABASE_ORIGIN, Link, payload
 from jobd.store.postgres.queries import changed
 
 log = logging.getLogger("jobd.cluster")
@@ -200,6 +200,10 @@ class PostgresCoordination:
     def announce(self, *signals: Signal) -> None:
         self._link.announce(*signals)
 
+    async def tell(self, *signals: Signal) -> None:
+        """On a pooled connection: a process that tells once needs no link of its own."""
+        await self._backend.call(notify, payload(DATABASE_ORIGIN, set(signals)))
+
     def on_wake(self, handler: WakeHandler) -> None:
         self._link.on_wake(handler)
 
@@ -240,6 +244,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 # statements on a pooled connection --------------------------------------------------------
+
+
+async def notify(conn: asyncpg.Connection, text: str) -> None:
+    await conn.execute(Q["notify"], text)
 
 
 async def live_nodes(conn: asyncpg.Connection) -> list[NodeInfo]:

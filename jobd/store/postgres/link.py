@@ -7,7 +7,8 @@ waiting for the WAL flush (``synchronous_commit = off``): a heartbeat or a wake-
 in a crash of the server costs nothing, and each NOTIFY would otherwise wait for one.
 
 Wake-ups go out on channel ``jobd`` as ``<origin> <signal> [<signal> ...]`` (origin: the
-sender's lease owner name, ``-`` for the database's own triggers; signals:
+sender's lease owner name; ``-`` for the database's own triggers and for processes that
+are not nodes, such as the CLI; signals:
 :class:`~jobd.store.cluster.Signal`, ``cancel:<job id>``). A node's own are skipped.
 
 * Out: :meth:`Link.announce` sends at once if nothing was sent in the last
@@ -41,7 +42,7 @@ from jobd.store.postgres.failures import DATABASE_ERRORS, GONE
 log = logging.getLogger("jobd.cluster")
 
 CHANNEL = "jobd"
-DATABASE_ORIGIN = "-"   # notifications sent by the database's triggers
+DATABASE_ORIGIN = "-"   # notifications sent by the database's triggers, or the CLI
 NOTIFY_GAP_S = 0.005    # at most one NOTIFY a node sends per gap
 RECONNECT_FIRST_S = 0.05
 RECONNECT_MAX_S = 1.0
