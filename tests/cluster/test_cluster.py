@@ -57,12 +57,13 @@ async def test_every_job_submitted_round_robin_runs_exactly_once(
     ids = {body["jobId"] for _, body in answers}
     assert len(ids) == JOBS
     await until(lambda: drained(db), "every job run and every webhook sent", 90)
+    assert all(n.daemon.proc is not None and n.daemon.proc.poll() is None for n in nodes)
     runs = cluster.runs()
     assert Counter(r.job_id for r in runs) == dict.fromkeys(ids, 1)
     assert {r.node for r in runs} == {n.name for n in nodes}
     assert all(r.end is not None for r in runs)
-    webhooks = cluster.receiver.webhook_ids()
-    assert len(webhooks) == JOBS // 10 and len(cluster.receiver.received) == JOBS // 10
+    webhooks = cluster.receiver.webhook_ids()  # (at least once: a slow answer is sent again)
+    assert len(webhooks) == JOBS // 10 and all(len(ids) == 1 for ids in webhooks.values())
     assert dict(await db.fetch("SELECT status, count(*) FROM jobs GROUP BY status")) == \
         {"succeeded": JOBS}
     assert dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")) == \
@@ -151,7 +152,7 @@ async def test_max_concurrency_holds_across_nodes(cluster: Cluster, load: Load,
 
 async def test_a_node_killed_under_load_has_its_work_done_by_the_others(
         cluster: Cluster, load: Load, db: asyncpg.Connection) -> None:
-    nodes = cluster.start()
+    nodes = cluster.start(cluster={"node_timeout": NODE_TIMEOUT_S})
     acme = await cluster.tenant("acme")
     cluster.receiver.delay_s = 0.3  # webhooks in flight at the kill
     [leader] = [n["name"] for n in cluster.cli_json("nodes") if n["leader"]]
@@ -229,7 +230,7 @@ async def test_one_rate_budget_for_the_whole_cluster(cluster: Cluster, load: Loa
 
 async def test_a_restart_of_postgresql_under_load_loses_nothing_acknowledged(
         cluster: Cluster, load: Load) -> None:
-    nodes = cluster.start(workers={"lease_seconds": 2})
+    nodes = cluster.start(workers={"lease_seconds": 2}, cluster={"node_timeout": NODE_TIMEOUT_S})
     acme = await cluster.tenant("acme")
     acked: set[str] = set()
     refused: Counter[int | str] = Counter()
