@@ -71,6 +71,25 @@ class PayloadTooLarge(JobdError):
     title = "Payload too large"
 
 
+# Refusals of the HTTP layer itself (the connection or its framing), before any route
+class MalformedRequest(JobdError):
+    status = 400
+    code = "malformed_request"
+    title = "Malformed request"
+
+
+class RequestTimeout(JobdError):
+    status = 408
+    code = "request_timeout"
+    title = "Request not received in time"
+
+
+class TooManyConnections(JobdError):
+    status = 503
+    code = "too_many_connections"
+    title = "Too many connections"
+
+
 class RateLimited(JobdError):
     status = 429
     code = "rate_limited"

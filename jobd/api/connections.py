@@ -34,8 +34,9 @@ from aiohttp.http_exceptions import (
 from aiohttp.web_protocol import RequestHandler
 
 from jobd.api.framing import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
-from jobd.api.problems import INTERNAL_ERROR, MalformedRequest, from_error
+from jobd.api.problems import INTERNAL_ERROR, from_error
 from jobd.config import Config, ServerConfig
+from jobd.errors import MalformedRequest
 from jobd.logs import LogThrottle
 
 log = logging.getLogger("jobd.api")

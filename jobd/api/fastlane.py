@@ -43,12 +43,11 @@ from jobd.api.futures import when_done
 from jobd.api.problems import (
     INTERNAL_ERROR,
     PROBLEM_JSON,
-    TooManyConnections,
     error_body,
     error_headers,
 )
 from jobd.api.routes import Answer, admit, created, insert, job_state, prepare, take_token
-from jobd.errors import JobdError
+from jobd.errors import JobdError, TooManyConnections
 from jobd.models import Delivery, IdempotentResult, Job
 from jobd.ratelimit import Decision
 

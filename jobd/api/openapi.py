@@ -116,13 +116,16 @@ def _create_job() -> dict[str, Any]:
             "201": created,
             "400": _problem("`validation_error` (malformed JSON, an unknown or invalid field, "
                             "an unknown type, a payload its type refuses, a refused outbound "
-                            "URL; `errors` names each field) or `missing_idempotency_key`. "
+                            "URL; `errors` names each field), `missing_idempotency_key`, or "
+                            "`malformed_request` (the body's framing is broken or cut short). "
                             "RateLimit-* are sent once the API key was accepted.", optional_rate),
             "401": _problem("`unauthorized`: the API key is missing, unknown or revoked, its "
                             "tenant is disabled, or `tenantId` is another tenant's.",
                             {**WWW_AUTHENTICATE, **optional_rate}),
             "409": _problem("`idempotency_conflict`: the Idempotency-Key was used with "
                             "another body.", RATE_HEADERS),
+            "408": _problem("`request_timeout`: the body did not arrive within "
+                            "server.read_timeout."),
             "413": _problem("`payload_too_large`: the body is over server.max_body_bytes.",
                             RATE_HEADERS),
             "429": _problem("`rate_limited`: the tenant's bucket is empty.", {
@@ -165,8 +168,12 @@ def _paths() -> dict[str, Any]:
             "operationId": "health", "summary": "Readiness, for a load balancer", "security": [],
             "responses": {"200": _json_body(Health, "Ready."),
                           "503": _problem("`not_ready` while starting or stopping; "
-                                          "`storage_failed` after the database could not be "
-                                          "synced to disk.")}}},
+                                          "`writes_failing` while database writes fail (reads "
+                                          "still work); `storage_failed` after the database "
+                                          "could not be synced to disk; `task_failed` when a "
+                                          "task of the daemon gave up and it is stopping; on "
+                                          "PostgreSQL `database_unreachable`, "
+                                          "`database_read_only` or `database_overloaded`.")}}},
         "/metrics": {"get": {
             "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
             "responses": {"200": {"description": "Prometheus text format 0.0.4.",
@@ -188,7 +195,12 @@ def build_openapi() -> dict[str, Any]:
         "info": {"title": "jobd", "version": __version__,
                  "description": "Background jobs with retries and signed webhooks. Every "
                                 "error is application/problem+json (RFC 9457) with a stable "
-                                "`code`."},
+                                "`code`. On any path, before a route is chosen: 400 "
+                                "`malformed_request` (a request head that HTTP cannot parse "
+                                "or that is over its limits) and 503 `too_many_connections` "
+                                "(with Retry-After: server.max_connections are open and none "
+                                "is idle). A request whose head does not arrive within "
+                                "server.read_timeout has its connection closed."},
         "components": {
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

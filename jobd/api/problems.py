@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from jobd.errors import JobdError, RateLimited, Unauthorized
+from jobd.errors import JobdError, RateLimited, TooManyConnections, Unauthorized
 
 log = logging.getLogger("jobd.api")
 
@@ -20,25 +20,6 @@ RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers", di
 PROBLEM_JSON = "application/problem+json"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 INTERNAL_ERROR = JobdError("the server failed to handle this request; see its log")
-
-
-# Refusals of the HTTP layer itself (the connection or its framing), before any route
-class MalformedRequest(JobdError):
-    status = 400
-    code = "malformed_request"
-    title = "Malformed request"
-
-
-class RequestTimeout(JobdError):
-    status = 408
-    code = "request_timeout"
-    title = "Request not received in time"
-
-
-class TooManyConnections(JobdError):
-    status = 503
-    code = "too_many_connections"
-    title = "Too many connections"
 
 
 def problem_body(status: int, code: str, title: str, detail: str,

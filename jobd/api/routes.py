@@ -15,14 +15,16 @@ from pydantic import ValidationError
 
 from jobd.api.auth import Caller, authenticate, authorized, bearer_key
 from jobd.api.context import API, ApiContext
-from jobd.api.problems import RATE_HEADERS, MalformedRequest, RequestTimeout
+from jobd.api.problems import RATE_HEADERS
 from jobd.api.schemas import JobCreateRequest
 from jobd.api.views import created_body, job_view
 from jobd.errors import (
+    MalformedRequest,
     MissingIdempotencyKey,
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     Unauthorized,
     ValidationFailed,
 )
