@@ -214,6 +214,10 @@ async def _nothing(found: Awaitable[tuple[list[str], list[str]]]) -> bool:
 async def test_one_rate_budget_for_the_whole_cluster(cluster: Cluster, load: Load) -> None:
     cluster.start()
     limited = await cluster.tenant("limited", rate=10, burst=20)
+    for node in cluster.nodes:  # each node's cache of API keys primed, without a token
+        async with load.session.get(f"{node.base}/jobs/job_none", headers={
+                "Authorization": f"Bearer {limited.api_key}"}) as resp:
+            assert resp.status == 404
     statuses: Counter[int] = Counter()
     stop_at = time.monotonic() + 2.0
 
