@@ -218,6 +218,8 @@ def _job_created(pool: WorkerPool, metrics: Metrics, coordination: Coordination,
 
 
 def _webhook_queued(dispatcher: Dispatcher, coordination: Coordination) -> Callable[[], None]:
+    """After a cancel queued a webhook: the dispatcher sends it, and where nodes share the
+    database, the others are told (it may be sent sooner by one of them)."""
     if not coordination.shared:
         return dispatcher.wake
 
