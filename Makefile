@@ -37,8 +37,17 @@ dev: $(DEV)  ## install also the test, lint and type-check tools
 run: $(RUNTIME)  ## serve with the defaults (jobd.db in this directory, port 8080)
 	$(BIN)/jobd serve
 
-test: $(DEV)  ## run the whole test suite
-	$(BIN)/python -m pytest -q
+# The tests on PostgreSQL (-m postgres: those on the throwaway server of tests/pg.py) run
+# in a second pytest process beside the others, so that the two halves share the
+# machine's cores; the PostgreSQL half's output is printed after the first half's.
+# `python -m pytest -q` runs the same tests one after another.
+test: $(DEV)  ## run the whole test suite (its PostgreSQL half in a second process beside it)
+	@log=$$(mktemp); \
+	$(BIN)/python -m pytest -q -m postgres > $$log 2>&1 & postgres=$$!; \
+	$(BIN)/python -m pytest -q -m 'not postgres'; others=$$?; \
+	wait $$postgres; on_postgres=$$?; \
+	echo "== the tests on PostgreSQL (pytest -m postgres):"; cat $$log; rm -f $$log; \
+	test $$others -eq 0 -a $$on_postgres -eq 0
 
 lint: $(DEV)  ## ruff and mypy
 	$(BIN)/ruff check jobd tests bench docs

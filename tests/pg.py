@@ -15,6 +15,13 @@ test_<pid>_<n> TEMPLATE template0``), dropped after it.
 ``pg_own_server`` (function): a server started for one test alone, which the test may
 stop and start again (:meth:`Server.shut_down`, :meth:`Server.start_again`).
 
+``pg_jobd_databases`` (session): migrated databases lent to the tests that run jobd on
+PostgreSQL (tests/conftest.py's ``database`` fixture, one per directory a test keeps a
+database in). Made, migrated and dropped per test, a database would cost half a second
+(the drop forces a checkpoint); a lent one comes back emptied instead: its other sessions
+ended, every row of jobd's tables deleted, their identities restarted. One that cannot be
+emptied, or whose schema a test changed, is dropped rather than lent again.
+
 Without server binaries (or asyncpg) the PostgreSQL tests are skipped with the reason,
 except where ``CI`` is set: there they must run, so they fail.
 """
@@ -152,6 +159,129 @@ def pg_database_url(pg_url: str) -> Iterator[str]:
         yield with_database(pg_url, name)
     finally:
         admin(pg_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class DatabasePool:
+    """Migrated jobd databases on one server, lent one per :meth:`take`, emptied by
+    :meth:`give_back`. See the module docstring."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self._free: list[str] = []
+        self._made: set[str] = set()
+
+    def take(self) -> str:
+        """The URL of an empty, migrated database no other test holds."""
+        if self._free:
+            return with_database(self.server_url, self._free.pop())
+        from jobd.config import DatabaseConfig
+        from jobd.store.postgres.connection import migrate_database
+
+        name = f"jobd_{os.getpid()}_{next(_names)}"
+        try:
+            admin(self.server_url, f"CREATE DATABASE {name} TEMPLATE template0")
+        except OSError as exc:
+            pytest.fail(f"the PostgreSQL server at {mask_password(self.server_url)} is "
+                        f"unreachable: {exc}", pytrace=False)
+        self._made.add(name)
+        url = with_database(self.server_url, name)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, migrate_database(DatabaseConfig(url=url))).result()
+        return url
+
+    def give_back(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, _empty(url)).result()
+        except Exception:
+            self._drop(name)  # whatever a test left there, no later test gets it
+            return
+        self._free.append(name)
+
+    def close(self) -> None:
+        for name in list(self._made):
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        self._made.discard(name)
+        with contextlib.suppress(Exception):
+            admin(self.server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def _empty(url: str) -> None:
+    """End the database's other sessions (a killed daemon's may linger), delete every row
+    of jobd's tables but the schema version, restart their identity columns. Raises if
+    the schema is not the latest migration's (a test changed it)."""
+    import asyncpg
+
+    from jobd.store.postgres.connection import SCHEMA_TABLE, migrations
+
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        version = await conn.fetchval(f"SELECT max(version) FROM {SCHEMA_TABLE}")
+        if version != migrations()[-1].version:
+            raise RuntimeError(f"schema version {version}")
+        tables = [r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+            "AND tablename <> $1", SCHEMA_TABLE)]
+        identities = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND is_identity = 'YES'")
+        async with conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = '10s'")
+            # Foreign keys are not checked meanwhile: every table is emptied.
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            for table in tables:
+                await conn.execute(f'DELETE FROM "{table}"')
+            for row in identities:
+                await conn.execute(f'ALTER TABLE "{row["table_name"]}" '
+                                   f'ALTER COLUMN "{row["column_name"]}" RESTART')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_jobd_databases(pg_url: str) -> Iterator[DatabasePool]:
+    """Migrated databases to lend to tests (see :class:`DatabasePool`)."""
+    pool = DatabasePool(pg_url)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+class Session:
+    """One connection of the test's own, used from code that runs no event loop (as an
+    operator's psql session would be): ``execute`` blocks until the server answered."""
+
+    def __init__(self, url: str) -> None:
+        import asyncpg
+
+        self._pool = ThreadPoolExecutor(1)  # the connection's loop lives in this thread
+        self._loop = asyncio.new_event_loop()
+        self._conn = self._run(asyncpg.connect(url, timeout=10))
+
+    def execute(self, sql: str, *args: Any) -> None:
+        self._run(self._conn.execute(sql, *args))
+
+    def close(self) -> None:
+        try:
+            self._run(self._conn.close())
+        finally:
+            self._pool.submit(self._loop.close).result()
+            self._pool.shutdown()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Any) -> Any:
+        return self._pool.submit(self._loop.run_until_complete, coro).result(60)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -54,11 +55,23 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def sqlite_database(tmp: Path) -> dict[str, Any]:
+    """The ``[database]`` section of a config kept in ``tmp``: SQLite at ``tmp / "jobd.db"``."""
+    return {"path": str(tmp / "jobd.db")}
+
+
+# The [database] section for a config kept in a directory. SQLite unless the test runs on
+# PostgreSQL: then tests/conftest.py's ``database`` fixture puts here a function that
+# gives each directory a database of its own on the test server ({"url": ...}).
+database_for: Callable[[Path], dict[str, Any]] = sqlite_database
+
+
 def config_data(tmp: Path, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """:data:`TEST_DEFAULTS` with the database at ``tmp / "jobd.db"``, then ``sections``
+    """:data:`TEST_DEFAULTS` with the database of ``tmp`` (:data:`database_for`: SQLite at
+    ``tmp / "jobd.db"``, or the test's PostgreSQL database for ``tmp``), then ``sections``
     merged key by key (``workers={"concurrency": 2}`` keeps the other workers keys)."""
     data = {name: dict(values) for name, values in TEST_DEFAULTS.items()}
-    data["database"] = {"path": str(tmp / "jobd.db")}
+    data["database"] = database_for(tmp)
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return data
@@ -74,6 +87,13 @@ def write_config(path: Path, tmp: Path, port: int, **sections: dict[str, Any]) -
     server = {"port": port, **sections.pop("server", {})}
     path.write_text(render_toml(config_data(tmp, server=server, **sections)))
     return path
+
+
+def written_config(path: Path) -> Config:
+    """The config a ``jobd`` process reads from the file at ``path`` (no JOBD_* variables:
+    :func:`cli` and :class:`Daemon` run without them)."""
+    with path.open("rb") as fh:
+        return Config.model_validate(tomllib.load(fh))
 
 
 def reap(proc: subprocess.Popen[Any]) -> None:

@@ -38,9 +38,12 @@ TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TenantArg = Annotated[str, typer.Argument(help="Tenant id, e.g. tenant_123.")]
 RateOpt = Annotated[float | None, typer.Option("--rate", min=0.001,
                                                help="POST /jobs requests per second.")]
-BurstOpt = Annotated[int | None, typer.Option("--burst", min=1, help="Token bucket capacity.")]
+LIMIT_MAX = 2**31 - 1  # what both backends store (PostgreSQL's integer columns: 32 bits)
+BurstOpt = Annotated[int | None, typer.Option("--burst", min=1, max=LIMIT_MAX,
+                                              help="Token bucket capacity.")]
 ConcurrencyOpt = Annotated[int | None, typer.Option(
-    "--max-concurrency", min=0, help="Most jobs of this tenant running at once (0: no cap).")]
+    "--max-concurrency", min=0, max=LIMIT_MAX,
+    help="Most jobs of this tenant running at once (0: no cap).")]
 _clock = SystemClock()
 T = TypeVar("T")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -13,6 +14,7 @@ from jobd.handlers.registry import Registry
 from jobd.models import ClaimedJob
 
 MAX_ERROR_CHARS = 500
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(slots=True)
@@ -47,7 +49,12 @@ Outcome = Succeeded | Failed | TimedOut | Cancelled | Interrupted
 
 
 def describe(exc: BaseException) -> str:
+    """The error of a failed attempt as it is stored and shown: at most MAX_ERROR_CHARS,
+    and text every database takes (a lone surrogate, as in a message made of undecodable
+    bytes, becomes U+FFFD)."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +33,7 @@ from jobd.handlers.registry import build_registry
 from jobd.models import NewTenant
 from jobd.store.backend import Backend
 from tests.conftest import T0, NewTenantFactory
+from tests.stores import stored_rows
 
 # The API clock starts a little after the tenants were created (at T0).
 NOW0 = T0 + 1000.0
@@ -154,17 +154,12 @@ class Api:
     async def delete_job(self, job_id: str, **kw: Any) -> Reply:
         return await self.request("DELETE", f"/jobs/{job_id}", **kw)
 
-    def job_rows(self, tenant_id: str | None = None) -> list[sqlite3.Row]:
+    def job_rows(self, tenant_id: str | None = None) -> list[Mapping[str, Any]]:
         """Rows of the jobs table, read on a fresh connection (what is durably there)."""
-        conn = sqlite3.connect(self.config.database.path)
-        conn.row_factory = sqlite3.Row
-        try:
-            if tenant_id is None:
-                return conn.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
-            return conn.execute("SELECT * FROM jobs WHERE tenant_id = ? ORDER BY seq",
-                                (tenant_id,)).fetchall()
-        finally:
-            conn.close()
+        if tenant_id is None:
+            return stored_rows(self.config.database, "SELECT * FROM jobs ORDER BY seq")
+        return stored_rows(self.config.database,
+                           "SELECT * FROM jobs WHERE tenant_id = ? ORDER BY seq", tenant_id)
 
     def job_count(self, tenant_id: str | None = None) -> int:
         return len(self.job_rows(tenant_id))

@@ -19,14 +19,14 @@ import pytest
 from jobd.api.fastlane import FastLane
 from jobd.config import Config
 from tests.api.conftest import PROBLEM, Api, LogLines, read_answer
-from tests.conftest import make_config
+from tests.conftest import Databases, make_config
 
 LIMIT = 4
 SLOW = {"read_timeout": 60, "idle_timeout": 60}   # (nothing times out during the test)
 
 
 @pytest.fixture
-def config(tmp_path: Path, request: pytest.FixtureRequest) -> Config:
+def config(tmp_path: Path, request: pytest.FixtureRequest, database: Databases) -> Config:
     server = {"max_connections": LIMIT, "read_timeout": 0.5, "idle_timeout": 0.5,
               **getattr(request, "param", {})}
     return make_config(tmp_path, server=server)

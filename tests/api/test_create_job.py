@@ -10,11 +10,11 @@ import pytest
 
 from jobd.config import Config
 from tests.api.conftest import JOB_ID, NOW0, Api, eventually, parse_time
-from tests.conftest import make_config
+from tests.conftest import Databases, make_config
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def config(tmp_path: Path, database: Databases) -> Config:
     """This module's app refuses bodies over 2048 bytes (see the 413 tests at the end)."""
     return make_config(tmp_path, server={"max_body_bytes": 2048})
 
@@ -122,7 +122,8 @@ async def test_email_and_http_jobs_are_accepted(api: Api) -> None:
 
 
 @pytest.mark.parametrize("payload", [{}, {"anything": [1, {"x": None}], "n": 1.5},
-                                     {"deep": {"a": {"b": "c"}}}])
+                                     {"deep": {"a": {"b": "c"}}},
+                                     {"nul": "a\u0000b", "astral": "\U0001f600"}])
 async def test_noop_accepts_any_object_payload(api: Api, payload: dict[str, object]) -> None:
     r = await api.post_job(api.body(type="noop", payload=payload))
     assert r.status == 201, r.raw

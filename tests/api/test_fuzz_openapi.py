@@ -50,7 +50,7 @@ from jobd.api.schemas import IDEMPOTENCY_KEY_PATTERN
 from jobd.models import NewTenant
 from tests.api.served import PATHS, ServedApi
 from tests.api.served import Path as ServedPath
-from tests.conftest import make_config
+from tests.conftest import Databases, make_config
 
 PROBLEM = "application/problem+json"
 TENANT = "acme"
@@ -71,12 +71,16 @@ sampling = {"created_ids": True}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
+def served(tmp_path_factory: pytest.TempPathFactory, backend_kind: str,
+           request: pytest.FixtureRequest) -> Iterator[ServedApi]:
+    """One API for the module's runs on each backend (its database kept across them)."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    config = make_config(tmp, webhooks={"allow_private_networks": False})
-    with ServedApi(config) as api:
-        yield api
-    _assert_integrity(Path(config.database.path))
+    with Databases(backend_kind, request).installed():
+        config = make_config(tmp, webhooks={"allow_private_networks": False})
+        with ServedApi(config) as api:
+            yield api
+    if config.database.url is None:
+        _assert_integrity(Path(config.database.path))
 
 
 @pytest.fixture(scope="module")

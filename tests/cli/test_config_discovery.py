@@ -1,5 +1,8 @@
 """Which config file and which database the CLI uses when it is not told, as a user runs
-it: the real ``jobd`` process in a directory of its own, without ``--config``."""
+it: the real ``jobd`` process in a directory of its own, without ``--config``.
+
+SQLite only: without a config the database is SQLite's file, which may be missing or
+created here; a PostgreSQL database (``database.url``) is the server's to have."""
 
 from __future__ import annotations
 

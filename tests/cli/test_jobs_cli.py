@@ -4,13 +4,18 @@ point in-process), and one line on stderr with the right exit code for every bad
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
+from jobd.config import mask_password
 from jobd.models import JobStatus
+from tests.conftest import postgres_only, sqlite_only
+from tests.pg import Session
 from tests.support import cli, cli_json, write_config
 
 VIEW_FIELDS = {"jobId", "status", "attempts", "nextRunAt", "createdAt", "updatedAt", "type",
@@ -236,6 +241,7 @@ def test_a_bad_config_file_exits_2(tmp_path, content, expected):
                                   ("jobs", "cancel", "job_x"), ("jobs", "retry", "job_x"),
                                   ("stats",), ("dlq", "list"), ("prune", "--dry-run")])
 def test_a_missing_database_exits_1_and_says_what_to_do(tmp_path, args):
+    # SQLite only: a missing file; a PostgreSQL database cannot be missing this way
     missing = tmp_path / "elsewhere" / "jobd.db"
     cfg = write_config(tmp_path / "jobd.toml", tmp_path, 0, database={"path": str(missing)})
     line = one_line_error(cli(cfg, *args, check=False), 1)
@@ -244,6 +250,7 @@ def test_a_missing_database_exits_1_and_says_what_to_do(tmp_path, args):
     assert not missing.exists() and not missing.parent.exists()  # nothing was created
 
 
+@sqlite_only("holds SQLite's write lock; busy_timeout is SQLite's")
 def test_a_database_locked_past_the_busy_timeout_exits_1(tmp_path, cfg, seed):
     now = time.time()
     job_id = seed.submit("acme", now=now, run_at=now + 3600)
@@ -259,5 +266,26 @@ def test_a_database_locked_past_the_busy_timeout_exits_1(tmp_path, cfg, seed):
         holder.close()
     line = one_line_error(proc, 1)
     assert "locked" in line and "busy_timeout" in line
+    assert elapsed < 10
+    assert cli_json(cfg, "jobs", "show", job_id)["status"] == "queued"  # nothing changed
+
+
+@postgres_only("holds a row lock in a session of its own, as an open psql session may")
+def test_a_row_locked_past_the_lock_timeout_exits_1(tmp_path, cfg, seed, config):
+    now = time.time()
+    job_id = seed.submit("acme", now=now, run_at=now + 3600)
+    # the statement (and the lock wait: at most statement_timeout) gives up after 0.2 s
+    locked = write_config(tmp_path / "locked.toml", tmp_path, 0,
+                          database={"statement_timeout": 0.2})
+    with Session(config.database.url) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+        started = time.monotonic()
+        proc = cli(locked, "jobs", "cancel", job_id, "--json", check=False)
+        elapsed = time.monotonic() - started
+    line = one_line_error(proc, 1)
+    assert re.search(r"(lock|statement) timeout", line), line
+    assert mask_password(config.database.url) in line
+    assert urlsplit(config.database.url).password not in line
     assert elapsed < 10
     assert cli_json(cfg, "jobs", "show", job_id)["status"] == "queued"  # nothing changed

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from jobd.config import Config
 from jobd.models import DeliveryStatus, JobStatus
-from tests.stores import BlockingStore
+from tests.stores import BlockingStore, stored_rows
 from tests.support import JOBD, wait_for
 
 DAY = 86_400.0
@@ -99,18 +99,14 @@ def remaining(db: BlockingStore) -> set[str]:
     return {j.id for j in db.run(lambda b: b.list_jobs(limit=100))}
 
 
-def held_keys(tmp_path: Path) -> int:
-    """Jobs that hold an Idempotency-Key, read from the file (SQLite: the protocol does
-    not say)."""
-    conn = sqlite3.connect(tmp_path / "jobd.db")
-    try:
-        return int(conn.execute(
-            "SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL").fetchone()[0])
-    finally:
-        conn.close()
+def held_keys(config: Config) -> int:
+    """Jobs that hold an Idempotency-Key, read from the database (the protocol does not say)."""
+    [(count,)] = stored_rows(config.database,
+                             "SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL")
+    return int(count)
 
 
-def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged, tmp_path):
+def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged, config):
     before = remaining(db)
     doc = jobd.json("prune", "--dry-run")
     assert doc["dryRun"] is True
@@ -119,12 +115,11 @@ def test_prune_dry_run_counts_and_deletes_nothing(jobd, db, aged, tmp_path):
     assert "idempotencyKeys" not in doc  # keys live on their jobs and go with them
     assert doc["cutoff"].endswith("Z")
     assert remaining(db) == before
-    assert held_keys(tmp_path) == 9
+    assert held_keys(config) == 9
     assert "dryRun: True" in jobd("prune", "--dry-run").stdout
 
 
-def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db, aged,
-                                                                       tmp_path):
+def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db, aged, config):
     doc = jobd.json("prune", "--yes")
     assert doc["dryRun"] is False
     assert (doc["jobs"], doc["deliveries"]) == (5, 3)
@@ -134,7 +129,7 @@ def test_prune_deletes_only_finished_jobs_and_deliveries_past_retention(jobd, db
     dead = db.run(lambda b: b.find_delivery(aged["dead_delivery"]))
     assert dead.status is DeliveryStatus.DEAD  # the DLQ is purged only by `dlq purge`
     assert jobd.json("dlq", "list")[0]["deliveryId"] == aged["dead_delivery"]
-    assert held_keys(tmp_path) == 4  # the jobs that are left keep theirs
+    assert held_keys(config) == 4  # the jobs that are left keep theirs
 
     again = jobd.json("prune", "--yes")
     assert (again["jobs"], again["deliveries"]) == (0, 0)

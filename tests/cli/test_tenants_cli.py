@@ -1,9 +1,10 @@
-"""``jobd tenants disable`` says what it does and what it does not do."""
+"""``jobd tenants``: what ``disable`` does and does not do; limits the database holds."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from jobd.cli.main import app
@@ -31,3 +32,21 @@ def test_disable_help_says_it_does_not_pause_the_tenant() -> None:
     text = " ".join(shown.output.split())
     assert "Refuse the tenant's API key (401)" in text
     assert "It does not pause the tenant" in text and "still run" in text
+
+
+@pytest.mark.parametrize("args", [("tenants", "create", "big", "--burst", "2147483648"),
+                                  ("tenants", "update", "acme", "--burst", "1" + "0" * 20),
+                                  ("tenants", "update", "acme", "--max-concurrency",
+                                   "2147483648")])
+def test_limits_past_a_32_bit_integer_are_bad_input(jobd: Any, seed: Any,
+                                                    args: tuple[str, ...]) -> None:
+    """The same refusal on both backends (PostgreSQL's columns are 32-bit integers), as
+    bad input (exit 2) naming the option, before anything is written."""
+    before = jobd.json("tenants", "list")
+    proc = jobd(*args, "--json", check=False)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert args[3] in proc.stderr and "2147483647" in proc.stderr
+    assert jobd.json("tenants", "list") == before
+    jobd("tenants", "create", "top", "--burst", "2147483647", "--max-concurrency", "2147483647")
+    top = jobd.json("tenants", "show", "top")
+    assert (top["burst"], top["maxConcurrency"]) == (2147483647, 2147483647)

@@ -112,7 +112,8 @@ KINDS: dict[str, Kind] = {
 }
 
 
-@pytest.fixture(params=sorted(KINDS))
+@pytest.fixture(params=[pytest.param(kind, marks=[pytest.mark.postgres] if kind == "postgres" else [])
+                        for kind in sorted(KINDS)])
 async def opened(request: pytest.FixtureRequest) -> AsyncIterator[Opened]:
     async with KINDS[request.param](request) as kind:
         yield kind

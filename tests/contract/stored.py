@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from tests.stores import numbered
+
 
 class Peek(Protocol):
     async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
@@ -28,10 +30,10 @@ class PostgresPeek:
         return cls(await asyncpg.connect(url, timeout=10))
 
     async def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._conn.fetch(_numbered(sql), *args)]
+        return [tuple(r) for r in await self._conn.fetch(numbered(sql), *args)]
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(_numbered(sql), *args)
+        await self._conn.execute(numbered(sql), *args)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -49,13 +51,6 @@ class SqlitePeek:
 
     async def close(self) -> None:
         self._conn.close()
-
-
-def _numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2 ...``."""
-    parts = sql.split("?")
-    return "".join(part + (f"${n}" if n < len(parts) else "")
-                   for n, part in enumerate(parts, 1))
 
 
 # what the tests ask ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Fixtures for the guides' tests: a real ``jobd serve`` on a config the test writes."""
+"""Fixtures for the guides' tests: a real ``jobd serve`` on a config the test writes (on
+each backend: see tests/conftest.py's ``database``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Databases
 from tests.support import Client, Daemon, cli_json, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +37,12 @@ def load_module(path: Path, name: str) -> ModuleType:
 class Jobd:
     """A running daemon, its config file and one tenant made with the real CLI."""
 
-    def __init__(self, tmp_path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, tmp_path: Path, database: dict[str, Any],
+                 sections: dict[str, dict[str, Any]]) -> None:
         self.port = free_port()
         data: dict[str, dict[str, Any]] = {
             "server": {"port": self.port},
-            "database": {"path": str(tmp_path / "jobd.db")},
+            "database": database,
             "webhooks": {"allow_private_networks": True},
         }
         for name, values in sections.items():
@@ -56,13 +59,14 @@ class Jobd:
 
 
 @pytest.fixture
-def jobd(tmp_path: Path) -> Iterator[Callable[..., Jobd]]:
+def jobd(tmp_path: Path, database: Databases) -> Iterator[Callable[..., Jobd]]:
+    """``jobd(**sections)`` starts one, on the test's backend."""
     started: list[Jobd] = []
 
     def start(**sections: dict[str, Any]) -> Jobd:
         where = tmp_path / f"jobd{len(started)}"
         where.mkdir()
-        started.append(Jobd(where, sections))
+        started.append(Jobd(where, database(where), sections))
         return started[-1]
 
     yield start

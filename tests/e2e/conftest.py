@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Databases
+from tests.e2e.receiver import receiver
 from tests.e2e.target import Target
-from tests.support import Client, Daemon, cli_json, free_port, write_config
+from tests.support import Client, Daemon, cli_json, free_port, write_config, written_config
 
 pytestmark = pytest.mark.e2e
+__all__ = ["receiver"]  # a fixture for every e2e test
 
 
 class Env:
@@ -21,6 +24,7 @@ class Env:
         self.tmp_path = tmp_path
         self.port = free_port()
         self.config = write_config(tmp_path / "jobd.toml", tmp_path, self.port, **sections)
+        self.database = written_config(self.config).database
         self.daemon = Daemon(self.config, self.port, tmp_path / "jobd.log")
         creds = cli_json(self.config, "tenants", "create", "acme")
         self.client = Client(self.daemon.base, creds["tenantId"], creds["apiKey"])
@@ -56,7 +60,7 @@ def no_secret_in_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 @pytest.fixture
-def make_env(tmp_path: Path) -> Iterator[Callable[..., Env]]:
+def make_env(tmp_path: Path, database: Databases) -> Iterator[Callable[..., Env]]:
     envs: list[Env] = []
 
     def make(**sections: dict[str, Any]) -> Env:

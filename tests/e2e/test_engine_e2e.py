@@ -6,7 +6,6 @@ import email
 import os
 import random
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -16,6 +15,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from jobd.models import ALLOWED_TRANSITIONS, JobStatus
+from tests.conftest import sqlite_only
+from tests.stores import stored_rows
 from tests.support import JOBD, cli_json, free_port, wait_for
 
 
@@ -158,12 +159,11 @@ def test_one_worker_takes_waiting_jobs_in_turn_and_an_idle_one_starts_a_new_job_
     # idle again: a new job is created running, with no claim in between
     last = _created(env.client.submit("noop", {}, key="last"))
     env.client.wait_status(last, "succeeded")
-    with sqlite3.connect(env.tmp_path / "jobd.db") as conn:
-        created_at, started_at = conn.execute(
-            "SELECT created_at, started_at FROM jobs WHERE id = ?", (last,)).fetchone()
-        queued_started = conn.execute("SELECT count(*) FROM jobs WHERE id IN (?, ?, ?) "
-                                      "AND started_at > created_at", later).fetchone()[0]
-    assert started_at == created_at
+    [row] = stored_rows(env.database, "SELECT created_at, started_at FROM jobs WHERE id = ?",
+                        last)
+    [(queued_started,)] = stored_rows(env.database, "SELECT count(*) FROM jobs WHERE id IN "
+                                      "(?, ?, ?) AND started_at > created_at", *later)
+    assert row["started_at"] == row["created_at"]
     assert queued_started == 3
 
 
@@ -265,6 +265,8 @@ def test_sigterm_under_load_leaves_nothing_running(make_env):
         env.client.wait_status(job_id, "succeeded", timeout_s=20)
 
 
+@sqlite_only("the SQLite file's lock keeps a second daemon out; on PostgreSQL nodes share a "
+             "database")
 def test_a_second_daemon_on_the_same_database_refuses_to_start(make_env):
     env = make_env()
     env.daemon.start()

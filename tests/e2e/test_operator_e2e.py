@@ -51,15 +51,26 @@ def test_metrics_count_a_finished_job_that_jobs_list_finds(make_env):
         assert samples[("jobd_jobs", (("status", status),))] == 0, status
     assert samples[("jobd_dlq_size", ())] == 0
 
-    # The database's own figures: the create and the finish were committed by the writer.
-    committed = samples[("jobd_db_transactions_total", (("outcome", "committed"),))]
-    assert committed >= 1 and samples[("jobd_db_transactions_total", (("outcome", "error"),))] == 0
-    assert samples[("jobd_db_writes_total", ())] >= 2  # the new job and its outcome
-    assert samples[("jobd_db_transaction_seconds_count", ())] == committed
-    assert samples[("jobd_db_transaction_seconds_sum", ())] > 0
-    db_file = env.tmp_path / "jobd.db"
-    assert 0 < samples[("jobd_db_bytes", (("file", "main"),))] <= db_file.stat().st_size
-    assert samples[("jobd_db_bytes", (("file", "wal"),))] > 0
+    if env.database.url is None:
+        # SQLite's own figures: the create and the finish were committed by the writer.
+        committed = samples[("jobd_db_transactions_total", (("outcome", "committed"),))]
+        assert committed >= 1
+        assert samples[("jobd_db_transactions_total", (("outcome", "error"),))] == 0
+        assert samples[("jobd_db_writes_total", ())] >= 2  # the new job and its outcome
+        assert samples[("jobd_db_transaction_seconds_count", ())] == committed
+        assert samples[("jobd_db_transaction_seconds_sum", ())] > 0
+        db_file = env.tmp_path / "jobd.db"
+        assert 0 < samples[("jobd_db_bytes", (("file", "main"),))] <= db_file.stat().st_size
+        assert samples[("jobd_db_bytes", (("file", "wal"),))] > 0
+    else:
+        # PostgreSQL's: the pool (all of it opened at the start) and its batches.
+        size = env.database.pool_size
+        assert samples[("jobd_db_pool_connections_max", ())] == size
+        assert 0 < samples[("jobd_db_pool_connections", ())] <= size
+        assert samples[("jobd_db_pool_connections_idle", ())] <= size
+        assert samples[("jobd_db_batches_in_flight", ())] == 0
+        assert not any(name.startswith(("jobd_db_transaction", "jobd_db_writes", "jobd_db_bytes"))
+                       for name, _ in samples)
 
     assert [j["jobId"] for j in cli_json(env.config, "jobs", "list", "--status", "succeeded")] == [
         job_id]
@@ -127,7 +138,8 @@ def test_json_logs_have_the_events_and_never_a_secret(make_env, target, tmp_path
     assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     messages = [r["msg"] for r in records]
     startup = next(m for m in messages if "listening on" in m)
-    assert env.daemon.base.split("//")[1] in startup and "jobd.db" in startup
+    assert env.daemon.base.split("//")[1] in startup
+    assert env.database.location in startup  # the file, or the URL without its password
     assert any(f"job {job_id}" in m and "failed for good" in m for m in messages)
     assert any("moved to the DLQ" in m and job_id in m for m in messages)
     assert any("shutting down" in m for m in messages)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import Databases
 from tests.e2e.target import Target
 from tests.support import JOBD, _env, cli, cli_json, free_port, reap, request, wait_for, write_config
 
@@ -21,7 +22,8 @@ def test_serve_logs_which_config_file_it_read(make_env: Any) -> None:
     assert f"config file {env.config} (from --config)" in env.daemon.log()
 
 
-def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: Path) -> None:
+def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: Path,
+                                                                database: Databases) -> None:
     port = free_port()
     config = write_config(tmp_path / "jobd.toml", tmp_path, port)
     address = str(tmp_path / "notify.sock")
@@ -46,7 +48,8 @@ def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(tmp_path: Path) 
             reap(proc)
 
 
-def test_a_port_in_use_names_the_setting_and_the_variable(tmp_path: Path) -> None:
+def test_a_port_in_use_names_the_setting_and_the_variable(tmp_path: Path,
+                                                          database: Databases) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

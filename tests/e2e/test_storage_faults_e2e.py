@@ -1,5 +1,7 @@
-"""The real daemon against a database it cannot write: locked by another process past
-busy_timeout, on a full disk (a small tmpfs), and the modes of the files it creates."""
+"""The real daemon against a SQLite database it cannot write: locked by another process
+past busy_timeout, on a full disk (a small tmpfs), and the modes of the files it creates.
+(PostgreSQL's failures, a server that goes away and comes back, a statement past its
+timeout: tests/store_pg.)"""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from typing import Any
 import pytest
 
 from jobd.clock import to_rfc3339
+from tests.conftest import sqlite_only
 from tests.e2e.conftest import Env
 from tests.support import request, wait_for
+
+pytestmark = sqlite_only("SQLite's write lock, a full disk under its file, its files' modes")
 
 DISK_BYTES = 8 * 1024 * 1024
 

@@ -21,7 +21,8 @@ def _created(response: tuple[int, Any, Any]) -> str:
     return str(body["jobId"])
 
 
-def test_a_task_that_keeps_failing_makes_health_fail_and_the_daemon_exit_non_zero(tmp_path):
+def test_a_task_that_keeps_failing_makes_health_fail_and_the_daemon_exit_non_zero(tmp_path,
+                                                                                 database):
     port = free_port()
     config = write_config(tmp_path / "jobd.toml", tmp_path, port)
     proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.faulty_daemon", "serve",

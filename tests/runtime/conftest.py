@@ -33,6 +33,13 @@ class Behaviour:
         async def permanent(payload: AnyPayload, ctx: JobContext) -> Any:
             raise PermanentError("bad input, do not retry")
 
+        async def garbled(payload: AnyPayload, ctx: JobContext) -> Any:
+            """Fails with a NUL character (and a lone surrogate) in its error: once for a
+            retry, then for good."""
+            if ctx.attempt < 2:
+                raise RuntimeError("bad\x00news\udc80")
+            raise PermanentError("worse\x00news")
+
         async def hold(payload: AnyPayload, ctx: JobContext) -> Any:
             self.started.append((ctx.job_id, time.perf_counter()))
             self.running += 1
@@ -52,6 +59,7 @@ class Behaviour:
             return {"held": True}
 
         return Registry([*builtin_types(), JobType("fail", fail), JobType("permanent", permanent),
+                         JobType("garbled", garbled),
                          JobType("hold", hold), JobType("stubborn", stubborn)])
 
 

@@ -47,6 +47,7 @@ class Receiver:
         self.requests: list[Seen] = []
         self.statuses = [200]
         self.hang_s = 0.0
+        self.error_body = b"x" * 5000  # the body of an answer >= 400
         self.release = asyncio.Event()
         self.base = ""
 
@@ -65,7 +66,7 @@ class Receiver:
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
         if 300 <= status < 400:
             return web.Response(status=status, headers={"Location": self.url("/elsewhere")})
-        return web.Response(status=status, text="x" * 5000 if status >= 400 else "ok")
+        return web.Response(status=status, body=self.error_body if status >= 400 else b"ok")
 
 
 @pytest.fixture
@@ -227,6 +228,25 @@ async def test_500_walks_the_ladder_then_dead_letters(store, clock, receiver, te
     clock.advance(3600)
     assert await round_(dispatcher) == 0
     assert len(receiver.requests) == 4
+
+
+async def test_an_answer_with_a_nul_byte_is_recorded_like_any_other(store, clock, receiver,
+                                                                    tenant, make_dispatcher):
+    """The excerpt of a receiver's answer in the error may hold a NUL (which PostgreSQL's
+    text cannot): the attempt is still written, and the delivery walks its ladder."""
+    receiver.statuses = [500]
+    receiver.error_body = b"bad\x00news"
+    dispatcher = make_dispatcher(retry_delays=[30])
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    assert await round_(dispatcher) == 1
+    d = await delivery(store, delivery_id)
+    assert (d.status, d.attempts, d.last_status_code) == (DeliveryStatus.PENDING, 1, 500)
+    assert d.last_error.startswith("HTTP 500: bad") and d.last_error.endswith("news")
+    clock.advance(30)
+    assert await round_(dispatcher) == 1
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.DEAD
+    history = await store.delivery_attempts(delivery_id)
+    assert [a.error for a in history] == [d.last_error] * 2
 
 
 async def test_redirect_is_a_failure_and_never_followed(store, clock, receiver, tenant,

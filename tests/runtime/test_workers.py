@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 
+import orjson
 import pytest
 
 from jobd.clock import FakeClock
@@ -135,6 +136,31 @@ async def test_permanent_error_is_fatal_at_once(store, pool, clock, new_tenant):
     done = await job(store, job_id)
     assert (done.status, done.attempts) == (JobStatus.FATAL, 1)
     assert "do not retry" in done.last_error
+
+
+async def test_errors_that_are_not_plain_text_are_recorded(store, pool, clock, config,
+                                                           new_tenant):
+    """A handler's error text is the handler's: a NUL character (which PostgreSQL's text
+    cannot hold) or a lone surrogate (which no database takes) must not keep the retry or
+    the final failure from being written. The surrogate becomes U+FFFD on both backends."""
+    await new_tenant()
+    job_id = await submit(store, clock, "garbled", key="a", max_attempts=3)
+    await pool.run_once()
+    await settle(pool)
+    first = await job(store, job_id)
+    assert first.status is JobStatus.RETRY
+    assert first.last_error.startswith("RuntimeError: bad")
+    assert first.last_error.endswith("news\ufffd")
+    clock.advance(config.jobs.backoff_base)
+    assert await pool.run_once() == 1
+    await settle(pool)
+    final = await job(store, job_id)
+    assert (final.status, final.attempts) == (JobStatus.FATAL, 2)
+    assert final.last_error.startswith("PermanentError: worse")
+    assert final.last_error.endswith("news")
+    errors = [e["error"] for e in orjson.loads(final.errors)]
+    assert errors[0].startswith("RuntimeError: bad") and errors[0].endswith("news\ufffd")
+    assert errors[1].startswith("PermanentError: worse") and errors[1].endswith("news")
 
 
 async def test_timeout_counts_as_a_failure(store, pool, clock, new_tenant):

@@ -138,3 +138,10 @@ def submit(db: Transactions, new_job: NewJobFactory) -> Submit:
                         body_hash=body_hash if body_hash is not None else body_hash_of(job),
                         now=now, idempotency_ttl_s=TTL_S)
     return insert
+
+
+@pytest.fixture(scope="module")
+def backend_kind() -> str:
+    """The SQLite backend's own tests (its writer, WAL, checkpointer, migrations, file
+    modes, full disk): SQLite only. What every backend must do is in tests/contract."""
+    return "sqlite"

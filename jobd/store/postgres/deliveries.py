@@ -17,7 +17,7 @@ from jobd.store import rows
 from jobd.store.backend import ClaimedDelivery
 from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.failures import ITEM_ERRORS
-from jobd.store.postgres.queries import Q, changed, fetch_planned
+from jobd.store.postgres.queries import Q, changed, fetch_planned, storable
 
 
 async def claim_deliveries(conn: asyncpg.Connection, *, now: float, limit: int,
@@ -93,7 +93,7 @@ def _attempt_columns(items: list[Attempt], statuses: list[DeliveryStatus]) -> li
         [a.delivery.id for a in items],
         [a.attempted_at for a in items],
         [a.status_code for a in items],
-        [a.error for a in items],
+        [storable(a.error) for a in items],
         [a.duration_ms for a in items],
         [a.now for a in items],
         [a.delivery.lease_expires_at for a in items],

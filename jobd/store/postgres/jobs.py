@@ -15,7 +15,7 @@ from jobd.store import rows
 from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.deliveries import deliveries_of_job
 from jobd.store.postgres.failures import ITEM_ERRORS
-from jobd.store.postgres.queries import Q
+from jobd.store.postgres.queries import Q, holds_nul
 
 # A key released (or its job pruned) between our insert and our read of its holder sends
 # us round again; more rounds than this mean something keeps taking it.
@@ -105,6 +105,8 @@ def _columns(ids: list[str], items: list[Creation]) -> list[list[Any]]:
 
 async def find_job(conn: asyncpg.Connection, job_id: str,
                    tenant_id: str | None = None) -> Job | None:
+    if holds_nul(job_id):
+        return None
     if tenant_id is None:
         row = await conn.fetchrow(Q["job_get"], job_id)
     else:
@@ -162,7 +164,7 @@ async def retry_job(conn: asyncpg.Connection, job_id: str, *, tenant_id: str | N
 
 
 async def _locked(conn: asyncpg.Connection, job_id: str, tenant_id: str | None) -> Job:
-    row = await conn.fetchrow(Q["job_lock"], job_id)
+    row = None if holds_nul(job_id) else await conn.fetchrow(Q["job_lock"], job_id)
     if row is None or (tenant_id is not None and row["tenant_id"] != tenant_id):
         raise NotFound(f"job {job_id!r} does not exist")
     return rows.job(row)

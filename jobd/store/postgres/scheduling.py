@@ -19,7 +19,7 @@ from jobd.store.backend import ClaimRound, DirectDelivery
 from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.failures import ITEM_ERRORS
 from jobd.store.postgres.jobs import queue_webhook
-from jobd.store.postgres.queries import Q, changed, fetch_planned
+from jobd.store.postgres.queries import Q, changed, fetch_planned, storable
 from jobd.webhook_body import claimed_job_body
 
 
@@ -77,7 +77,7 @@ def _finish_columns(items: list[Finish]) -> list[list[Any]]:
         [f.job.id for f in items],
         [f.status.value for f in items],
         [f.result_json for f in items],
-        [f.error for f in items],
+        [storable(f.error) for f in items],
         [f.now for f in items],
         [f.job.attempt for f in items],
         [f.owner for f in items],
@@ -100,13 +100,14 @@ def _webhook(f: Finish) -> tuple[str | None, bytes | None, float | None]:
 async def retry_job_later(conn: asyncpg.Connection, job: ClaimedJob, *, owner: str, now: float,
                           next_run_at: float, error: str) -> bool:
     status = await conn.execute(Q["job_retry_running"], job.id, job.attempt, owner, now,
-                                next_run_at, error)
+                                next_run_at, storable(error))
     return changed(status) == 1
 
 
 async def requeue_job(conn: asyncpg.Connection, job: ClaimedJob, *, owner: str, now: float,
                       reason: str) -> bool:
-    status = await conn.execute(Q["job_requeue_running"], job.id, job.attempt, owner, now, reason)
+    status = await conn.execute(Q["job_requeue_running"], job.id, job.attempt, owner, now,
+                                storable(reason))
     return changed(status) == 1
 
 
