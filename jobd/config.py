@@ -12,6 +12,8 @@ only looked for. With none of them, every key has its default.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobd.errors import ConfigError
 
@@ -171,6 +173,54 @@ class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+NODE_NAME_MAX = 64
+# A node name goes into lease owners (``<node_name>/<instance>``) and notification
+# payloads (words split on spaces): no "/", no whitespace.
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def host_node_name() -> str:
+    """The default ``cluster.node_name``: this host's name, made a valid node name."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")
+    return name[:NODE_NAME_MAX] or "jobd"
+
+
+class ClusterConfig(_Section):
+    """Several ``jobd serve`` nodes on one PostgreSQL database. On SQLite there is one
+    node (the daemon's lock file keeps it so) and only ``node_name`` is used."""
+
+    node_name: str | None = None  # None: the host name
+    node_timeout: float = Field(10.0, ge=0.5, le=3600)
+    heartbeat_interval: float | None = Field(None, gt=0)  # None: node_timeout / 5
+
+    @field_validator("node_name")
+    @classmethod
+    def _valid_node_name(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        if len(name) > NODE_NAME_MAX or not _NODE_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a node name: 1 to {NODE_NAME_MAX} letters, "
+                             "digits, '.', '_' or '-', starting with a letter or digit")
+        return name
+
+    @model_validator(mode="after")
+    def _heartbeat_within_timeout(self) -> ClusterConfig:
+        if self.heartbeat_interval is not None and self.heartbeat_interval > self.node_timeout / 2:
+            raise ValueError(f"heartbeat_interval ({self.heartbeat_interval:g} s) must be at most "
+                             f"half of node_timeout ({self.node_timeout:g} s): a node must be "
+                             "able to miss a heartbeat without being taken for dead")
+        return self
+
+    @property
+    def name(self) -> str:
+        """This node's name: ``node_name``, or the host name."""
+        return self.node_name or host_node_name()
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.heartbeat_interval or self.node_timeout / 5
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -181,6 +231,7 @@ class Config(_Section):
     webhooks: WebhooksConfig = WebhooksConfig()
     smtp: SmtpConfig = SmtpConfig()
     logging: LoggingConfig = LoggingConfig()
+    cluster: ClusterConfig = ClusterConfig()
     handlers: dict[str, str] = {}
 
 

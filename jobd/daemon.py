@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
-import secrets
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -26,6 +23,7 @@ from jobd.handlers.base import Services
 from jobd.handlers.registry import build_registry
 from jobd.models import NewJob
 from jobd.outbound import client_session
+from jobd.runtime.cluster import TASK, Membership, Receivers
 from jobd.runtime.dispatcher import Dispatcher
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -34,13 +32,10 @@ from jobd.runtime.pruner import Pruner
 from jobd.runtime.workers import WorkerPool
 from jobd.store import open_backend
 from jobd.store.backend import Backend
+from jobd.store.cluster import Coordination, Signal, open_coordination
 from jobd.supervisor import Supervisor
 
 log = logging.getLogger("jobd.daemon")
-
-
-def instance_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 async def serve(config: Config, *, clock: Clock | None = None,
@@ -69,33 +64,43 @@ async def serve(config: Config, *, clock: Clock | None = None,
         log.warning("%s", ignored)
     store = open_backend(config.database, supervisor=supervisor)
     await store.open(daemon=True)
+    coordination = open_coordination(store, config)
+    owner = coordination.node.owner
     allow_private = config.webhooks.allow_private_networks
     http = client_session(allow_private)
     services = Services(config=config, http=http)
     pool = WorkerPool(store=store, registry=registry, services=services, clock=clock,
-                      config=config, owner=instance_id())
+                      config=config, owner=owner)
     lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
-    dispatcher = Dispatcher(store=store, clock=clock, config=config)
+    dispatcher = Dispatcher(store=store, clock=clock, config=config, owner=owner)
     pruner = Pruner(store=store, clock=clock, config=config)
     metrics = Metrics()
     pool.listeners.append(metrics.attempt_recorded)
     pool.webhooks = dispatcher
     dispatcher.on_attempt = metrics.delivery_attempted
-
-    def job_created(job: NewJob, started: bool) -> None:
-        if not started:  # queued: the pool claims it
-            pool.wake(job.run_at)
-        metrics.job_created(job.tenant_id, job.type)
-
+    shared = coordination.shared  # other nodes use this database too (PostgreSQL)
     ctx = ApiContext(config=config, store=store, registry=registry, clock=clock,
-                     starter=pool, on_job_created=job_created, on_cancel_requested=pool.cancel,
-                     on_webhook_queued=dispatcher.wake,
-                     on_rate_limited=metrics.request_rate_limited, supervisor=supervisor)
+                     starter=pool, on_cancel_requested=pool.cancel,
+                     on_rate_limited=metrics.request_rate_limited, supervisor=supervisor,
+                     take_token=coordination.take_token if shared else None,
+                     node_health=coordination.health if shared else None)
+    membership = Membership(coordination=coordination, clock=clock, config=config.cluster,
+                            receivers=Receivers(jobs=pool.wake, webhooks=dispatcher.wake,
+                                                tenants=ctx.tenants.forget, cancel=pool.cancel),
+                            supervisor=supervisor)
+    ctx.on_job_created = _job_created(pool, metrics, coordination, clock)
+    ctx.on_webhook_queued = _webhook_queued(dispatcher, coordination)
+    if shared:
+        _share(coordination, pool, lifeline, dispatcher, pruner)
     app = create_app(ctx, extra_routes=[web.get("/metrics", metrics_handler(store, metrics),
                                                 allow_head=False)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     listener: asyncio.Server | None = None
     try:
+        if shared:  # a member before any work: heartbeats from here on
+            await coordination.join()
+            supervisor.start("cluster link", coordination.listen())
+            supervisor.start(TASK, membership.run())
         await runner.setup()
         assert runner.server is not None
         lane = FastLane(ctx, fallback=runner.server)  # POST /jobs; aiohttp for the rest
@@ -120,8 +125,7 @@ async def serve(config: Config, *, clock: Clock | None = None,
         # Reads are served from here on; on a full disk (or with the database locked
         # elsewhere) the recovery below waits, retried, and /healthz says why (announced
         # as started meanwhile: it serves what it can).
-        if await _recover_at_startup(supervisor, lifeline, dispatcher, stop,
-                                     on_failure=announce):
+        if await _recover_at_startup(supervisor, membership, stop, on_failure=announce):
             supervisor.start("scheduler", pool.run(supervisor))
             supervisor.start("lifeline", lifeline.run(supervisor))
             supervisor.start("webhook dispatcher", dispatcher.run(supervisor))
@@ -148,14 +152,19 @@ async def serve(config: Config, *, clock: Clock | None = None,
         supervisor.stopping = True
         lifeline.stop()
         pruner.stop()
+        membership.stop()
         await supervisor.cancel_tasks()
         if listener is not None:
             listener.close()
+        closing = [runner.cleanup()]
+        if shared:  # what this node still holds goes back now, not once it is silent
+            closing.append(membership.leave())
         with suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_S):
-                await runner.cleanup()
+                await asyncio.gather(*closing)
         await http.close()
         await dispatcher.close()
+        await coordination.close()
         await store.close(timeout_s=CLOSE_S)
         log.info("stopped")
     if supervisor.gave_up is not None:
@@ -168,24 +177,73 @@ GIVE_UP_NOTICE_S = 1.0  # after a task gave up: /healthz answers 503 this long b
 CLOSE_S = 1.0
 
 
-async def _recover_at_startup(supervisor: Supervisor, lifeline: Lifeline,
-                              dispatcher: Dispatcher, stop: asyncio.Event, *,
-                              on_failure: Callable[[], None]) -> bool:
-    """Put back what a dead process left running or sending, retried until it is written
-    (or the daemon is stopped: False). Nothing claims before it is done."""
+async def _recover_at_startup(supervisor: Supervisor, membership: Membership,
+                              stop: asyncio.Event, *, on_failure: Callable[[], None]) -> bool:
+    """Put back what this node's earlier instance left running or sending, retried until
+    it is written (or the daemon is stopped: False). Nothing claims before it is done."""
     done = False
 
     async def recover() -> None:
         nonlocal done
         try:
-            await lifeline.recover_at_startup()
-            await dispatcher.recover_at_startup()
+            await membership.recover_own()
         except Exception:
             on_failure()
             raise
         done = True
     await supervisor.loop("startup recovery", recover, running=lambda: not done, stop=stop)
     return done
+
+
+def _job_created(pool: WorkerPool, metrics: Metrics, coordination: Coordination,
+                 clock: Clock) -> Callable[[NewJob, bool], None]:
+    """After a new job's commit: the pool claims it (unless it was created running); where
+    nodes share the database and this node has no room for it now, the others are told
+    (if it is due now: a later one is found by their polls). Telling them of every job
+    would wake every node's claim for each one, and all but one would find nothing."""
+    if not coordination.shared:
+        def created(job: NewJob, started: bool) -> None:
+            if not started:  # queued: the pool claims it
+                pool.wake(job.run_at)
+            metrics.job_created(job.tenant_id, job.type)
+        return created
+
+    def created_shared(job: NewJob, started: bool) -> None:
+        if not started:
+            pool.wake(job.run_at)
+            if not pool.has_room and job.run_at <= clock.now():
+                coordination.announce(Signal.JOBS)
+        metrics.job_created(job.tenant_id, job.type)
+    return created_shared
+
+
+def _webhook_queued(dispatcher: Dispatcher, coordination: Coordination) -> Callable[[], None]:
+    """After a cancel queued a webhook: the dispatcher sends it, and where nodes share the
+    database, the others are told (it may be sent sooner by one of them)."""
+    if not coordination.shared:
+        return dispatcher.wake
+
+    def queued() -> None:
+        dispatcher.wake()
+        coordination.announce(Signal.WEBHOOKS)
+    return queued
+
+
+def _share(coordination: Coordination, pool: WorkerPool, lifeline: Lifeline,
+           dispatcher: Dispatcher, pruner: Pruner) -> None:
+    """The runtime's hooks where nodes share the database: claim only while this node's
+    heartbeats go through, maintenance by the leader only, at shutdown put back only this
+    node's sends, and tell the others of webhooks queued while every slot here is taken."""
+    pool.may_claim = dispatcher.may_claim = coordination.can_claim
+
+    def leads() -> bool:
+        return coordination.is_leader
+    lifeline.leads = dispatcher.leads = pruner.leads = leads
+    dispatcher.only_sender = False
+
+    def webhooks_waiting() -> None:
+        coordination.announce(Signal.WEBHOOKS)
+    dispatcher.on_queued_without_room = webhooks_waiting
 
 
 def metrics_handler(store: Backend,

@@ -1,4 +1,8 @@
-"""Token bucket per tenant: ``rate`` tokens a second, up to ``burst``."""
+"""Token bucket per tenant: ``rate`` tokens a second, up to ``burst``.
+
+One process keeps its buckets here (:class:`RateLimiter`); nodes sharing a PostgreSQL
+database keep one bucket per tenant in the database (``jobd.store.postgres.cluster``),
+and both answer with :func:`decision`."""
 
 from __future__ import annotations
 
@@ -38,12 +42,17 @@ class TokenBucket:
         allowed = self._tokens >= 1.0
         if allowed:
             self._tokens -= 1.0
-        missing = self.burst - self._tokens
-        return Decision(
-            allowed=allowed, limit=self.burst, remaining=int(self._tokens),
-            reset_s=math.ceil(missing / self.rate) if missing > 1e-9 else 0,
-            retry_after_s=max(1, math.ceil((1.0 - self._tokens) / self.rate)),
-        )
+        return decision(allowed, self._tokens, self.rate, self.burst)
+
+
+def decision(allowed: bool, tokens: float, rate: float, burst: int) -> Decision:
+    """The answer to one request that left ``tokens`` in a bucket of ``rate``/``burst``."""
+    missing = burst - tokens
+    return Decision(
+        allowed=allowed, limit=burst, remaining=int(tokens),
+        reset_s=math.ceil(missing / rate) if missing > 1e-9 else 0,
+        retry_after_s=max(1, math.ceil((1.0 - tokens) / rate)),
+    )
 
 
 class RateLimiter:

@@ -12,6 +12,9 @@ copies it.
 ``pg_database_url`` (function): a fresh database for one test (``CREATE DATABASE
 test_<pid>_<n> TEMPLATE template0``), dropped after it.
 
+``pg_own_server`` (function): a server started for one test alone, which the test may
+stop and start again (:meth:`Server.shut_down`, :meth:`Server.start_again`).
+
 ``pg_jobd_databases`` (session): migrated databases lent to the tests that run jobd on
 PostgreSQL (tests/conftest.py's ``database`` fixture, one per directory a test keeps a
 database in). Made, migrated and dropped per test, a database would cost half a second
@@ -85,6 +88,17 @@ class Server:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def shut_down(self, mode: str = "fast") -> None:
+        """Stop the server and keep its data (``mode``: pg_ctl's: smart, fast, immediate)."""
+        _run_as_server_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", mode,
+                             "-w", "stop"])
+
+    def start_again(self) -> None:
+        """Start the server :meth:`shut_down` stopped, on the same port, with its data."""
+        _run_as_server_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l",
+                             str(self.root / "server.log"), "-w", "-t", str(START_TIMEOUT_S),
+                             "start"])
+
 
 _started: list[Server] = []
 _names = itertools.count(1)
@@ -109,6 +123,22 @@ def pg_url() -> Iterator[str]:
     _started.append(server)
     try:
         yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_own_server() -> Iterator[Server]:
+    """A server of its own for one test, which may stop and start it (never the
+    session's, nor the one ``JOBD_TEST_PG_URL`` names); removed after it."""
+    _require_asyncpg()
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        _unavailable(f"no PostgreSQL server binaries ({BIN_DIRS}/initdb) to start a server "
+                     "that a test may restart")
+    server = start_server(bin_dir)
+    try:
+        yield server
     finally:
         server.stop()
 

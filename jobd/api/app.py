@@ -22,6 +22,8 @@ def unhealthy(ctx: ApiContext) -> tuple[str, str, str] | None:
     """Why the daemon should get no traffic: ``(code, title, detail)``, or None."""
     if (problem := ctx.store.health()) is not None:
         return (problem.code, problem.title, problem.detail)
+    if ctx.node_health is not None and (problem := ctx.node_health()) is not None:
+        return (problem.code, problem.title, problem.detail)
     if ctx.supervisor is not None and ctx.supervisor.gave_up is not None:
         return ("task_failed", "A task of the daemon failed",
                 f"{ctx.supervisor.gave_up}; jobd is stopping")

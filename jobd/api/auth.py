@@ -48,6 +48,10 @@ class TenantDirectory:
             return hit[0]
         return None
 
+    def forget(self) -> None:
+        """Drop every cached key (a tenant changed elsewhere: another node, the CLI)."""
+        self._cache.clear()
+
     def lookup(self, key: str) -> asyncio.Future[Caller | None]:
         """The database's answer for ``key`` (None: no tenant holds it), kept in the cache."""
         key_hash = hash_api_key(key)

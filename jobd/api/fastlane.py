@@ -46,9 +46,10 @@ from jobd.api.problems import (
     error_body,
     error_headers,
 )
-from jobd.api.routes import Answer, admit, created, insert, job_state, prepare
+from jobd.api.routes import Answer, admit, created, insert, job_state, prepare, take_token
 from jobd.errors import JobdError, TooManyConnections
 from jobd.models import Delivery, IdempotentResult, Job
+from jobd.ratelimit import Decision
 
 log = logging.getLogger("jobd.api")
 
@@ -133,12 +134,38 @@ class FastLane:
     def _create(self, request: Request, reply: Callable[[Answer], None],
                 rate_headers: dict[str, str],
                 found: Caller | asyncio.Future[Caller | None] | None) -> None:
-        """Admit, check and insert a new job (its caller cached, or as just looked up);
-        answer once the insert is committed."""
+        """Take a token for a new job (its caller cached, or as just looked up), then
+        :meth:`_admit` it, at once or when the shared bucket answers."""
         try:
             caller = authorized(found.result() if isinstance(found, asyncio.Future) else found)
-            now, key = admit(self.ctx, caller, idempotency_key=request.idempotency_key,
-                             content_length=len(request.body), rate_headers=rate_headers)
+            now = self.ctx.clock.now()
+            decision = take_token(self.ctx, caller, now)
+        except Exception as exc:
+            reply(self._refusal(exc, rate_headers))
+            return
+        if isinstance(decision, Decision):
+            self._admit(request, reply, rate_headers, caller, now, decision)
+            return
+        self._wait(decision, functools.partial(self._decided, request, reply, rate_headers,
+                                               caller, now))
+
+    def _decided(self, request: Request, reply: Callable[[Answer], None],
+                 rate_headers: dict[str, str], caller: Caller, now: float,
+                 decision: asyncio.Future[Decision]) -> None:
+        try:
+            decided = decision.result()
+        except Exception as exc:
+            reply(self._refusal(exc, rate_headers))
+            return
+        self._admit(request, reply, rate_headers, caller, now, decided)
+
+    def _admit(self, request: Request, reply: Callable[[Answer], None],
+               rate_headers: dict[str, str], caller: Caller, now: float,
+               decision: Decision) -> None:
+        """Admit, check and insert a new job; answer once the insert is committed."""
+        try:
+            key = admit(self.ctx, caller, decision, idempotency_key=request.idempotency_key,
+                        content_length=len(request.body), rate_headers=rate_headers)
             submission = prepare(self.ctx, caller, now, key, request.body)
             future = insert(self.ctx, submission)
         except Exception as exc:

@@ -173,7 +173,8 @@ def _paths() -> dict[str, Any]:
                                           "could not be synced to disk; `task_failed` when a "
                                           "task of the daemon gave up and it is stopping; on "
                                           "PostgreSQL `database_unreachable`, "
-                                          "`database_read_only` or `database_overloaded`.")}}},
+                                          "`database_read_only`, `database_overloaded`, "
+                                          "`heartbeat_failing` or `node_taken_for_dead`.")}}},
         "/metrics": {"get": {
             "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
             "responses": {"200": {"description": "Prometheus text format 0.0.4.",

@@ -31,6 +31,7 @@ from jobd.errors import (
 from jobd.handlers.base import AnyPayload
 from jobd.models import Delivery, IdempotentResult, Job, NewJob
 from jobd.netguard import BlockedAddress, check_url
+from jobd.ratelimit import Decision
 
 JSON = "application/json"
 # Arrays and objects nested deeper than this in a body are refused: orjson reads up to
@@ -61,17 +62,22 @@ class Submission:
     capped: bool  # the tenant has a max_concurrency
 
 
-def admit(ctx: ApiContext, caller: Caller, *, idempotency_key: str | None,
-          content_length: int | None, rate_headers: dict[str, str]) -> tuple[float, str]:
-    """The checks before the body is read, once the API key's caller is known (see
-    :func:`~jobd.api.auth.authorized`): the tenant's rate limit (its headers go into
-    ``rate_headers`` at once, for an error answer to carry them too), the
-    Idempotency-Key and the declared size. Returns (now, key)."""
+def take_token(ctx: ApiContext, caller: Caller,
+               now: float) -> Decision | asyncio.Future[Decision]:
+    """The caller's request against its tenant's rate limit (see :func:`admit`)."""
     tenant = caller.tenant
-    now = ctx.clock.now()
-    decision = ctx.limiter.take(tenant.id, tenant.rate, tenant.burst, now)
+    return ctx.rate_limit(tenant.id, tenant.rate, tenant.burst, now)
+
+
+def admit(ctx: ApiContext, caller: Caller, decision: Decision, *, idempotency_key: str | None,
+          content_length: int | None, rate_headers: dict[str, str]) -> str:
+    """The checks before the body is read, once the API key's caller is known (see
+    :func:`~jobd.api.auth.authorized`) and its rate limit decided (:func:`take_token`):
+    the decision (its headers go into ``rate_headers`` at once, for an error answer to
+    carry them too), the Idempotency-Key and the declared size. Returns the key."""
     rate_headers.update(decision.headers())
     if not decision.allowed:
+        tenant = caller.tenant
         ctx.on_rate_limited(tenant.id)
         raise RateLimited(f"rate limit of {tenant.rate:g}/s (burst {tenant.burst}) exceeded",
                           retry_after_s=decision.retry_after_s)
@@ -79,7 +85,7 @@ def admit(ctx: ApiContext, caller: Caller, *, idempotency_key: str | None,
     max_bytes = ctx.config.server.max_body_bytes
     if content_length is not None and content_length > max_bytes:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes")
-    return now, key
+    return key
 
 
 def prepare(ctx: ApiContext, caller: Caller, now: float, key: str, raw: bytes) -> Submission:
@@ -128,13 +134,17 @@ async def submit_job(ctx: ApiContext, *, authorization: str, idempotency_key: st
                      content_length: int | None, read: Callable[[], Awaitable[bytes]],
                      rate_headers: dict[str, str]) -> Answer:
     """``POST /jobs`` apart from HTTP itself: the caller (cached, else looked up),
-    :func:`admit`, :func:`prepare`, :func:`insert`, :func:`created` in turn (the fast
-    lane calls them without a task). Raises a :class:`~jobd.errors.JobdError` for a
-    refusal."""
+    :func:`take_token`, :func:`admit`, :func:`prepare`, :func:`insert`, :func:`created` in
+    turn (the fast lane calls them without a task). Raises a
+    :class:`~jobd.errors.JobdError` for a refusal."""
     api_key = bearer_key(authorization)
     caller = authorized(ctx.tenants.cached(api_key) or await ctx.tenants.lookup(api_key))
-    now, key = admit(ctx, caller, idempotency_key=idempotency_key,
-                     content_length=content_length, rate_headers=rate_headers)
+    now = ctx.clock.now()
+    decision = take_token(ctx, caller, now)
+    if not isinstance(decision, Decision):
+        decision = await decision
+    key = admit(ctx, caller, decision, idempotency_key=idempotency_key,
+                content_length=content_length, rate_headers=rate_headers)
     submission = prepare(ctx, caller, now, key, await read())
     result = await insert(ctx, submission)
     return created(ctx, submission, result, rate_headers)

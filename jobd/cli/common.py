@@ -9,6 +9,7 @@ writer's), runs the function, and closes it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ from jobd.config import (
 from jobd.errors import JobdError, StoreUnavailable
 from jobd.store import open_backend
 from jobd.store.backend import Backend
+from jobd.store.cluster import Signal, open_coordination
 
 try:  # Typer >= 0.26 carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -80,19 +82,29 @@ def is_missing(config: Config) -> bool:
     return database.url is None and database.path != ":memory:" and not Path(database.path).exists()
 
 
-def with_backend(config: Config, fn: Callable[[Backend], Awaitable[T]]) -> T:
+def with_backend(config: Config, fn: Callable[[Backend], Awaitable[T]], *,
+                 tell: tuple[Signal, ...] = ()) -> T:
     """``fn`` of the configured database's backend, opened for this command and closed
     after. The store's own log lines stay out of the command's output: a failure reaches
-    the command as an error, which it prints."""
+    the command as an error, which it prints. ``tell``: what the daemons sharing the
+    database are told once ``fn`` is done (they would find it by polling otherwise; a
+    failure to tell them is not the command's)."""
     _quiet_store_logs()
-    return asyncio.run(_with_opened(config, fn))
+    return asyncio.run(_with_opened(config, fn, tell))
 
 
-async def _with_opened(config: Config, fn: Callable[[Backend], Awaitable[T]]) -> T:
+async def _with_opened(config: Config, fn: Callable[[Backend], Awaitable[T]],
+                       tell: tuple[Signal, ...] = ()) -> T:
     backend = open_backend(config.database)
     await backend.open()
     try:
-        return await fn(backend)
+        done = await fn(backend)
+        if tell:
+            coordination = open_coordination(backend, config)
+            with contextlib.suppress(StoreUnavailable):
+                await coordination.tell(*tell)
+            await coordination.close()
+        return done
     finally:
         await backend.close()
 

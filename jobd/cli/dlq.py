@@ -34,6 +34,7 @@ from jobd.clock import SystemClock, to_rfc3339
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
 from jobd.store.backend import Backend
+from jobd.store.cluster import Signal
 
 app = typer.Typer(help="Inspect, retry and purge webhook deliveries that failed every attempt.\n\n"
                   "Examples: jobd dlq list --tenant acme | jobd dlq retry --all",
@@ -186,7 +187,7 @@ def retry(delivery_id: DeliveryArg = None, all_: AllOpt = False, tenant: TenantO
         return await _in_batches(lambda batch: backend.redeliver_dead(batch, now=now), ids,
                                  label="retrying", progress=all_ and not json)
 
-    retried = with_backend(existing_database(config), run)
+    retried = with_backend(existing_database(config), run, tell=(Signal.WEBHOOKS,))
     if json:
         print_json({"retried": len(retried), "deliveryIds": retried})
     elif delivery_id is not None:

@@ -25,6 +25,7 @@ from jobd.clock import SystemClock, to_rfc3339
 from jobd.errors import NotFound
 from jobd.models import Delivery, DeliveryAttempt, Job, JobStatus
 from jobd.store.backend import Backend
+from jobd.store.cluster import Signal
 
 app = typer.Typer(help="List, inspect, cancel and retry jobs.\n\n"
                   "Examples: jobd jobs list --status fatal | jobd jobs show job_abc123 --json",
@@ -144,8 +145,9 @@ async def _job_and_deliveries(backend: Backend,
 Transition = Callable[[Backend], Awaitable[Job]]
 
 
-def _transition(config: Any, transition: Transition, json: bool, verb: str) -> None:
-    job = with_backend(existing_database(config), transition)
+def _transition(config: Any, transition: Transition, json: bool, verb: str,
+                tell: Signal) -> None:
+    job = with_backend(existing_database(config), transition, tell=(tell,))
     if json:
         print_json(job_doc(job))
     elif job.status is JobStatus.RUNNING and job.cancel_requested:
@@ -163,7 +165,7 @@ def cancel(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> N
     """
     _transition(config, lambda backend: backend.cancel_job(job_id, tenant_id=None,
                                                            now=_clock.now()),
-                json, "cancelled")
+                json, "cancelled", Signal.WEBHOOKS)  # (its webhook, if it had one)
 
 
 @app.command("retry")
@@ -174,6 +176,6 @@ def retry(job_id: JobArg, json: JsonOpt = False, config: ConfigOpt = None) -> No
     """
     _transition(config, lambda backend: backend.retry_job(job_id, tenant_id=None,
                                                           now=_clock.now()),
-                json, "queued again")
+                json, "queued again", Signal.JOBS)
 
 

@@ -10,7 +10,7 @@ import typer
 
 from jobd import __version__
 from jobd.cli import config as config_cmd
-from jobd.cli import dlq, jobs, ops, tenants
+from jobd.cli import dlq, jobs, nodes, ops, tenants
 from jobd.cli.common import ConfigOpt, is_missing, load, run_cli
 
 app = typer.Typer(help="jobd: background jobs with retries and signed webhooks, on one host.\n\n"
@@ -60,6 +60,7 @@ app.command("stats")(ops.stats)
 app.command("top")(ops.top)
 app.command("prune")(ops.prune)
 app.command("migrate")(ops.migrate)
+app.command("nodes")(nodes.nodes)
 
 
 @app.command("version")

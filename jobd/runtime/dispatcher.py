@@ -131,8 +131,13 @@ async def send(poster: WebhookClient, delivery: ClaimedDelivery, *, timestamp: i
 # the loop ------------------------------------------------------------------------------
 
 class Dispatcher:
-    def __init__(self, *, store: Backend, clock: Clock, config: Config) -> None:
+    """See the module docstring. ``owner`` names this node's sends in the database (nodes
+    sharing it put a dead node's sends back by that name)."""
+
+    def __init__(self, *, store: Backend, clock: Clock, config: Config,
+                 owner: str | None = None) -> None:
         self._store = store
+        self._owner = owner
         self._clock = clock
         self._webhooks = config.webhooks
         self._poll_interval_s = config.workers.poll_interval
@@ -150,6 +155,17 @@ class Dispatcher:
         self._claiming = True
         self._next_rescue_at = float("-inf")
         self.on_attempt: Callable[[str, float], None] | None = None  # (outcome, seconds): metrics
+        # Nodes sharing a database (set by the daemon): whether this node may take work now
+        # (its heartbeats go through), whether it leads (only the leader puts back sends
+        # whose lease ran out), and ``only_sender``: no other process sends from this
+        # database, so at shutdown every delivery left ``sending`` is this one's to put
+        # back (else the node's leaving puts back its own).
+        self.may_claim: Callable[[], bool] | None = None
+        self.leads: Callable[[], bool] | None = None
+        self.only_sender = True
+        # Called when a finish queued a delivery and every slot here is taken: other
+        # nodes may send it sooner.
+        self.on_queued_without_room: Callable[[], None] | None = None
 
     @property
     def lease_s(self) -> float:
@@ -172,7 +188,7 @@ class Dispatcher:
         """Hold a slot for the webhook of ``job``, about to be finished, if it can be sent
         at once without overtaking a due one: no backlog and a free slot. The finish then
         creates it ``sending`` under the lease returned, and :meth:`finished` sends it."""
-        if not self._claiming or self._backlog:
+        if not self._claiming or self._backlog or not self._may_claim():
             return None
         if self.free_slots <= 0:
             self._backlog = True  # from now on they queue, and are claimed oldest first
@@ -196,6 +212,8 @@ class Dispatcher:
                 return
         if status in FINAL_STATUSES:
             self._wake.set()
+            if self.on_queued_without_room is not None and self.free_slots <= 0:
+                self.on_queued_without_room()
 
     def _send_created(self, job: ClaimedJob, direct: DirectDelivery) -> None:
         self._sending[direct.id] = asyncio.create_task(
@@ -232,14 +250,16 @@ class Dispatcher:
         now = self._clock.now() if now is None else now
         if now >= self._next_rescue_at:  # at most once per poll interval, however often woken
             self._next_rescue_at = now + self._poll_interval_s
-            rescued = await self._store.release_deliveries(now=now, all_sending=False)
+            rescued = 0
+            if self.leads is None or self.leads():
+                rescued = await self._store.release_deliveries(now=now, all_sending=False)
             if rescued:
                 log.warning("put back %d webhook delivery(ies) whose lease expired", rescued)
         free = self.free_slots
         if free <= 0:
             self._backlog = True  # a freed slot wakes the loop, which claims for it
             return 0
-        if not self._claiming:
+        if not self._claiming or not self._may_claim():
             return 0
         changes = self._changes
         due = await self._store.next_delivery_due()
@@ -247,12 +267,16 @@ class Dispatcher:
             if self._changes == changes:  # nothing was queued while it was read
                 self._backlog = False
             return 0
-        claimed = await self._store.claim_deliveries(now=now, limit=free, lease_s=self.lease_s)
+        claimed = await self._store.claim_deliveries(now=now, limit=free, lease_s=self.lease_s,
+                                                     owner=self._owner)
         if len(claimed) < free:
             self._backlog = False
         for delivery in claimed:
             self._start(delivery, now)
         return len(claimed)
+
+    def _may_claim(self) -> bool:
+        return self.may_claim is None or self.may_claim()
 
     def _start(self, delivery: ClaimedDelivery, attempted_at: float) -> None:
         task = asyncio.create_task(self._deliver(delivery, attempted_at),
@@ -362,7 +386,7 @@ class Dispatcher:
                     await asyncio.wait(list(self._recording))
                 if remaining:
                     await asyncio.wait(remaining)
-                    # nothing else sends from this database, so every `sending` one was ours
+                if remaining and self.only_sender:  # every `sending` one is ours
                     await self._store.release_deliveries(now=self._clock.now(),
                                                          all_sending=True)
         except Exception as exc:  # TimeoutError, or the write failed

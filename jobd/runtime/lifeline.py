@@ -1,15 +1,17 @@
 """Leases: a heartbeat for the jobs this process runs, and rescue for the ones nobody holds.
 
 At startup every job still ``running`` belonged to a dead process and is put
-back at once. While running, the heartbeat extends the leases of live jobs
-(and notices cancellations asked for by the CLI), and jobs whose lease ran out
-are rescued.
+back at once (with several nodes on one database: only this node's, see
+:mod:`jobd.runtime.cluster`). While running, the heartbeat extends the leases of
+live jobs (and notices cancellations asked for by the CLI), and jobs whose lease
+ran out are rescued (with several nodes: by the leader only).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from jobd.clock import Clock
 from jobd.config import WorkersConfig
@@ -28,6 +30,7 @@ class Lifeline:
         self._clock = clock
         self._config = config
         self._stop = asyncio.Event()
+        self.leads: Callable[[], bool] | None = None  # None: this process always leads
 
     @property
     def interval_s(self) -> float:
@@ -48,6 +51,8 @@ class Lifeline:
             expires=now + self._config.lease_seconds)
         for job_id in cancel_ids:
             self._pool.cancel(job_id)
+        if self.leads is not None and not self.leads():
+            return
         counts = await self._store.rescue_jobs(now=now, all_running=False)
         if any(counts.values()):
             log.warning("rescued jobs whose lease expired: %d to retry, %d fatal",

@@ -1,6 +1,7 @@
 """Retention in the background: finished jobs past ``jobs.retention_days``, delivered
 webhooks of the same age, a small batch per transaction. A job holds its
-Idempotency-Key, so a job whose key is still live is kept."""
+Idempotency-Key, so a job whose key is still live is kept. Where several nodes share a
+database, only the leader prunes."""
 
 from __future__ import annotations
 
@@ -32,8 +33,12 @@ class Pruner:
         self._config = config
         self._interval_s = interval_s
         self._stop = asyncio.Event()
+        self.leads: Callable[[], bool] | None = None  # None: this process always leads
 
     async def run_once(self) -> dict[str, int]:
+        """One pass, by the leader only where nodes share a database."""
+        if self.leads is not None and not self.leads():
+            return {"jobs": 0, "deliveries": 0}
         now = self._clock.now()
         retention_s = self._config.jobs.retention_days * 86_400
         jobs_before = job_cutoff(now, retention_s=retention_s,

@@ -26,6 +26,7 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,6 +92,9 @@ class WorkerPool:
         self._no_reservations.set()
         self.listeners: list[JobListener] = []
         self.webhooks: WebhookHandOff | None = None  # told of every finish of a job with one
+        # Whether this node may take work now (nodes sharing a database: its heartbeats go
+        # through); None: always. Asked before every claim and direct start.
+        self.may_claim: Callable[[], bool] | None = None
 
     # signals from outside ----------------------------------------------------------
     def wake(self, due_at: float | None = None) -> None:
@@ -119,7 +123,7 @@ class WorkerPool:
     def _side_claim(self) -> None:
         self._side_claim_soon = False
         free = self.free_slots
-        if free <= 0 or self._queue_empty or not self._claiming:
+        if free <= 0 or self._queue_empty or not self._may_claim():
             return
         if not self._claims:
             self._wake.set()  # the loop's claim came back meanwhile: the loop takes it
@@ -148,14 +152,20 @@ class WorkerPool:
         return (self._config.workers.concurrency - len(self._running) - self._reserved
                 - self._claim_slots)
 
+    @property
+    def has_room(self) -> bool:
+        """A job queued now would be claimed here at once: a slot is free (not held by a
+        claim in flight) and this node may claim."""
+        return self.free_slots > 0 and self._may_claim()
+
     # jobs created running ------------------------------------------------------------
     def reserve(self, job: NewJob, *, now: float, capped: bool) -> StartLease | None:
         """Hold a slot for ``job``, about to be created, if it can start at once without
         overtaking anything: the queue is empty, a slot is free, the job is due, and its
         tenant has no concurrency cap (caps are counted by the claim). Pass the lease to
         the insert, then the insert's future to :meth:`follow`."""
-        if (not self._queue_empty or capped or not self._claiming or job.run_at > now
-                or self.free_slots <= 0):
+        if (not self._queue_empty or capped or job.run_at > now or self.free_slots <= 0
+                or not self._may_claim()):
             return None
         self._reserved += 1
         self._no_reservations.clear()
@@ -183,9 +193,12 @@ class WorkerPool:
     async def run_once(self) -> int:
         """Claim one round for the free slots and start them; return how many."""
         free = self.free_slots
-        if free <= 0 or not self._claiming:
+        if free <= 0 or not self._may_claim():
             return 0
         return len((await self._claim(free)).jobs)  # _claimed has started them
+
+    def _may_claim(self) -> bool:
+        return self._claiming and (self.may_claim is None or self.may_claim())
 
     def _claim(self, limit: int, *, side: bool = False) -> asyncio.Future[ClaimRound]:
         """Claim up to ``limit`` jobs, holding that many slots until the claim is done."""

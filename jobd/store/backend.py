@@ -279,9 +279,11 @@ class Backend(Protocol):
         last attempt (queueing its webhook). Returns ``{"retry": n, "fatal": m}``."""
 
     # webhook deliveries ---------------------------------------------------------------
-    async def claim_deliveries(self, *, now: float, limit: int,
-                               lease_s: float) -> list[ClaimedDelivery]:
-        """Move up to ``limit`` due ``pending`` deliveries to ``sending``, earliest first."""
+    async def claim_deliveries(self, *, now: float, limit: int, lease_s: float,
+                               owner: str | None = None) -> list[ClaimedDelivery]:
+        """Move up to ``limit`` due ``pending`` deliveries to ``sending``, earliest first,
+        held by ``owner`` (a node's lease owner name, where nodes share the database: a
+        dead node's sends are then put back by name; a backend of one node may ignore it)."""
 
     async def next_delivery_due(self) -> float | None: ...
 

@@ -461,11 +461,13 @@ def test_example_documents_every_model_key_and_nothing_else() -> None:
 
 
 def test_example_comments_out_only_optional_keys() -> None:
-    """Keys without a default value (the SMTP login, the PostgreSQL URL) are commented out."""
+    """Keys without a default value (the SMTP login, the PostgreSQL URL) or whose default
+    is worked out (the node name, the heartbeat interval) are commented out."""
     commented = _commented_keys(EXAMPLE.read_text())
     leaves, _ = _model_keys(Config)
     assert {k for k in commented if k in leaves} == {
-        ("smtp", "username"), ("smtp", "password"), ("database", "url")}
+        ("smtp", "username"), ("smtp", "password"), ("database", "url"),
+        ("cluster", "node_name"), ("cluster", "heartbeat_interval")}
 
 
 def test_example_loads_and_equals_the_defaults() -> None:

@@ -56,7 +56,7 @@ from jobd.store.backend import (
     Unhealthy,
 )
 from jobd.store.postgres import deliveries, figures, jobs, scheduling, tenants
-from jobd.store.postgres.batching import Batcher
+from jobd.store.postgres.batching import Batcher, RunBatch
 from jobd.store.postgres.connection import create_pool, migrate_database
 from jobd.store.postgres.failures import (
     DATABASE_ERRORS,
@@ -76,6 +76,7 @@ TITLES = {UNREACHABLE: "Database unreachable", READ_ONLY: "Database is read-only
           STORAGE_FAILED: "Storage failed", OVERLOADED: "Database overloaded"}
 
 R = TypeVar("R")
+T = TypeVar("T")
 Transition = Callable[..., Awaitable[R]]
 
 
@@ -261,10 +262,10 @@ class PostgresBackend:
 
     # webhook deliveries ---------------------------------------------------------------
 
-    async def claim_deliveries(self, *, now: float, limit: int,
-                               lease_s: float) -> list[ClaimedDelivery]:
+    async def claim_deliveries(self, *, now: float, limit: int, lease_s: float,
+                               owner: str | None = None) -> list[ClaimedDelivery]:
         return await self._write(deliveries.claim_deliveries, now=now, limit=limit,
-                                 lease_s=lease_s)
+                                 lease_s=lease_s, owner=owner)
 
     async def next_delivery_due(self) -> float | None:
         return await self._read(deliveries.next_delivery_due)
@@ -317,6 +318,17 @@ class PostgresBackend:
 
     async def prune_deliveries(self, *, before: float, batch: int) -> int:
         return await self._write(figures.prune_deliveries, before=before, batch=batch)
+
+    # beside the transitions: the cluster's statements (jobd.store.postgres.cluster) -------
+
+    async def call(self, fn: Transition[R], *args: Any, **kwargs: Any) -> R:
+        """``fn(conn, ...)`` on a pooled connection, failures as for every transition."""
+        return await self._write(fn, *args, **kwargs)
+
+    def batcher(self, run: RunBatch[T]) -> Batcher[T]:
+        """A :class:`Batcher` of calls of one kind over this backend's pool (drain it
+        before :meth:`close`)."""
+        return Batcher(run, self._connection, self._failed)
 
     # connections and failures ---------------------------------------------------------
 

@@ -21,12 +21,13 @@ from jobd.store.postgres.queries import Q, changed, fetch_planned, storable
 
 
 async def claim_deliveries(conn: asyncpg.Connection, *, now: float, limit: int,
-                           lease_s: float) -> list[ClaimedDelivery]:
-    """Up to ``limit`` due ``pending`` deliveries become ``sending``, earliest first."""
+                           lease_s: float, owner: str | None = None) -> list[ClaimedDelivery]:
+    """Up to ``limit`` due ``pending`` deliveries become ``sending`` for ``owner``,
+    earliest first."""
     if limit <= 0:
         return []
     expires = now + lease_s
-    found = sorted(await conn.fetch(Q["deliveries_claim"], now, limit, expires),
+    found = sorted(await conn.fetch(Q["deliveries_claim"], now, limit, expires, owner),
                    key=lambda r: (r["due"], r["seq"]))
     return [ClaimedDelivery(id=r["id"], job_id=r["job_id"], tenant_id=r["tenant_id"],
                             url=r["url"], body=r["body"], secret=r["secret"],

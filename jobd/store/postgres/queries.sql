@@ -130,7 +130,8 @@ SELECT * FROM jobd_claim($1, $2, $3, $4, $5);
 -- Finish running jobs, fenced (id, status running, attempts = the attempt, lease_owner =
 -- the owner), and write the webhook of each one finished (a job with a url and a body
 -- here), in the same statement: a job whose claim is no longer current gets neither. A
--- webhook with a lease ($10) is created `sending` under it (a direct dispatch), else
+-- webhook with a lease ($10) is created `sending` under it, held by the job's owner (a
+-- direct dispatch), else
 -- `pending`, due now. `errors` gains {attempt, at, error} when there is an error.
 -- Returns the ids finished.
 -- name: jobs_finish
@@ -151,13 +152,15 @@ WITH v AS (
     FROM v
     WHERE j.id = v.id AND j.status = 'running' AND j.attempts = v.attempt
       AND j.lease_owner = v.owner
-    RETURNING j.id, j.tenant_id, j.webhook_url, v.delivery_id, v.body, v.now, v.lease
+    RETURNING j.id, j.tenant_id, j.webhook_url, v.delivery_id, v.body, v.now, v.lease, v.owner
 ), webhooks AS (
     INSERT INTO deliveries (id, job_id, tenant_id, url, body, status, attempts,
-                            next_attempt_at, lease_expires_at, created_at, updated_at)
+                            next_attempt_at, lease_expires_at, lease_owner, created_at,
+                            updated_at)
     SELECT f.delivery_id, f.id, f.tenant_id, f.webhook_url, f.body,
            CASE WHEN f.lease IS NULL THEN 'pending' ELSE 'sending' END, 0,
-           CASE WHEN f.lease IS NULL THEN f.now END, f.lease, f.now, f.now
+           CASE WHEN f.lease IS NULL THEN f.now END, f.lease,
+           CASE WHEN f.lease IS NOT NULL THEN f.owner END, f.now, f.now
     FROM finished f
     WHERE f.webhook_url IS NOT NULL AND f.body IS NOT NULL
 )
@@ -210,8 +213,8 @@ LIMIT $2;
 
 -- webhooks: the dispatcher ------------------------------------------------------------
 
--- Up to $2 due pending deliveries, earliest first, become `sending` until $3; each with
--- its tenant's webhook secret. Rows another claim is taking are stepped over. RETURNING
+-- Up to $2 due pending deliveries, earliest first, become `sending` until $3, held by
+-- $4 (the node's lease owner name); each with its tenant's webhook secret. Rows another claim is taking are stepped over. RETURNING
 -- has no order: `due` and `seq` give it back.
 -- name: deliveries_claim
 WITH due AS (
@@ -222,7 +225,8 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d
-SET status = 'sending', next_attempt_at = NULL, lease_expires_at = $3, updated_at = $1
+SET status = 'sending', next_attempt_at = NULL, lease_expires_at = $3, lease_owner = $4,
+    updated_at = $1
 FROM due
 WHERE d.seq = due.seq
 RETURNING d.id, d.job_id, d.tenant_id, d.url, d.body, d.attempts - d.budget_base AS attempts,
@@ -236,7 +240,7 @@ SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending';
 -- due now, without counting an attempt.
 -- name: deliveries_release
 UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_expires_at = NULL,
-                      updated_at = $1
+                      lease_owner = NULL, updated_at = $1
 WHERE status = 'sending' AND ($2 OR lease_expires_at < $1);
 
 -- Webhook attempts, one array element each: the attempt row is always inserted; the
@@ -256,7 +260,7 @@ WITH v AS (
     SELECT v.id, v.attempted_at, v.status_code, v.error, v.duration_ms FROM v ORDER BY v.ord
 )
 UPDATE deliveries d
-SET status = v.status, attempts = d.attempts + 1, lease_expires_at = NULL,
+SET status = v.status, attempts = d.attempts + 1, lease_expires_at = NULL, lease_owner = NULL,
     next_attempt_at = v.retry_at, last_error = v.error, last_status_code = v.status_code,
     delivered_at = CASE WHEN v.status = 'succeeded' THEN v.now ELSE d.delivered_at END,
     dead_at = CASE WHEN v.status = 'dead' THEN v.now ELSE d.dead_at END,

@@ -318,8 +318,9 @@ class SqliteBackend:
 
     # webhook deliveries ---------------------------------------------------------------
 
-    async def claim_deliveries(self, *, now: float, limit: int,
-                               lease_s: float) -> list[ClaimedDelivery]:
+    async def claim_deliveries(self, *, now: float, limit: int, lease_s: float,
+                               owner: str | None = None) -> list[ClaimedDelivery]:
+        """(``owner`` is not kept: one daemon per file, so every send is its own.)"""
         return await self._write(deliveries.claim_due_deliveries, now=now, limit=limit,
                                  lease_s=lease_s)
 
