@@ -44,10 +44,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that asks for the test PostgreSQL server by name is marked ``postgres`` too
-    (those on each backend are marked by their ``postgres`` parameter)."""
+    """A test that asks for the test PostgreSQL server by name, or runs a cluster of nodes
+    (on a server of its module's own), is marked ``postgres`` too (those on each backend
+    are marked by their ``postgres`` parameter)."""
     for item in items:
-        if "pg_url" in getattr(item, "fixturenames", ()):
+        if ("pg_url" in getattr(item, "fixturenames", ())
+                or item.get_closest_marker("cluster") is not None):
             item.add_marker(pytest.mark.postgres)
 
 
