@@ -20,7 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "jobd"
 STORE = PACKAGE / "store"
 DRIVERS = ("sqlite3", "asyncpg", "psycopg", "psycopg2", "aiosqlite")
 # what the rest of jobd may import of the store: the factory and the protocol's module
-ALLOWED_FROM_STORE = ("jobd.store", "jobd.store.backend")
+# the factory and the two protocols: Backend (jobs, webhooks, tenants) and Coordination
+# (the nodes sharing a database)
+ALLOWED_FROM_STORE = ("jobd.store", "jobd.store.backend", "jobd.store.cluster")
 SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
                  r"CREATE\s+(TABLE|(UNIQUE\s+)?INDEX)|ALTER\s+TABLE|PRAGMA\s|BEGIN\s+IMMEDIATE)\b",
                  re.S)
