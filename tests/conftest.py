@@ -6,6 +6,7 @@ event loop)."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -34,11 +35,21 @@ T0 = 1_750_000_000.0
 NewTenantFactory = Callable[..., Awaitable[NewTenant]]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background by a shell without job control (``make test``'s
+    tests on PostgreSQL) inherits SIGINT ignored, and so would every process its tests
+    start: ``jobd top`` would not stop on Ctrl-C, nor the run itself. Take it back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that asks for the test PostgreSQL server by name is marked ``postgres`` too
-    (those on each backend are marked by their ``postgres`` parameter)."""
+    """A test that asks for the test PostgreSQL server by name, or runs a cluster of nodes
+    (on a server of its module's own), is marked ``postgres`` too (those on each backend
+    are marked by their ``postgres`` parameter)."""
     for item in items:
-        if "pg_url" in getattr(item, "fixturenames", ()):
+        if ("pg_url" in getattr(item, "fixturenames", ())
+                or item.get_closest_marker("cluster") is not None):
             item.add_marker(pytest.mark.postgres)
 
 
