@@ -82,6 +82,9 @@ def is_missing(config: Config) -> bool:
     return database.url is None and database.path != ":memory:" and not Path(database.path).exists()
 
 
+CLOSE_TIMEOUT_S = 3.0  # what a command's database calls get to finish once it is done
+
+
 def with_backend(config: Config, fn: Callable[[Backend], Awaitable[T]], *,
                  tell: tuple[Signal, ...] = ()) -> T:
     """``fn`` of the configured database's backend, opened for this command and closed
@@ -105,8 +108,8 @@ async def _with_opened(config: Config, fn: Callable[[Backend], Awaitable[T]],
                 await coordination.tell(*tell)
             await coordination.close()
         return done
-    finally:
-        await backend.close()
+    finally:  # also after Ctrl-C: a command never hangs on a call it gave up on
+        await backend.close(timeout_s=CLOSE_TIMEOUT_S)
 
 
 def _quiet_store_logs() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import sqlite_only
 from tests.peers import REFUSED_HEADS
 from tests.support import Client, cli_json, wait_for
 
@@ -86,6 +87,8 @@ class Attacker(threading.Thread):
             self.stop.wait(0.05)
 
 
+@sqlite_only("the bounds under test are the HTTP clients', the same on either backend; "
+             "a timing test run once")
 @pytest.mark.parametrize("fast_client", [True, False], ids=["fast", "aiohttp"])
 def test_hostile_receivers_do_not_slow_other_tenants(make_env, hostile, fast_client) -> None:
     env = make_env(webhooks={"timeout": TIMEOUT_S, "fast_client": fast_client,
