@@ -19,9 +19,8 @@ from jobd.store.backend import Backend
 PACKAGE = Path(__file__).resolve().parents[2] / "jobd"
 STORE = PACKAGE / "store"
 DRIVERS = ("sqlite3", "asyncpg", "psycopg", "psycopg2", "aiosqlite")
-# what the rest of jobd may import of the store: the factory and the protocol's module
-# the factory and the two protocols: Backend (jobs, webhooks, tenants) and Coordination
-# (the nodes sharing a database)
+# what the rest of jobd may import of the store: open_backend, the Backend protocol's
+# module, and the nodes' Coordination protocol with its factory (open_coordination)
 ALLOWED_FROM_STORE = ("jobd.store", "jobd.store.backend", "jobd.store.cluster")
 SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
                  r"CREATE\s+(TABLE|(UNIQUE\s+)?INDEX)|ALTER\s+TABLE|PRAGMA\s|BEGIN\s+IMMEDIATE)\b",
@@ -62,9 +61,10 @@ def test_no_module_outside_the_store_imports_a_database_driver() -> None:
     assert found == []
 
 
-def test_outside_the_store_only_the_factory_and_the_protocol_are_imported() -> None:
+def test_outside_the_store_only_the_factories_and_the_protocols_are_imported() -> None:
     """Nothing names a backend (``jobd.store.sqlite``, ``jobd.store.postgres``) or the
-    store's own helpers: the backend is whatever ``open_backend`` returned."""
+    store's own helpers: the backend is whatever ``open_backend`` returned (and the
+    coordination whatever ``open_coordination`` did)."""
     def allowed(name: str) -> bool:
         if not (name == "jobd.store" or name.startswith("jobd.store.")):
             return True
