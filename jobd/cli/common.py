@@ -188,6 +188,9 @@ def run_cli(app: typer.Typer) -> None:
 
     Usage errors (a bad option value, a missing argument) are one line too, with the
     command's ``--help`` to look at, instead of Typer's framed box."""
+    for arg in sys.argv[1:]:  # bytes the locale cannot decode arrive as lone surrogates
+        if arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace") != arg:
+            fail(f"argument {arg.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8", 2)
     try:
         code = app(prog_name="jobd", standalone_mode=False)
     except JobdError as exc:

@@ -16,7 +16,9 @@ from jobd.config import mask_password
 from jobd.models import JobStatus
 from tests.conftest import postgres_only, sqlite_only
 from tests.pg import Session
-from tests.support import cli, cli_json, write_config
+from tests.support import JOBD, cli, cli_json, write_config
+
+JOBD_BYTES = [part.encode() for part in JOBD]
 
 VIEW_FIELDS = {"jobId", "status", "attempts", "nextRunAt", "createdAt", "updatedAt", "type",
                "maxAttempts", "priority", "runAt", "startedAt", "completedAt", "lastError",
@@ -206,6 +208,15 @@ def test_cancel_or_retry_in_the_wrong_state_exits_1(jobd, seed):
 def test_unknown_job_id_exits_1(cfg, seed, command):
     line = one_line_error(cli(cfg, "jobs", command, "job_nope", check=False), 1)
     assert "job_nope" in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("command", [["jobs", "show"], ["dlq", "show"], ["tenants", "show"]])
+def test_an_argument_that_is_not_utf8_exits_2_in_one_line(cfg, command):
+    done = subprocess.run([*JOBD_BYTES, *(c.encode() for c in command), b"\xff",
+                           b"--config", str(cfg).encode()], capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode().strip().splitlines() == [
+        "error: argument b'\\xff' is not valid UTF-8"]
 
 
 def test_usage_errors_exit_2_in_one_line(cfg, seed):
