@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import asyncpg
+import re
 
 from jobd.store.named_sql import load_named
 
 Q = load_named("jobd.store.postgres", "queries.sql")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` with U+FFFD for each lone surrogate: a str that is not Unicode (an error
+    message made from undecodable bytes) can be neither sent nor stored, and would fail
+    the whole batch it is in."""
+    if text is None or text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def changed(status: str) -> int:
     """The row count of a command status (``"UPDATE 3"`` -> 3)."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-async def fetch_planned(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:
-    """Run ``Q[name]`` planned for these very arguments, as an unnamed statement.
-
-    For the statements that join arrays of many rows to a table: a cached statement
-    switches to a generic plan after five runs, and a generic plan knows neither how
-    long the arrays are nor (from statistics taken while the queue looked different)
-    how many jobs are running, and picks a nested loop that rescans the arrays for
-    every row: five times slower at 256 rows, and quadratic. Planning each run costs a
-    round trip and a millisecond or so, a few microseconds a row."""
-    statement = await conn.prepare(Q[name], name="")
-    rows: list[asyncpg.Record] = await statement.fetch(*args)
-    return rows
