@@ -55,9 +55,10 @@ def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.01
 class Daemon:
     """``jobd serve`` on a temp database with synchronous=full: a SQLite file in
     ``workdir``, or the PostgreSQL database ``database_url`` (which several daemons, the
-    nodes, may share; ``env`` adds to each one's environment)."""
+    nodes, may share; ``env`` adds to each one's environment). Its config file and log in
+    ``workdir`` are ``name``.toml and ``name``.log."""
 
-    def __init__(self, workdir: Path, *, database_url: str | None = None,
+    def __init__(self, workdir: Path, *, database_url: str | None = None, name: str = "jobd",
                  env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> None:
         self.dir = workdir
         self.port = free_port()
@@ -76,12 +77,13 @@ class Daemon:
             "webhooks": {"allow_private_networks": True, "concurrency": 128},
             "logging": {"level": "warning"},
         }
-        for name, values in overrides.items():
-            sections.setdefault(name, {}).update(values)
-        self.config = workdir / f"jobd-{self.port}.toml"
+        for section, values in overrides.items():
+            sections.setdefault(section, {}).update(values)
+        self.config = workdir / f"{name}.toml"
+        self.log = workdir / f"{name}.log"
         self.config.write_text("".join(
-            f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-            for name, values in sections.items()))
+            f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+            for section, values in sections.items()))
         self.proc: subprocess.Popen[bytes] | None = None
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -95,7 +97,7 @@ class Daemon:
                              "--burst", "10000000"))
 
     def start(self) -> Daemon:
-        log = (self.dir / f"jobd-{self.port}.log").open("ab")
+        log = self.log.open("ab")
         self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config)],
                                      stdout=log, stderr=log, env={**os.environ, **self.env})
         wait_until(self._healthy, 30, "jobd to start")
@@ -197,7 +199,7 @@ def nodes(count: int, pg: Databases | None, **overrides: dict[str, Any]) -> Iter
     found: list[Daemon] = []
     try:
         for i in range(1, count + 1):
-            found.append(Daemon(workdir, database_url=url,
+            found.append(Daemon(workdir, database_url=url, name="jobd" if count == 1 else f"jobd-{i}",
                                 env={"JOBD_CLUSTER_NODE_NAME": f"bench-{i}"}, **overrides))
         yield found
     finally:
