@@ -53,9 +53,9 @@ lint: $(DEV)  ## ruff and mypy
 	$(BIN)/ruff check jobd tests bench docs
 	$(BIN)/mypy jobd
 
-bench: $(BENCH)  ## print throughput and latency figures (see bench/README.md)
+bench: $(BENCH)  ## print throughput and latency figures (BENCH_ARGS="--backend sqlite,postgres"; see bench/README.md)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python bench/run.py --runs 3
+	$(BIN)/python bench/run.py --runs 3 $(BENCH_ARGS)
 
 soak: $(DEV)  ## kill -9 cycles under load, then lost/duplicated/stuck (SOAK_ARGS="--duration 60")
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)

@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pgsql
+from pgsql import Connection, Databases
 from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
@@ -51,26 +53,37 @@ def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.01
 
 
 class Daemon:
-    """``jobd serve`` on a temp database with synchronous=full."""
+    """``jobd serve`` on a temp database with synchronous=full: a SQLite file in
+    ``workdir``, or the PostgreSQL database ``database_url`` (which several daemons, the
+    nodes, may share; ``env`` adds to each one's environment). Its config file and log in
+    ``workdir`` are ``name``.toml and ``name``.log."""
 
-    def __init__(self, workdir: Path, **overrides: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, *, database_url: str | None = None, name: str = "jobd",
+                 env: dict[str, str] | None = None, **overrides: dict[str, Any]) -> None:
         self.dir = workdir
         self.port = free_port()
         self.db_path = workdir / "jobd.db"
+        self.database_url = database_url
+        self.backend = "sqlite" if database_url is None else "postgres"
+        self.env = env or {}
+        self._pg: Connection | None = None
+        database: dict[str, Any] = ({"path": str(self.db_path)} if database_url is None
+                                    else {"url": database_url})
         sections: dict[str, dict[str, Any]] = {
             "server": {"host": "127.0.0.1", "port": self.port, "max_body_bytes": 262144},
-            "database": {"path": str(self.db_path), "synchronous": "full"},
+            "database": {**database, "synchronous": "full"},
             "workers": {"concurrency": 256, "poll_interval": 0.5},
             "rate_limit": {"rate": 10_000_000, "burst": 10_000_000},
             "webhooks": {"allow_private_networks": True, "concurrency": 128},
             "logging": {"level": "warning"},
         }
-        for name, values in overrides.items():
-            sections.setdefault(name, {}).update(values)
-        self.config = workdir / "jobd.toml"
+        for section, values in overrides.items():
+            sections.setdefault(section, {}).update(values)
+        self.config = workdir / f"{name}.toml"
+        self.log = workdir / f"{name}.log"
         self.config.write_text("".join(
-            f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-            for name, values in sections.items()))
+            f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+            for section, values in sections.items()))
         self.proc: subprocess.Popen[bytes] | None = None
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -84,9 +97,9 @@ class Daemon:
                              "--burst", "10000000"))
 
     def start(self) -> Daemon:
-        log = (self.dir / "jobd.log").open("ab")
+        log = self.log.open("ab")
         self.proc = subprocess.Popen([*JOBD, "serve", "--config", str(self.config)],
-                                     stdout=log, stderr=log)
+                                     stdout=log, stderr=log, env={**os.environ, **self.env})
         wait_until(self._healthy, 30, "jobd to start")
         return self
 
@@ -105,6 +118,9 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
 
     def peak_rss_mb(self) -> float:
         assert self.proc is not None
@@ -115,18 +131,32 @@ class Daemon:
     def writer(self) -> tuple[float, float, float, float, float]:
         """The writer's totals so far, from /metrics: committed transactions, the writes
         they carried, their seconds (BEGIN to COMMIT), and the WAL's fsyncs (made by the
-        writer's syncer thread) and their seconds."""
+        writer's syncer thread) and their seconds. All 0 on PostgreSQL (no writer)."""
         with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
         found = {(s.name, s.labels.get("outcome")): s.value
                  for family in text_string_to_metric_families(text) for s in family.samples}
+        if ("jobd_db_transactions_total", "committed") not in found:
+            return (0.0, 0.0, 0.0, 0.0, 0.0)
         return (found[("jobd_db_transactions_total", "committed")],
                 found[("jobd_db_writes_total", None)],
                 found[("jobd_db_transaction_seconds_sum", None)],
                 found.get(("jobd_db_wal_syncs_total", None), 0.0),
                 found.get(("jobd_db_wal_sync_seconds_total", None), 0.0))
 
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples (every label) on /metrics."""
+        with urllib.request.urlopen(self.base + "/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        return sum(s.value for family in text_string_to_metric_families(text)
+                   for s in family.samples if s.name == name)
+
     def query(self, sql: str, *args: Any) -> list[Any]:
+        """Rows of ``sql`` (``?`` placeholders, SQL both databases speak)."""
+        if self.database_url is not None:
+            if self._pg is None:  # kept open: a PostgreSQL connection costs milliseconds
+                self._pg = Connection(self.database_url)
+            return self._pg.fetch(sql, *args)
         conn = sqlite3.connect(self.db_path, timeout=30)
         try:
             return conn.execute(sql, args).fetchall()
@@ -150,13 +180,33 @@ def group_commit(before: tuple[float, ...], after: tuple[float, ...]) -> dict[st
 
 
 @contextmanager
-def daemon(**overrides: dict[str, Any]) -> Iterator[Daemon]:
+def daemon(pg: Databases | None = None, **overrides: dict[str, Any]) -> Iterator[Daemon]:
+    """A daemon (not started) on a fresh SQLite file, or with ``pg`` a fresh PostgreSQL
+    database; both removed afterwards."""
+    with nodes(1, pg, **overrides) as found:
+        yield found[0]
+
+
+@contextmanager
+def nodes(count: int, pg: Databases | None, **overrides: dict[str, Any]) -> Iterator[list[Daemon]]:
+    """``count`` daemons (not started) on one fresh database, each on its own port with
+    its own node name (``JOBD_CLUSTER_NODE_NAME``: bench-1, bench-2, ...). More than one
+    needs PostgreSQL."""
+    if count > 1 and pg is None:
+        raise ValueError("several nodes need PostgreSQL")
     workdir = Path(tempfile.mkdtemp(prefix="jobd-bench-"))
-    d = Daemon(workdir, **overrides)
+    url = pg.create() if pg is not None else None
+    found: list[Daemon] = []
     try:
-        yield d
+        for i in range(1, count + 1):
+            found.append(Daemon(workdir, database_url=url, name="jobd" if count == 1 else f"jobd-{i}",
+                                env={"JOBD_CLUSTER_NODE_NAME": f"bench-{i}"}, **overrides))
+        yield found
     finally:
-        d.stop()
+        for d in found:
+            d.stop()
+        if pg is not None and url is not None:
+            pg.drop(url)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -225,9 +275,19 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def seed_jobs(db_path: Path, tenant_id: str, *, queued: int = 0, finished: int = 0,
+def seed_jobs(d: Daemon, tenant_id: str, *, queued: int = 0, finished: int = 0,
               run_at: float | None = None) -> None:
-    """Insert jobs straight into the database (the daemon must not be running)."""
+    """Insert jobs straight into the daemon's database (on SQLite it must not be running;
+    on PostgreSQL its schema must be in place)."""
+    if d.database_url is not None:
+        pgsql.seed_jobs(d.database_url, tenant_id, queued=queued, finished=finished,
+                        run_at=run_at)
+    else:
+        _seed_sqlite(d.db_path, tenant_id, queued=queued, finished=finished, run_at=run_at)
+
+
+def _seed_sqlite(db_path: Path, tenant_id: str, *, queued: int, finished: int,
+                 run_at: float | None) -> None:
     from jobd.credentials import new_job_id
     from jobd.store.sqlite.connection import connect, migrate
 

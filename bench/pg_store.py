@@ -24,74 +24,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
+from pgsql import server, server_cpu_seconds
 
 from jobd.config import DatabaseConfig
 from jobd.models import JobStatus, NewJob
 from jobd.store.backend import Rotation
 from jobd.store.postgres.backend import PostgresBackend
-from tests.pg import (
-    TEST_URL_ENV,
-    _run_as_server_user,
-    admin,
-    find_bin_dir,
-    start_server,
-    with_database,
-)
+from tests.pg import admin, with_database
 
 TENANT = "bench"
 NOW = 1_750_000_000.0
 LEASE_S = 300.0
 
 
-@contextlib.contextmanager
-def server(settings: list[str] | None = None) -> Iterator[tuple[str, Path | None]]:
-    """The server's URL and data directory (None: a given server); ``settings``
-    (``name=value``) are set with ALTER SYSTEM and the server restarted."""
-    given = os.environ.get(TEST_URL_ENV)
-    if given:
-        yield given, None
-        return
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        sys.exit("no PostgreSQL server binaries: apt-get install postgresql, or set "
-                 f"{TEST_URL_ENV}")
-    started = start_server(bin_dir)
-    try:
-        if settings:
-            admin(started.url, *(f"ALTER SYSTEM SET {name} = '{value}'"
-                                 for name, value in (s.split("=", 1) for s in settings)))
-            _run_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(started.data), "-w",
-                                 "-l", str(started.root / "server.log"), "restart"])
-        print(f"PostgreSQL {started.version} on 127.0.0.1:{started.port} (started in "
-              f"{started.started_in_s:.2f} s, data in {started.root}), "
-              f"settings: {settings or 'as initdb left them'}", flush=True)
-        yield started.url, started.data
-    finally:
-        started.stop()
-
-
 class CpuMeter:
-    """CPU seconds used by this process and by the server (the postmaster, its live
-    children, and the children it reaped: cutime/cstime), between start and per_job."""
-
-    TICK = os.sysconf("SC_CLK_TCK")
+    """CPU seconds used by this process and by the server, between start and per_job."""
 
     def __init__(self, data: Path | None) -> None:
         self._data = data
         self._began = (0.0, 0.0)
 
     def start(self) -> CpuMeter:
-        self._began = (time.process_time(), self._server())
+        self._began = (time.process_time(), server_cpu_seconds(self._data))
         return self
 
     def per_job(self, jobs: int) -> dict[str, float]:
@@ -99,26 +62,9 @@ class CpuMeter:
         python = (time.process_time() - self._began[0]) / jobs * 1e6
         figures = {"python_cpu_us_per_job": round(python, 1)}
         if self._data is not None:
-            figures["server_cpu_us_per_job"] = round((self._server() - self._began[1])
-                                                     / jobs * 1e6, 1)
+            figures["server_cpu_us_per_job"] = round((server_cpu_seconds(self._data)
+                                                      - self._began[1]) / jobs * 1e6, 1)
         return figures
-
-    def _server(self) -> float:
-        if self._data is None:
-            return 0.0
-        postmaster = int((self._data / "postmaster.pid").read_text().split()[0])
-        ticks = sum(_ticks(postmaster, with_reaped=True))
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == postmaster:
-                    ticks += int(fields[11]) + int(fields[12])
-        return ticks / self.TICK
-
-
-def _ticks(pid: int, *, with_reaped: bool) -> list[int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return [int(f) for f in fields[11:15 if with_reaped else 13]]
 
 
 @contextlib.asynccontextmanager

@@ -1,10 +1,17 @@
 -- wrk script: JOBD_COUNT noop jobs (unique Idempotency-Keys), split over the threads;
 -- a thread stops once its share has been answered with 201. Requests still in flight
 -- then may add up to one per connection more (the caller counts what was created).
--- Env: JOBD_API_KEY, JOBD_TENANT, JOBD_COUNT, optional JOBD_WEBHOOK_URL.
+-- Env: JOBD_API_KEY, JOBD_TENANT, JOBD_COUNT, optional JOBD_WEBHOOK_URL; optional
+-- JOBD_PORTS (p1,p2,...: several nodes on 127.0.0.1): thread i sends to node i mod n.
 local threads = {}
 
 function setup(thread)
+  local ports = os.getenv("JOBD_PORTS")
+  if ports and ports ~= "" then
+    local list = {}
+    for port in string.gmatch(ports, "%d+") do table.insert(list, port) end
+    thread.addr = wrk.lookup("127.0.0.1", list[(#threads % #list) + 1])[1]
+  end
   thread:set("tid", #threads)
   table.insert(threads, thread)
 end

@@ -17,7 +17,7 @@ from jobd.store import rows
 from jobd.store.backend import ClaimedDelivery
 from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.failures import ITEM_ERRORS
-from jobd.store.postgres.queries import Q, changed, fetch_planned, storable
+from jobd.store.postgres.queries import Q, changed, storable
 
 
 async def claim_deliveries(conn: asyncpg.Connection, *, now: float, limit: int,
@@ -73,8 +73,8 @@ async def record_attempts(conn: asyncpg.Connection, items: list[Attempt]) -> lis
 
 async def _record_all(conn: asyncpg.Connection, items: list[Attempt]) -> list[Outcome | None]:
     statuses = [a.status for a in items]
-    moved = {r[0] for r in await fetch_planned(conn, "deliveries_record",
-                                               *_attempt_columns(items, statuses))}
+    moved = {r[0] for r in await conn.fetch(Q["deliveries_record"],
+                                            _attempt_rows(items, statuses))}
     outcomes: list[Outcome | None] = []
     for a, status in zip(items, statuses, strict=True):
         outcomes.append((True, status if a.delivery.id in moved else None))
@@ -88,20 +88,13 @@ async def _record_one(conn: asyncpg.Connection, item: Attempt) -> Any:
     return outcome[1]
 
 
-def _attempt_columns(items: list[Attempt], statuses: list[DeliveryStatus]) -> list[list[Any]]:
-    return [
-        [a.delivery.id for a in items],
-        [a.attempted_at for a in items],
-        [a.status_code for a in items],
-        [storable(a.error) for a in items],
-        [a.duration_ms for a in items],
-        [a.now for a in items],
-        [a.delivery.lease_expires_at for a in items],
-        list(range(len(items))),
-        [s.value for s in statuses],
-        [a.retry_at if s is DeliveryStatus.PENDING else None
-         for a, s in zip(items, statuses, strict=True)],
-    ]
+def _attempt_rows(items: list[Attempt],
+                  statuses: list[DeliveryStatus]) -> list[tuple[Any, ...]]:
+    """The rows of ``deliveries_record`` (a ``deliveries_record_row`` each), in order."""
+    return [(a.delivery.id, a.attempted_at, a.status_code, storable(a.error), a.duration_ms,
+             a.now, a.delivery.lease_expires_at, s.value,
+             a.retry_at if s is DeliveryStatus.PENDING else None)
+            for a, s in zip(items, statuses, strict=True)]
 
 
 async def deliveries_of_job(conn: asyncpg.Connection, job_id: str) -> list[Delivery]:

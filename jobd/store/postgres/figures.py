@@ -1,7 +1,7 @@
 """Figures for operators and /metrics, and retention.
 
-Counts read indexes, not jobs (see ``job_counts`` in queries.sql), each set of them in
-one REPEATABLE READ snapshot, so they agree with each other.
+Counts read partial indexes where they can (see ``job_counts`` in queries.sql), each set
+of them in one REPEATABLE READ snapshot, so they agree with each other.
 """
 
 from __future__ import annotations

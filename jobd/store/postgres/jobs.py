@@ -45,7 +45,7 @@ async def insert_jobs(conn: asyncpg.Connection, items: list[Creation]) -> list[O
 
 async def _insert_all(conn: asyncpg.Connection, items: list[Creation]) -> list[Outcome | None]:
     ids = [new_job_id() for _ in items]
-    inserted = {r[0] for r in await conn.fetch(Q["jobs_insert"], *_columns(ids, items))}
+    inserted = {r[0] for r in await conn.fetch(Q["jobs_insert"], _rows(ids, items))}
     return [(True, IdempotentResult(job_id, c.now, replayed=False, started=c.lease is not None))
             if job_id in inserted else None
             for job_id, c in zip(ids, items, strict=True)]
@@ -63,7 +63,7 @@ async def _insert_one(conn: asyncpg.Connection, item: Creation) -> IdempotentRes
         plain = Creation(job, item.body_hash, item.now, item.idempotency_ttl_s)
         for _ in range(KEY_ROUNDS):
             job_id = new_job_id()
-            if await conn.fetch(Q["jobs_insert"], *_columns([job_id], [plain])):
+            if await conn.fetch(Q["jobs_insert"], _rows([job_id], [plain])):
                 return IdempotentResult(job_id, item.now, replayed=False)
             holder = await conn.fetchrow(Q["job_holding_key"], job.tenant_id, job.idempotency_key)
             if holder is None:  # let go of since the insert: try again
@@ -79,25 +79,13 @@ async def _insert_one(conn: asyncpg.Connection, item: Creation) -> IdempotentRes
                                "try again")
 
 
-def _columns(ids: list[str], items: list[Creation]) -> list[list[Any]]:
-    """The arrays of ``jobs_insert``, one element per job."""
-    return [
-        ids,
-        [c.job.tenant_id for c in items],
-        [c.job.type for c in items],
-        [c.job.payload for c in items],
-        [c.job.priority for c in items],
-        [c.job.max_attempts for c in items],
-        [c.job.timeout_seconds for c in items],
-        [c.job.run_at for c in items],
-        [c.job.webhook_url for c in items],
-        [c.job.idempotency_key for c in items],
-        [c.body_hash for c in items],
-        [c.now for c in items],
-        [c.api_key_hash for c in items],
-        [c.lease.owner if c.lease else None for c in items],
-        [c.lease.expires_at if c.lease else None for c in items],
-    ]
+def _rows(ids: list[str], items: list[Creation]) -> list[tuple[Any, ...]]:
+    """The rows of ``jobs_insert`` (a ``jobs_insert_row`` each), one per job."""
+    return [(job_id, c.job.tenant_id, c.job.type, c.job.payload, c.job.priority,
+             c.job.max_attempts, c.job.timeout_seconds, c.job.run_at, c.job.webhook_url,
+             c.job.idempotency_key, c.body_hash, c.now, c.api_key_hash,
+             c.lease.owner if c.lease else None, c.lease.expires_at if c.lease else None)
+            for job_id, c in zip(ids, items, strict=True)]
 
 
 # reads --------------------------------------------------------------------------------

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import asyncpg
 
 from jobd.store.named_sql import load_named
 
 Q = load_named("jobd.store.postgres", "queries.sql")
-
-
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -33,17 +28,3 @@ def holds_nul(key: str) -> bool:
 def changed(status: str) -> int:
     """The row count of a command status (``"UPDATE 3"`` -> 3)."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-async def fetch_planned(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:
-    """Run ``Q[name]`` planned for these very arguments, as an unnamed statement.
-
-    For the statements that join arrays of many rows to a table: a cached statement
-    switches to a generic plan after five runs, and a generic plan knows neither how
-    long the arrays are nor (from statistics taken while the queue looked different)
-    how many jobs are running, and picks a nested loop that rescans the arrays for
-    every row, which is quadratic. Planning each run costs a round trip, little against
-    the rows it carries."""
-    statement = await conn.prepare(Q[name], name="")
-    rows: list[asyncpg.Record] = await statement.fetch(*args)
-    return rows

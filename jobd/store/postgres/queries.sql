@@ -1,7 +1,8 @@
 -- Every SQL statement the PostgreSQL backend runs after migrations, by name.
 -- Times are bound as parameters ($n, unix seconds from jobd's clock); the database's own
--- clock is never read. Statements that take many rows take them as arrays, one array per
--- column, and unnest them: one statement (and one prepared plan) whatever the count.
+-- clock is never read. Statements that take many rows (the batches: new jobs, finishes,
+-- webhook attempts) take them as one array of a row type (migration 0004) and unnest
+-- it: one statement (and one prepared plan) whatever the count.
 
 -- tenants ------------------------------------------------------------------------------
 
@@ -46,10 +47,10 @@ SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1 AND api_key_hash = $2 AND NOT
 
 -- jobs: creation --------------------------------------------------------------------
 
--- New jobs, one array element per job. A job whose tenant already has a job holding its
+-- New jobs, one row each. A job whose tenant already has a job holding its
 -- Idempotency-Key is not inserted (ON CONFLICT on jobs_idempotency), nor one whose API
--- key hash ($13; NULL: not checked) is no longer its tenant's live key. A job with a
--- lease owner ($14) is created running: its first attempt starts now, held until $15
+-- key hash (NULL: not checked) is no longer its tenant's live key. A job with a lease
+-- owner is created running: its first attempt starts now, held until `expires`
 -- (jobd.models.StartLease). Returns the ids inserted.
 -- name: jobs_insert
 INSERT INTO jobs (id, tenant_id, type, payload, status, priority, attempts, max_attempts,
@@ -62,12 +63,7 @@ SELECT v.id, v.tenant_id, v.type, v.payload,
        v.timeout_seconds, v.run_at, CASE WHEN v.owner IS NULL THEN v.run_at END,
        v.webhook_url, v.idempotency_key, v.body_hash, v.now, v.now, v.owner, v.expires,
        CASE WHEN v.owner IS NOT NULL THEN v.now END
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::integer[],
-            $7::double precision[], $8::double precision[], $9::text[], $10::text[],
-            $11::bytea[], $12::double precision[], $13::text[], $14::text[],
-            $15::double precision[])
-     AS v (id, tenant_id, type, payload, priority, max_attempts, timeout_seconds, run_at,
-           webhook_url, idempotency_key, body_hash, now, api_key_hash, owner, expires)
+FROM unnest($1::jobs_insert_row[]) AS v
 WHERE v.api_key_hash IS NULL
    OR EXISTS (SELECT 1 FROM tenants t
               WHERE t.id = v.tenant_id AND t.api_key_hash = v.api_key_hash AND NOT t.disabled)
@@ -134,12 +130,13 @@ SELECT * FROM jobd_claim($1, $2, $3, $4, $5);
 -- direct dispatch), else
 -- `pending`, due now. `errors` gains {attempt, at, error} when there is an error.
 -- Returns the ids finished.
+-- The status is compared with a subquery's 'running', which no plan can see through: so
+-- no plan, also not the cached generic one (which knows neither how many rows come nor
+-- how many jobs run), reads the jobs through jobs_running and then the rows again for
+-- each of them. The one way left is the rows' ids, through jobs_id_key.
 -- name: jobs_finish
 WITH v AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                         $5::double precision[], $6::integer[], $7::text[], $8::text[],
-                         $9::bytea[], $10::double precision[])
-        AS v (id, status, result, error, now, attempt, owner, delivery_id, body, lease)
+    SELECT * FROM unnest($1::jobs_finish_row[])
 ), finished AS (
     UPDATE jobs j
     SET status = v.status, result = v.result, last_error = v.error,
@@ -150,7 +147,7 @@ WITH v AS (
         completed_at = v.now, next_run_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
         updated_at = v.now
     FROM v
-    WHERE j.id = v.id AND j.status = 'running' AND j.attempts = v.attempt
+    WHERE j.id = v.id AND j.status = (SELECT 'running') AND j.attempts = v.attempt
       AND j.lease_owner = v.owner
     RETURNING j.id, j.tenant_id, j.webhook_url, v.delivery_id, v.body, v.now, v.lease, v.owner
 ), webhooks AS (
@@ -243,21 +240,18 @@ UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_expires_at
                       lease_owner = NULL, updated_at = $1
 WHERE status = 'sending' AND ($2 OR lease_expires_at < $1);
 
--- Webhook attempts, one array element each: the attempt row is always inserted; the
--- delivery moves to its new status ($9: succeeded, pending again at $10, or dead) only
--- while the claim that made the attempt is current (fenced by lease_expires_at).
--- Returns the ids moved.
+-- Webhook attempts, one row each: the attempt row is always inserted; the delivery
+-- moves to its new `status` (succeeded, pending again at `retry_at`, or dead) only while
+-- the claim that made the attempt is current (fenced by lease_expires_at).
+-- Returns the ids moved. The status is compared with a subquery's 'sending' for the
+-- reason given at jobs_finish: the deliveries are found by the rows' ids.
 -- name: deliveries_record
 WITH v AS (
-    SELECT * FROM unnest($1::text[], $2::double precision[], $3::integer[], $4::text[],
-                         $5::double precision[], $6::double precision[],
-                         $7::double precision[], $8::integer[], $9::text[],
-                         $10::double precision[])
-        AS v (id, attempted_at, status_code, error, duration_ms, now, lease, ord, status,
-              retry_at)
+    SELECT * FROM unnest($1::deliveries_record_row[]) WITH ORDINALITY
 ), attempts AS (
     INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, error, duration_ms)
-    SELECT v.id, v.attempted_at, v.status_code, v.error, v.duration_ms FROM v ORDER BY v.ord
+    SELECT v.id, v.attempted_at, v.status_code, v.error, v.duration_ms FROM v
+    ORDER BY v.ordinality
 )
 UPDATE deliveries d
 SET status = v.status, attempts = d.attempts + 1, lease_expires_at = NULL, lease_owner = NULL,
@@ -266,7 +260,7 @@ SET status = v.status, attempts = d.attempts + 1, lease_expires_at = NULL, lease
     dead_at = CASE WHEN v.status = 'dead' THEN v.now ELSE d.dead_at END,
     updated_at = v.now
 FROM v
-WHERE d.id = v.id AND d.status = 'sending' AND d.lease_expires_at = v.lease
+WHERE d.id = v.id AND d.status = (SELECT 'sending') AND d.lease_expires_at = v.lease
 RETURNING d.id;
 
 -- name: delivery_attempts_of
@@ -306,10 +300,9 @@ SELECT id FROM purged;
 
 -- figures ---------------------------------------------------------------------------
 
--- Jobs by tenant and status without reading the jobs themselves: the waiting, running
--- and failed ones from their partial indexes, the totals per tenant from
--- jobs_tenant_seq; `succeeded` is the rest (jobd.store.postgres.figures), all in one
--- REPEATABLE READ snapshot.
+-- Jobs by tenant and status: the waiting, running and failed ones from their partial
+-- indexes, the totals per tenant by counting the table (migration 0004); `succeeded` is
+-- the rest (jobd.store.postgres.figures), all in one REPEATABLE READ snapshot.
 -- name: job_counts
 SELECT tenant_id, status, count(*)::bigint AS n, min(next_run_at) AS oldest_due
 FROM jobs WHERE status IN ('queued', 'retry') GROUP BY tenant_id, status

@@ -19,7 +19,7 @@ from jobd.store.backend import ClaimRound, DirectDelivery
 from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.failures import ITEM_ERRORS
 from jobd.store.postgres.jobs import queue_webhook
-from jobd.store.postgres.queries import Q, changed, fetch_planned, storable
+from jobd.store.postgres.queries import Q, changed, storable
 from jobd.webhook_body import claimed_job_body
 
 
@@ -57,7 +57,7 @@ async def finish_jobs(conn: asyncpg.Connection, items: list[Finish]) -> list[Out
 
 
 async def _finish_all(conn: asyncpg.Connection, items: list[Finish]) -> list[Outcome | None]:
-    finished = {r[0] for r in await fetch_planned(conn, "jobs_finish", *_finish_columns(items))}
+    finished = {r[0] for r in await conn.fetch(Q["jobs_finish"], _finish_rows(items))}
     outcomes: list[Outcome | None] = []
     for f in items:
         outcomes.append((True, f.job.id in finished))
@@ -71,20 +71,10 @@ async def _finish_one(conn: asyncpg.Connection, item: Finish) -> Any:
     return outcome[1]
 
 
-def _finish_columns(items: list[Finish]) -> list[list[Any]]:
-    webhooks = [_webhook(f) for f in items]
-    return [
-        [f.job.id for f in items],
-        [f.status.value for f in items],
-        [f.result_json for f in items],
-        [storable(f.error) for f in items],
-        [f.now for f in items],
-        [f.job.attempt for f in items],
-        [f.owner for f in items],
-        [w[0] for w in webhooks],
-        [w[1] for w in webhooks],
-        [w[2] for w in webhooks],
-    ]
+def _finish_rows(items: list[Finish]) -> list[tuple[Any, ...]]:
+    """The rows of ``jobs_finish`` (a ``jobs_finish_row`` each), one per job."""
+    return [(f.job.id, f.status.value, f.result_json, storable(f.error), f.now, f.job.attempt,
+             f.owner, *_webhook(f)) for f in items]
 
 
 def _webhook(f: Finish) -> tuple[str | None, bytes | None, float | None]:
