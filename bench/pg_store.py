@@ -1,6 +1,6 @@
 """The PostgreSQL backend alone, without HTTP or handlers: figures printed, not asserted.
 
-    .venv/bin/python bench/pg_store.py [--only insert,drain,million] [--million 1000000]
+    .venv/bin/python bench/pg_store.py [--only insert,drain,steps,million] [--million 1000000]
 
 Starts a throwaway PostgreSQL as the tests do (tests/pg.py: Debian's server binaries, a
 temp dir, fsync on; ``JOBD_TEST_PG_URL`` uses a given server instead), a fresh database
@@ -10,6 +10,9 @@ per phase, and drives :class:`PostgresBackend` with uvloop (as ``jobd serve`` do
   before the next, like an HTTP client on a kept-alive connection), jobs/s;
 * drain: ``--jobs`` queued noop jobs claimed (limit ``--claim-limit``) and finished
   (batched), jobs/s from the first claim to the last finish;
+* steps: ``--jobs`` queued noop jobs, one claim (``--claim-limit``) then its finishes
+  (one batch) at a time, nothing else running: the server's CPU a job for a claim and
+  for a finish, read from its backends' /proc/<pid>/schedstat (nanoseconds);
 * million: the drain of ``--million`` queued jobs, the rate per ``--window`` seconds,
   and the first minute's rate against the last minute's (autovacuum has to keep up
   with the dead rows of every claim and finish).
@@ -219,7 +222,42 @@ async def _vacuum_counts(url: str) -> dict[str, int]:
         await conn.close()
 
 
-PHASES = {"insert": insert_phase, "drain": drain_phase, "million": million_phase}
+async def steps_phase(url: str, args: argparse.Namespace, meter: CpuMeter) -> dict[str, Any]:
+    async with fresh_backend(url, "bench_steps", args.pool_size) as backend:
+        database = with_database(url, "bench_steps")
+        await seed_queued(database, args.jobs)
+        conn = await asyncpg.connect(database)
+        try:
+            pids = [r[0] for r in await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'jobd'")]
+        finally:
+            await conn.close()
+
+        def server_s() -> float:
+            return sum(int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+                       for pid in pids) / 1e9
+        rotation, claimed, finished, done = Rotation(), 0.0, 0.0, 0
+        while True:
+            began = server_s()
+            round_ = await backend.claim_jobs(now=NOW + 1, limit=args.claim_limit, owner="bench",
+                                              lease_s=LEASE_S, rotation=rotation)
+            claimed += server_s() - began
+            if not round_.jobs:
+                break
+            began = server_s()
+            await asyncio.gather(*(backend.finish_job(job, owner="bench",
+                                                      status=JobStatus.SUCCEEDED, now=NOW + 2,
+                                                      result_json="{}")
+                                   for job in round_.jobs))
+            finished += server_s() - began
+            done += len(round_.jobs)
+        return {"claim_server_cpu_us_per_job": round(claimed / done * 1e6, 1),
+                "finish_server_cpu_us_per_job": round(finished / done * 1e6, 1), "jobs": done}
+
+
+PHASES = {"insert": insert_phase, "drain": drain_phase, "steps": steps_phase,
+          "million": million_phase}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -232,7 +270,7 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default="insert,drain,million")
+    p.add_argument("--only", default="insert,drain,steps,million")
     p.add_argument("--pool-size", type=int, default=10)
     p.add_argument("--callers", type=int, default=64)
     p.add_argument("--inserts", type=int, default=100_000)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import importlib.util
 import json
@@ -395,6 +396,19 @@ Figures = dict[str, list[dict[str, float]]]  # scenario -> one dict a run
 
 
 def main() -> None:
+    args = parse_args()
+    figures, peers = run_scenarios(args)
+    summary = {backend: {scenario: summarize(runs) for scenario, runs in scenarios.items()}
+               for backend, scenarios in figures.items()}
+    peer = {scenario: summarize(runs) for scenario, runs in peers.items()}
+    add_ratios(summary, peer)
+    if args.json:
+        print(json.dumps({"backends": summary, "peers": peer}, indent=2))
+    else:
+        print_table(summary, peer, args.runs)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration")
@@ -417,14 +431,20 @@ def main() -> None:
                              "shared_buffers=1GB (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    backends = args.backend.split(",")
-    if set(backends) - {"sqlite", "postgres"}:
+    args.backends = args.backend.split(",")
+    if set(args.backends) - {"sqlite", "postgres"}:
         parser.error("--backend: sqlite, postgres or sqlite,postgres")
-    counts = [int(n) for n in args.nodes.split(",") if n]
-    if counts and "postgres" not in backends:
+    args.counts = [int(n) for n in args.nodes.split(",") if n]
+    if args.counts and "postgres" not in args.backends:
         parser.error("--nodes needs --backend postgres")
-    default = "" if counts else "create,drain,e2e,latency,scale"
-    only = set((args.only if args.only is not None else default).split(",")) - {""}
+    default = "" if args.counts else "create,drain,e2e,latency,scale"
+    args.scenarios = set((args.only if args.only is not None else default).split(",")) - {""}
+    return args
+
+
+def run_scenarios(args: argparse.Namespace) -> tuple[dict[str, Figures], Figures]:
+    """Every scenario asked for: each backend's runs, and the peer's."""
+    only, backends = args.scenarios, args.backends
     figures: dict[str, Figures] = {backend: {} for backend in backends}
     peers: Figures = {}
     with postgres(backends, args.pg_setting) as pg:
@@ -432,10 +452,14 @@ def main() -> None:
 
         def measure(scenario: str, fn: Callable[[Databases | None], dict[str, float]],
                     on: list[str] = backends) -> None:
-            """``args.runs`` runs of ``fn`` on each backend, the first backend alternating."""
+            """``args.runs`` runs of ``fn`` on each backend, the first backend alternating.
+            A run that fails is told on stderr and left out; the others still count."""
             for run in range(args.runs):
                 for backend in on if run % 2 == 0 else on[::-1]:
-                    figures[backend].setdefault(scenario, []).append(fn(targets[backend]))
+                    result = attempt(f"{scenario} on {backend}",
+                                     functools.partial(fn, targets[backend]))
+                    if result is not None:
+                        figures[backend].setdefault(scenario, []).append(result)
 
         if "create" in only:
             measure("create", lambda pg: bench_create(pg, args.seconds))
@@ -448,11 +472,7 @@ def main() -> None:
         if "e2e" in only:
             measure("e2e", lambda pg: bench_end_to_end(pg, args.e2e_jobs, webhooks=False))
             measure("e2e_webhooks", lambda pg: bench_end_to_end(pg, args.e2e_jobs, webhooks=True))
-            if importlib.util.find_spec("huey") is None:
-                print("peer_huey skipped: huey is not installed (make bench installs it)",
-                      file=sys.stderr)
-            else:
-                peers["peer_huey"] = [bench_huey(args.e2e_jobs) for _ in range(args.runs)]
+            peers.update(measure_peer(args))
         if "latency" in only:
             measure("latency", lambda pg: bench_latency(pg, 200))
         if "scale" in only:
@@ -460,17 +480,31 @@ def main() -> None:
                                                     args.seconds))
         if "million" in only:
             measure("million", lambda pg: bench_million(pg, args.million_jobs))
-        for count in counts:
+        for count in args.counts:
             measure(f"nodes_{count}", lambda pg, n=count: bench_nodes(
                 pg, n, drain_jobs=args.drain_jobs, e2e_jobs=args.e2e_jobs), on=["postgres"])
-    summary = {backend: {scenario: summarize(runs) for scenario, runs in scenarios.items()}
-               for backend, scenarios in figures.items()}
-    peer = {scenario: summarize(runs) for scenario, runs in peers.items()}
-    add_ratios(summary, peer)
-    if args.json:
-        print(json.dumps({"backends": summary, "peers": peer}, indent=2))
-    else:
-        print_table(summary, peer, args.runs)
+    return figures, peers
+
+
+def measure_peer(args: argparse.Namespace) -> Figures:
+    """Huey's runs, when it is installed."""
+    if importlib.util.find_spec("huey") is None:
+        print("peer_huey skipped: huey is not installed (make bench installs it)",
+              file=sys.stderr)
+        return {}
+    runs = [attempt("peer_huey", lambda: bench_huey(args.e2e_jobs)) for _ in range(args.runs)]
+    found = [r for r in runs if r is not None]
+    return {"peer_huey": found} if found else {}
+
+
+def attempt(what: str, fn: Callable[[], dict[str, float]]) -> dict[str, float] | None:
+    """``fn()``, or None (told on stderr) when it fails or times out."""
+    try:
+        return fn()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or ""
+        print(f"{what}: failed, left out: {exc} {detail}".rstrip(), file=sys.stderr, flush=True)
+        return None
 
 
 @contextlib.contextmanager
