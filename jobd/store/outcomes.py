@@ -22,20 +22,31 @@ from jobd.errors import JobdError
 T = TypeVar("T")
 R = TypeVar("R")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
+TRIES = 3
 
 
 async def all_else_each(items: Sequence[T], all_items: Callable[[Sequence[T]], Any],
                         each: Callable[[T], Any], *,
-                        item_errors: tuple[type[BaseException], ...]) -> list[Outcome]:
+                        item_errors: tuple[type[BaseException], ...],
+                        retry_errors: tuple[type[BaseException], ...] = ()) -> list[Outcome]:
     """``all_items(items)`` gives an outcome per item, None for one it did not take;
     each such item, or every item when ``all_items`` raised one of ``item_errors`` (an
     error one item's data can cause), then goes to ``each(item)`` on its own. An item's
     refusal (a :class:`~jobd.errors.JobdError`) or data error is its outcome; any other
-    error fails the whole batch."""
-    try:
-        outcomes: Sequence[Outcome | None] = await _result(all_items(items))
-    except item_errors:
-        outcomes = [None] * len(items)
+    error fails the whole batch. ``retry_errors`` are failures of the statement as a whole
+    that a second try may not meet (a deadlock with another transaction, which the
+    database rolled back): ``all_items`` is tried again, up to :data:`TRIES` times."""
+    outcomes: Sequence[Outcome | None]
+    for attempt in range(1, TRIES + 1):
+        try:
+            outcomes = await _result(all_items(items))
+        except item_errors:
+            outcomes = [None] * len(items)
+        except retry_errors:
+            if attempt == TRIES:
+                raise
+            continue
+        break
     refusals: tuple[type[BaseException], ...] = (JobdError, *item_errors)
     done: list[Outcome] = []
     for item, outcome in zip(items, outcomes, strict=True):

@@ -16,7 +16,7 @@ from jobd.models import Delivery, DeliveryAttempt, DeliveryStatus
 from jobd.store import rows
 from jobd.store.backend import ClaimedDelivery
 from jobd.store.outcomes import Outcome, all_else_each
-from jobd.store.postgres.failures import ITEM_ERRORS
+from jobd.store.postgres.failures import ITEM_ERRORS, TRANSIENT_ERRORS
 from jobd.store.postgres.queries import Q, changed, storable
 
 
@@ -68,7 +68,8 @@ async def record_attempts(conn: asyncpg.Connection, items: list[Attempt]) -> lis
     """Record many attempts, one statement (``deliveries_record``); each outcome is the
     delivery's new status, or None when its claim was no longer current."""
     return await all_else_each(items, functools.partial(_record_all, conn),
-                               functools.partial(_record_one, conn), item_errors=ITEM_ERRORS)
+                               functools.partial(_record_one, conn), item_errors=ITEM_ERRORS,
+                               retry_errors=TRANSIENT_ERRORS)
 
 
 async def _record_all(conn: asyncpg.Connection, items: list[Attempt]) -> list[Outcome | None]:

@@ -33,6 +33,10 @@ GONE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalC
 # done again item by item, so that only that item fails.
 ITEM_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
+# A statement the server rolled back for another transaction's sake: done again, it
+# succeeds (two batches that lock the same rows in different orders, for instance).
+TRANSIENT_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
 DATABASE_ERRORS = (asyncpg.PostgresError, *GONE)
 
 

@@ -14,7 +14,7 @@ from jobd.models import Delivery, IdempotentResult, Job, JobStatus, NewJob, Star
 from jobd.store import rows
 from jobd.store.outcomes import Outcome, all_else_each
 from jobd.store.postgres.deliveries import deliveries_of_job
-from jobd.store.postgres.failures import ITEM_ERRORS
+from jobd.store.postgres.failures import ITEM_ERRORS, TRANSIENT_ERRORS
 from jobd.store.postgres.queries import Q, holds_nul
 
 # A key released (or its job pruned) between our insert and our read of its holder sends
@@ -40,7 +40,8 @@ async def insert_jobs(conn: asyncpg.Connection, items: list[Creation]) -> list[O
     seen before) is one statement for all of them, which also checks the keys; the items
     it did not insert (a key in use or revoked, the same key twice) then go one by one."""
     return await all_else_each(items, functools.partial(_insert_all, conn),
-                               functools.partial(_insert_one, conn), item_errors=ITEM_ERRORS)
+                               functools.partial(_insert_one, conn), item_errors=ITEM_ERRORS,
+                               retry_errors=TRANSIENT_ERRORS)
 
 
 async def _insert_all(conn: asyncpg.Connection, items: list[Creation]) -> list[Outcome | None]:

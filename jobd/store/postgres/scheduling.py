@@ -17,7 +17,7 @@ from jobd.credentials import new_delivery_id
 from jobd.models import ClaimedJob, JobStatus
 from jobd.store.backend import ClaimRound, DirectDelivery
 from jobd.store.outcomes import Outcome, all_else_each
-from jobd.store.postgres.failures import ITEM_ERRORS
+from jobd.store.postgres.failures import ITEM_ERRORS, TRANSIENT_ERRORS
 from jobd.store.postgres.jobs import queue_webhook
 from jobd.store.postgres.queries import Q, changed, storable
 from jobd.webhook_body import claimed_job_body
@@ -53,7 +53,8 @@ async def finish_jobs(conn: asyncpg.Connection, items: list[Finish]) -> list[Out
     """Finish many jobs with their webhooks: one statement (``jobs_finish``); each
     outcome says whether that job was finished (its claim was still current)."""
     return await all_else_each(items, functools.partial(_finish_all, conn),
-                               functools.partial(_finish_one, conn), item_errors=ITEM_ERRORS)
+                               functools.partial(_finish_one, conn), item_errors=ITEM_ERRORS,
+                               retry_errors=TRANSIENT_ERRORS)
 
 
 async def _finish_all(conn: asyncpg.Connection, items: list[Finish]) -> list[Outcome | None]:
@@ -72,9 +73,11 @@ async def _finish_one(conn: asyncpg.Connection, item: Finish) -> Any:
 
 
 def _finish_rows(items: list[Finish]) -> list[tuple[Any, ...]]:
-    """The rows of ``jobs_finish`` (a ``jobs_finish_row`` each), one per job."""
-    return [(f.job.id, f.status.value, f.result_json, storable(f.error), f.now, f.job.attempt,
-             f.owner, *_webhook(f)) for f in items]
+    """The rows of ``jobs_finish`` (a ``jobs_finish_row`` each), one per job, in the order
+    of their ids: batches (and lease extensions) that lock jobs in one order cannot
+    deadlock each other."""
+    return sorted(((f.job.id, f.status.value, f.result_json, storable(f.error), f.now,
+                    f.job.attempt, f.owner, *_webhook(f)) for f in items), key=lambda r: r[0])
 
 
 def _webhook(f: Finish) -> tuple[str | None, bytes | None, float | None]:
@@ -107,7 +110,7 @@ async def extend_leases(conn: asyncpg.Connection, job_ids: list[str], *, owner: 
     order given."""
     if not job_ids:
         return []
-    found = await conn.fetch(Q["jobs_extend_leases"], job_ids, owner, expires)
+    found = await conn.fetch(Q["jobs_extend_leases"], sorted(job_ids), owner, expires)
     asked = {r["id"] for r in found if r["cancel_requested"]}
     return [job_id for job_id in dict.fromkeys(job_ids) if job_id in asked]
 
