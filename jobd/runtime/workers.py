@@ -52,6 +52,10 @@ log = logging.getLogger("jobd.workers")
 
 _MAX_CLAIMS = 2  # in flight at once: the loop's, and one beside it for slots freed meanwhile
 CLEANUP_S = 1.0  # at shutdown, after the grace: jobs cancelled and their outcomes written
+# An outcome the database did not take is written again after these waits (doubling from
+# the first up to the last), for as long as the job's lease could still be held.
+OUTCOME_RETRY_FIRST_S = 0.05
+OUTCOME_RETRY_MAX_S = 2.0
 
 
 @dataclass
@@ -73,6 +77,8 @@ class WorkerPool:
         self._rng = rng or random.Random()
         self._running: dict[str, _Running] = {}
         self._recording: set[asyncio.Future[Any]] = set()  # outcome known, being written
+        # Outcomes whose write failed, written again (their leases are still extended)
+        self._unwritten: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._next_due: float | None = None
         self._rotation = Rotation()
@@ -131,7 +137,8 @@ class WorkerPool:
             self._claim(free, side=True)
 
     def running_ids(self) -> list[str]:
-        return list(self._running)
+        """The jobs this pool holds: running, or with an outcome still to be written."""
+        return [*self._running, *self._unwritten]
 
     @property
     def idle(self) -> bool:
@@ -301,13 +308,54 @@ class WorkerPool:
         self._recording.add(task)
         try:
             status = await self._record(job, outcome)
-            if (webhooks := self._webhooks_of(job)) is not None:
-                webhooks.finished(job, status, None, False)
-            self._notify(job, outcome, status, started)
-        except Exception:
-            log.exception("could not record the outcome of job %s; its lease will expire", job.id)
+        except Exception as exc:
+            self._write_later(job, outcome, started, exc)
+            return
         finally:
             self._recording.discard(task)
+        self._recorded(job, outcome, status, started)
+
+    def _recorded(self, job: ClaimedJob, outcome: Outcome, status: JobStatus | None,
+                  started: float) -> None:
+        """After an outcome other than a direct success was written."""
+        if (webhooks := self._webhooks_of(job)) is not None:
+            webhooks.finished(job, status, None, False)
+        self._notify(job, outcome, status, started)
+
+    def _write_later(self, job: ClaimedJob, outcome: Outcome, started: float,
+                     error: BaseException) -> None:
+        """The database did not take an outcome (it is restarting, its disk is full...):
+        write it again until it is taken, while this pool still holds the job's lease.
+        Writes are fenced, so one that lands after the job was rescued changes nothing,
+        and one that was committed although its answer was lost is not repeated."""
+        log.warning("could not record the outcome of job %s (%s); trying again", job.id,
+                    str(error) or type(error).__name__)
+        task = asyncio.get_running_loop().create_task(self._rewrite(job, outcome, started),
+                                                      name=f"outcome:{job.id}")
+        self._unwritten[job.id] = task
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _rewrite(self, job: ClaimedJob, outcome: Outcome, started: float) -> None:
+        give_up_at = self._clock.now() + self._config.workers.lease_seconds
+        delay = OUTCOME_RETRY_FIRST_S
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    status = await self._record(job, outcome)
+                except Exception as exc:
+                    if self._clock.now() >= give_up_at:
+                        log.error("could not record the outcome of job %s; its lease will "
+                                  "expire and it runs again", job.id, exc_info=exc)
+                        return
+                    delay = min(delay * 2, OUTCOME_RETRY_MAX_S)
+                    continue
+                log.info("recorded the outcome of job %s", job.id)
+                self._recorded(job, outcome, status, started)
+                return
+        finally:
+            self._unwritten.pop(job.id, None)
 
     def _succeeded(self, job: ClaimedJob, outcome: Succeeded, started: float,
                    direct: DirectDelivery | None, recorded: asyncio.Future[bool]) -> None:
@@ -319,8 +367,8 @@ class WorkerPool:
             webhooks.finished(job, None if failed else JobStatus.SUCCEEDED, direct,
                               not failed and recorded.result())
         if failed:
-            log.error("could not record the outcome of job %s; its lease will expire", job.id,
-                      exc_info=error)
+            self._write_later(job, outcome, started,
+                              error if error is not None else asyncio.CancelledError())
             return
         self._notify(job, outcome, JobStatus.SUCCEEDED, started)
 
@@ -336,11 +384,14 @@ class WorkerPool:
             except Exception:
                 log.exception("a listener failed on job %s", job.id)
 
-    async def _record(self, job: ClaimedJob,
-                      outcome: Failed | TimedOut | Cancelled | Interrupted) -> JobStatus | None:
-        """Any outcome but a success (see :meth:`_run_job`)."""
+    async def _record(self, job: ClaimedJob, outcome: Outcome) -> JobStatus | None:
+        """Write an outcome (a success only when it is written again: see :meth:`_run_job`)."""
         now = self._clock.now()
         store, owner = self._store, self.owner
+        if isinstance(outcome, Succeeded):
+            await store.finish_job(job, owner=owner, status=JobStatus.SUCCEEDED, now=now,
+                                   result_json=outcome.result_json)
+            return JobStatus.SUCCEEDED
         if isinstance(outcome, Cancelled):
             await store.finish_job(job, owner=owner, status=JobStatus.CANCELLED, now=now,
                                    error=outcome.error)
@@ -397,6 +448,8 @@ class WorkerPool:
             if late:
                 log.warning("%d job(s) or outcome(s) not settled %gs after the grace; the next "
                             "start puts back what is left running", len(late), cleanup_s)
+        for rewrite in list(self._unwritten.values()):
+            rewrite.cancel()
         if leftover:
             log.info("put %d unfinished job(s) back in the queue", len(leftover))
 

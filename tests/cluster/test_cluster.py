@@ -15,6 +15,7 @@ import pytest
 
 from tests.cluster.conftest import (
     NODE_TIMEOUT_S,
+    SAFE_NODE_TIMEOUT_S,
     Answer,
     Cluster,
     Load,
@@ -286,6 +287,36 @@ async def test_a_restart_of_postgresql_under_load_loses_nothing_acknowledged(
     finally:
         await db.close()
     assert acked <= set(cluster.executions())
+
+
+async def test_outcomes_that_end_while_postgresql_is_away_are_written_when_it_is_back(
+        cluster: Cluster, load: Load) -> None:
+    lease_s = 30.0  # a job left to its lease would run again only after this
+    [node] = cluster.start(1, workers={"lease_seconds": lease_s},
+                           cluster={"node_timeout": SAFE_NODE_TIMEOUT_S})
+    acme = await cluster.tenant("acme")
+    jobs = [(f"k{i}", probe(sleep=1.0)) for i in range(12)]
+    acked = acknowledged(await load.many(acme, jobs, in_flight=12))
+    assert len(acked) == len(jobs)
+    await until(lambda: len(cluster.runs()) == len(jobs), "every job started", 10, 0.01)
+    await asyncio.to_thread(cluster.server.shut_down, "fast")  # while they run
+    await until(lambda: all(r.end is not None for r in cluster.runs()), "every job ended", 10)
+    await asyncio.sleep(0.3)  # their outcomes are refused meanwhile (at least once each)
+    await asyncio.to_thread(cluster.server.start_again)
+    back_at = time.monotonic()
+    db = await asyncpg.connect(cluster.url, timeout=10)
+    try:
+        await until(lambda: drained(db), "every outcome written", lease_s)
+        written_s = time.monotonic() - back_at
+        rows = await db.fetch("SELECT status, attempts FROM jobs WHERE id = ANY ($1)",
+                              list(acked))
+    finally:
+        await db.close()
+    assert written_s < lease_s / 3, written_s  # written again, not left to the lease
+    assert {(r["status"], r["attempts"]) for r in rows} == {("succeeded", 1)}
+    assert cluster.executions() == Counter({job_id: 1 for job_id in acked})
+    assert "could not record the outcome of job" in node.daemon.log()
+    assert node.daemon.proc is not None and node.daemon.proc.poll() is None, cluster.logs()
 
 
 async def _is(status: Awaitable[int], expected: int) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from jobd.clock import FakeClock
 from jobd.handlers.base import Services
 from jobd.models import JobStatus, NewJob
+from jobd.runtime import workers
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
 from jobd.store.backend import Rotation
@@ -86,25 +87,83 @@ async def test_listeners_hear_of_a_success_after_it_is_committed(store, pool, cl
         (job_id, JobStatus.SUCCEEDED, JobStatus.SUCCEEDED)]
 
 
-async def test_a_success_that_cannot_be_recorded_is_left_to_its_lease(store, pool, clock,
-                                                                     new_tenant, monkeypatch,
-                                                                     caplog):
-    heard: list[str] = []
-    pool.listeners.append(lambda j, *_: heard.append(j.id))
+def failing(method, times: int | None):
+    """``method`` (a store's write), failing its first ``times`` calls (None: every one)
+    as a database that is away would."""
+    calls = {"n": 0}
 
-    def broken(*_args: object, **_kw: object) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_exception(RuntimeError("disk on fire"))
-        return future
+    def call(*args: object, **kw: object) -> asyncio.Future[object]:
+        calls["n"] += 1
+        if times is None or calls["n"] <= times:
+            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            future.set_exception(ConnectionResetError("the database went away"))
+            return future
+        return asyncio.ensure_future(method(*args, **kw))
+    call.calls = calls  # type: ignore[attr-defined]
+    return call
 
+
+@pytest.fixture
+def quick_rewrites(monkeypatch) -> None:
+    monkeypatch.setattr(workers, "OUTCOME_RETRY_FIRST_S", 0.001)
+    monkeypatch.setattr(workers, "OUTCOME_RETRY_MAX_S", 0.002)
+
+
+async def test_a_success_the_database_did_not_take_is_written_again(
+        store, pool, clock, config, new_tenant, monkeypatch, quick_rewrites, caplog):
+    heard: list[tuple[str, JobStatus | None]] = []
+    pool.listeners.append(lambda j, _outcome, status, _s: heard.append((j.id, status)))
+    broken = failing(store.finish_job, times=3)
     monkeypatch.setattr(store, "finish_job", broken)
     await new_tenant()
     job_id = await submit(store, clock, "noop", key="a")
     await pool.run_once()
-    await settle(pool)  # the pool is idle again: its slot is free
-    assert (await job(store, job_id)).status is JobStatus.RUNNING  # the lease rescue takes it from here
-    assert heard == []
+    await until(lambda: broken.calls["n"] >= 2, "the write was not tried again")
+    assert pool.running_ids() == [job_id]  # its lease is still extended meanwhile
+    assert pool.free_slots == config.workers.concurrency  # but its slot is free
+    await settle(pool)
+    done = await job(store, job_id)
+    assert (done.status, done.attempts, done.result) == (
+        JobStatus.SUCCEEDED, 1, '{"ok":true}')
+    assert broken.calls["n"] == 4
+    assert heard == [(job_id, JobStatus.SUCCEEDED)]
+    assert pool.running_ids() == []
     assert any("could not record the outcome of job " + job_id in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_a_failure_the_database_did_not_take_is_written_again(
+        store, pool, clock, new_tenant, monkeypatch, quick_rewrites):
+    broken = failing(store.retry_job_later, times=1)
+    monkeypatch.setattr(store, "retry_job_later", broken)
+    await new_tenant()
+    job_id = await submit(store, clock, "fail", key="a", max_attempts=2)
+    await pool.run_once()
+    await settle(pool)
+    failed = await job(store, job_id)
+    assert (failed.status, failed.attempts, failed.last_error) == (
+        JobStatus.RETRY, 1, "RuntimeError: boom")
+    assert broken.calls["n"] == 2
+
+
+async def test_an_outcome_never_taken_is_left_to_its_lease(store, pool, clock, config,
+                                                         new_tenant, monkeypatch,
+                                                         quick_rewrites, caplog):
+    heard: list[str] = []
+    pool.listeners.append(lambda j, *_: heard.append(j.id))
+    broken = failing(store.finish_job, times=None)
+    monkeypatch.setattr(store, "finish_job", broken)
+    await new_tenant()
+    job_id = await submit(store, clock, "noop", key="a")
+    await pool.run_once()
+    await until(lambda: broken.calls["n"] >= 3, "the write was not tried again")
+    assert not pool.idle  # still trying while the lease could be held
+    clock.advance(config.workers.lease_seconds)
+    await settle(pool)  # then it gives up
+    assert (await job(store, job_id)).status is JobStatus.RUNNING  # the lease rescue takes it
+    assert heard == []
+    assert pool.running_ids() == []  # its lease is no longer extended
+    assert any("its lease will expire" in r.getMessage() and job_id in r.getMessage()
                for r in caplog.records)
 
 
