@@ -141,9 +141,15 @@ class JobsConfig(_Section):
     retention_days: float = Field(7.0, ge=0)
 
 
+# What both backends store for a tenant's limits (PostgreSQL's integer columns: 32 bits),
+# and the largest rate that means anything (requests a second, finite).
+LIMIT_MAX = 2**31 - 1
+RATE_MAX = 1_000_000.0
+
+
 class RateLimitConfig(_Section):
-    rate: float = Field(10.0, gt=0)
-    burst: int = Field(20, ge=1)
+    rate: float = Field(10.0, gt=0, le=RATE_MAX)
+    burst: int = Field(20, ge=1, le=LIMIT_MAX)
 
 
 class IdempotencyConfig(_Section):

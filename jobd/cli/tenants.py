@@ -25,7 +25,7 @@ from jobd.cli.common import (
     with_backend,
 )
 from jobd.clock import SystemClock, to_rfc3339
-from jobd.config import database_path_is_explicit
+from jobd.config import LIMIT_MAX, RATE_MAX, database_path_is_explicit
 from jobd.errors import NotFound, StoreUnavailable
 from jobd.models import NewTenant, Tenant
 from jobd.store.backend import Backend
@@ -36,9 +36,8 @@ app = typer.Typer(help="Create tenants and manage their API keys, rate limits an
 
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TenantArg = Annotated[str, typer.Argument(help="Tenant id, e.g. tenant_123.")]
-RateOpt = Annotated[float | None, typer.Option("--rate", min=0.001,
+RateOpt = Annotated[float | None, typer.Option("--rate", min=0.001, max=RATE_MAX,
                                                help="POST /jobs requests per second.")]
-LIMIT_MAX = 2**31 - 1  # what both backends store (PostgreSQL's integer columns: 32 bits)
 BurstOpt = Annotated[int | None, typer.Option("--burst", min=1, max=LIMIT_MAX,
                                               help="Token bucket capacity.")]
 ConcurrencyOpt = Annotated[int | None, typer.Option(

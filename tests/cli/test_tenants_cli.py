@@ -37,15 +37,19 @@ def test_disable_help_says_it_does_not_pause_the_tenant() -> None:
 @pytest.mark.parametrize("args", [("tenants", "create", "big", "--burst", "2147483648"),
                                   ("tenants", "update", "acme", "--burst", "1" + "0" * 20),
                                   ("tenants", "update", "acme", "--max-concurrency",
-                                   "2147483648")])
-def test_limits_past_a_32_bit_integer_are_bad_input(jobd: Any, seed: Any,
-                                                    args: tuple[str, ...]) -> None:
-    """The same refusal on both backends (PostgreSQL's columns are 32-bit integers), as
-    bad input (exit 2) naming the option, before anything is written."""
+                                   "2147483648"),
+                                  ("tenants", "create", "big", "--rate", "inf"),
+                                  ("tenants", "update", "acme", "--rate", "1000001")])
+def test_limits_past_what_is_stored_are_bad_input(jobd: Any, seed: Any,
+                                                 args: tuple[str, ...]) -> None:
+    """The same refusal on both backends (PostgreSQL's columns are 32-bit integers; a
+    rate must be finite), as bad input (exit 2) naming the option, before anything is
+    written."""
     before = jobd.json("tenants", "list")
     proc = jobd(*args, "--json", check=False)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert args[3] in proc.stderr and "2147483647" in proc.stderr
+    assert args[3] in proc.stderr
+    assert ("1000000" if args[3] == "--rate" else "2147483647") in proc.stderr
     assert jobd.json("tenants", "list") == before
     jobd("tenants", "create", "top", "--burst", "2147483647", "--max-concurrency", "2147483647")
     top = jobd.json("tenants", "show", "top")

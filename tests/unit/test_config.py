@@ -333,6 +333,9 @@ def test_unknown_env_key_is_named() -> None:
         ("[workers]\npoll_interval = 0\n", "workers.poll_interval"),
         ("[jobs]\nmax_attempts = 0\n", "jobs.max_attempts"),
         ('[logging]\nlevel = "loud"\n', "logging.level"),
+        ("[rate_limit]\nburst = 2147483648\n", "rate_limit.burst"),  # past what is stored
+        ("[rate_limit]\nrate = inf\n", "rate_limit.rate"),
+        ("[rate_limit]\nrate = nan\n", "rate_limit.rate"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
