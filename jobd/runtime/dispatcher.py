@@ -237,14 +237,6 @@ class Dispatcher:
         await self._deliver(delivery, attempted_at)
 
     # rounds --------------------------------------------------------------------------
-    async def recover_at_startup(self) -> int:
-        """Deliveries left ``sending`` by a dead process go back to ``pending`` (due now)."""
-        count = await self._store.release_deliveries(now=self._clock.now(), all_sending=True)
-        if count:
-            log.warning("put back %d webhook delivery(ies) left sending when the last process "
-                        "died; sending them again", count)
-        return count
-
     async def run_once(self, now: float | None = None) -> int:
         """Rescue expired claims, claim due deliveries for the free slots, start sending them."""
         now = self._clock.now() if now is None else now

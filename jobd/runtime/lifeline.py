@@ -1,10 +1,9 @@
 """Leases: a heartbeat for the jobs this process runs, and rescue for the ones nobody holds.
 
-At startup every job still ``running`` belonged to a dead process and is put
-back at once (with several nodes on one database: only this node's, see
-:mod:`jobd.runtime.cluster`). While running, the heartbeat extends the leases of
-live jobs (and notices cancellations asked for by the CLI), and jobs whose lease
-ran out are rescued (with several nodes: by the leader only).
+The heartbeat extends the leases of live jobs (and notices cancellations asked
+for by the CLI), and jobs whose lease ran out are rescued (with several nodes: by
+the leader only). What a dead process left running is put back at the next start,
+by :meth:`jobd.runtime.cluster.Membership.recover_own`.
 """
 
 from __future__ import annotations
@@ -35,14 +34,6 @@ class Lifeline:
     @property
     def interval_s(self) -> float:
         return min(self._config.poll_interval, self._config.lease_seconds / 3)
-
-    async def recover_at_startup(self) -> dict[str, int]:
-        counts = await self._store.rescue_jobs(now=self._clock.now(), all_running=True)
-        if any(counts.values()):
-            log.warning("recovered jobs left running by a dead process: %d to retry, %d fatal",
-                        counts["retry"], counts["fatal"])
-            self._pool.wake()
-        return counts
 
     async def run_once(self) -> None:
         now = self._clock.now()

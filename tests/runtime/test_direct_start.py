@@ -19,7 +19,6 @@ from jobd.clock import FakeClock
 from jobd.errors import IdempotencyConflict
 from jobd.handlers.base import Services
 from jobd.models import IdempotentResult, JobStatus, NewJob
-from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
 from tests.conftest import T0, make_config
 from tests.runtime.conftest import Behaviour, Claims, until
@@ -217,9 +216,9 @@ async def test_a_job_created_running_by_a_process_that_died_is_rescued(store, co
                                     idempotency_ttl_s=3600,
                                     lease=lease)  # never followed: the process died
     assert (await job(store, result.job_id)).status is JobStatus.RUNNING
-    fresh = make_pool(store, config, behaviour, clock)
-    lifeline = Lifeline(store=store, pool=fresh, clock=clock, config=config.workers)
-    assert await lifeline.recover_at_startup() == {"retry": 1, "fatal": 0}
+    # what the next start of the only daemon on the database does (jobd.store.cluster)
+    assert await store.rescue_jobs(now=clock.now(), all_running=True) == {"retry": 1,
+                                                                          "fatal": 0}
     back = await job(store, result.job_id)
     assert back.status is JobStatus.RETRY
     assert "interrupted" in back.last_error

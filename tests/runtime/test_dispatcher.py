@@ -370,7 +370,8 @@ async def test_sending_left_by_a_dead_process_is_sent_again(store, clock, receiv
     assert (await delivery(store, delivery_id)).status is DeliveryStatus.SENDING
     assert await round_(dispatcher) == 0  # held by a live-looking claim
 
-    assert await dispatcher.recover_at_startup() == 1
+    # what the next start of the only daemon on the database does (jobd.store.cluster)
+    assert await store.release_deliveries(now=clock.now(), all_sending=True) == 1
     back = await delivery(store, delivery_id)
     assert (back.status, back.attempts, back.next_attempt_at) == (DeliveryStatus.PENDING, 0, T0)
     assert await round_(dispatcher) == 1
@@ -551,7 +552,7 @@ async def test_a_webhook_created_sending_by_a_dead_process_is_sent_again(
     # "kill -9" before it was sent: the next start puts it back and sends it, same id
     assert (await delivery(store, direct.id)).status is DeliveryStatus.SENDING
     restarted = make_dispatcher()
-    assert await restarted.recover_at_startup() == 1
+    assert await store.release_deliveries(now=clock.now(), all_sending=True) == 1
     assert await round_(restarted) == 1
     assert (await delivery(store, direct.id)).status is DeliveryStatus.SUCCEEDED
     assert [r.headers["webhook-id"] for r in receiver.requests] == [direct.id]

@@ -334,13 +334,14 @@ async def test_startup_recovery_and_lease_rescue(store, pool, clock, config, beh
     survivor = await submit(store, clock, "noop", key="b", max_attempts=3)
     await store.claim_jobs(rotation=Rotation(), now=clock.now(), limit=10, owner="dead-process",
                                lease_s=config.workers.lease_seconds)
-    lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
-    counts = await lifeline.recover_at_startup()
+    # what the next start of the only daemon on the database does (jobd.store.cluster)
+    counts = await store.rescue_jobs(now=clock.now(), all_running=True)
     assert counts == {"retry": 1, "fatal": 1}
     assert (await job(store, orphan)).status is JobStatus.FATAL
     assert "last one" in (await job(store, orphan)).last_error
     assert (await job(store, survivor)).status is JobStatus.RETRY
     # a lease that runs out while the daemon runs is rescued too
+    lifeline = Lifeline(store=store, pool=pool, clock=clock, config=config.workers)
     await store.claim_jobs(rotation=Rotation(), now=clock.now(), limit=10, owner="stuck",
                                lease_s=config.workers.lease_seconds)
     await lifeline.run_once()

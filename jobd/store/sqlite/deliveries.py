@@ -151,17 +151,6 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery:
     return delivery
 
 
-def get_dead_delivery(conn: sqlite3.Connection, delivery_id: str,
-                      tenant_id: str | None = None) -> Delivery:
-    """The delivery if it is in the DLQ (of ``tenant_id``, when given), else NotFound."""
-    delivery = get_delivery(conn, delivery_id)
-    if tenant_id is not None and delivery.tenant_id != tenant_id:
-        raise NotFound(f"delivery {delivery_id!r} does not belong to tenant {tenant_id!r}")
-    if delivery.status is not DeliveryStatus.DEAD:
-        raise NotFound(f"delivery {delivery_id!r} is not in the DLQ (it is {delivery.status.value})")
-    return delivery
-
-
 def list_dead_deliveries(conn: sqlite3.Connection, *, tenant_id: str | None = None,
                          limit: int = 50) -> list[Delivery]:
     """Dead deliveries, most recently dead-lettered first."""
