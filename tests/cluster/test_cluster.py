@@ -301,7 +301,8 @@ async def test_outcomes_that_end_while_postgresql_is_away_are_written_when_it_is
     await until(lambda: len(cluster.runs()) == len(jobs), "every job started", 10, 0.01)
     await asyncio.to_thread(cluster.server.shut_down, "fast")  # while they run
     await until(lambda: all(r.end is not None for r in cluster.runs()), "every job ended", 10)
-    await asyncio.sleep(0.3)  # their outcomes are refused meanwhile (at least once each)
+    await until(lambda: node.daemon.log().count("could not record the outcome of job")
+                >= len(jobs), "every outcome refused while the database is away", 10)
     await asyncio.to_thread(cluster.server.start_again)
     back_at = time.monotonic()
     db = await asyncpg.connect(cluster.url, timeout=10)
@@ -315,7 +316,6 @@ async def test_outcomes_that_end_while_postgresql_is_away_are_written_when_it_is
     assert written_s < lease_s / 3, written_s  # written again, not left to the lease
     assert {(r["status"], r["attempts"]) for r in rows} == {("succeeded", 1)}
     assert cluster.executions() == Counter({job_id: 1 for job_id in acked})
-    assert "could not record the outcome of job" in node.daemon.log()
     assert node.daemon.proc is not None and node.daemon.proc.poll() is None, cluster.logs()
 
 
