@@ -157,6 +157,31 @@ def test_on_a_full_disk_health_says_writes_fail_reads_work_and_it_recovers(make_
     assert "Traceback" not in log
 
 
+def test_a_job_that_ends_on_a_full_disk_is_recorded_once_there_is_room(make_env, small_disk,
+                                                                       target):
+    lease_s = 30.0  # a job left to its lease would run again only after this
+    env = make_env(database={"path": str(small_disk / "jobd.db")},
+                   workers={"lease_seconds": lease_s})
+    env.daemon.start()
+    target.hanging.add("/slow")
+    job_id = _created(env.client.submit("http", {"url": target.url("/slow")}, key="slow"))
+    wait_for(lambda: target.count("/slow") == 1, timeout_s=5, what="the job to start")
+    _fill(small_disk)
+    _submit_until_refused(env)  # no room left, not even in the WAL
+    target.release.set()  # the job ends now; its outcome cannot be written
+    wait_for(lambda: "could not record the outcome of job " + job_id in env.daemon.log(),
+             timeout_s=10, what="the outcome refused")
+    assert env.client.job(job_id)["status"] == "running"
+    _free(small_disk)
+    freed_at = time.monotonic()
+    done = env.client.wait_status(job_id, "succeeded", timeout_s=lease_s)
+    assert time.monotonic() - freed_at < lease_s / 3  # written again, not left to the lease
+    assert done["attempts"] == 1
+    assert target.count("/slow") == 1
+    assert env.daemon.terminate() == 0
+    assert "Traceback" not in env.daemon.log()
+
+
 def test_serve_starts_on_a_full_disk_serves_reads_and_resumes_when_there_is_room(
         make_env, small_disk):
     env = make_env(database={"path": str(small_disk / "jobd.db")},
