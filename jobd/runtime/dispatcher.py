@@ -36,6 +36,7 @@ from jobd.clock import Clock
 from jobd.config import Config
 from jobd.credentials import new_delivery_id
 from jobd.models import FINAL_STATUSES, ClaimedJob, DeliveryStatus, JobStatus
+from jobd.retry import write_again
 from jobd.runtime.webhook_client import WebhookClient, webhook_client
 from jobd.signing import signature_headers
 from jobd.store.backend import Backend, ClaimedDelivery, DirectDelivery
@@ -329,9 +330,17 @@ class Dispatcher:
         if task is not None:
             self._recording.add(task)
         try:
-            await self._record(delivery, attempted_at, result)
+            try:
+                await self._record(delivery, attempted_at, result)
+            except Exception as exc:  # the database is away: again while the lease holds
+                log.warning("could not record webhook delivery %s (%s); trying again",
+                            delivery.id, str(exc) or type(exc).__name__)
+                await write_again(lambda: self._record(delivery, attempted_at, result),
+                                  clock=self._clock, give_up_at=delivery.lease_expires_at)
+                log.info("recorded webhook delivery %s", delivery.id)
         except Exception:
-            log.exception("could not record webhook delivery %s; its lease will expire", delivery.id)
+            log.exception("could not record webhook delivery %s; its lease will expire and it "
+                          "is sent again (same webhook-id)", delivery.id)
         finally:
             if task is not None:
                 self._recording.discard(task)
@@ -389,9 +398,11 @@ class Dispatcher:
                      len(remaining))
 
     async def close(self) -> None:
-        """Cancel sends still in flight (after a failed start) and close the connections."""
-        for task in self._sending.values():
+        """Cancel sends still in flight (after a failed start) and outcomes still being
+        written, and close the connections."""
+        tasks = [*self._sending.values(), *self._recording]
+        for task in tasks:
             task.cancel()
-        if self._sending:
-            await asyncio.wait(list(self._sending.values()))
+        if tasks:
+            await asyncio.wait(tasks)
         await self._poster.close()

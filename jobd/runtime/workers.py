@@ -35,7 +35,7 @@ from jobd.config import Config
 from jobd.handlers.base import Services
 from jobd.handlers.registry import Registry
 from jobd.models import ClaimedJob, IdempotentResult, JobStatus, NewJob, StartLease
-from jobd.retry import RetryAt, decide
+from jobd.retry import RetryAt, decide, write_again
 from jobd.runtime.execution import (
     Cancelled,
     Failed,
@@ -52,10 +52,6 @@ log = logging.getLogger("jobd.workers")
 
 _MAX_CLAIMS = 2  # in flight at once: the loop's, and one beside it for slots freed meanwhile
 CLEANUP_S = 1.0  # at shutdown, after the grace: jobs cancelled and their outcomes written
-# An outcome the database did not take is written again after these waits (doubling from
-# the first up to the last), for as long as the job's lease could still be held.
-OUTCOME_RETRY_FIRST_S = 0.05
-OUTCOME_RETRY_MAX_S = 2.0
 
 
 @dataclass
@@ -337,25 +333,18 @@ class WorkerPool:
         task.add_done_callback(self._recording.discard)
 
     async def _rewrite(self, job: ClaimedJob, outcome: Outcome, started: float) -> None:
-        give_up_at = self._clock.now() + self._config.workers.lease_seconds
-        delay = OUTCOME_RETRY_FIRST_S
         try:
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    status = await self._record(job, outcome)
-                except Exception as exc:
-                    if self._clock.now() >= give_up_at:
-                        log.error("could not record the outcome of job %s; its lease will "
-                                  "expire and it runs again", job.id, exc_info=exc)
-                        return
-                    delay = min(delay * 2, OUTCOME_RETRY_MAX_S)
-                    continue
-                log.info("recorded the outcome of job %s", job.id)
-                self._recorded(job, outcome, status, started)
-                return
+            status = await write_again(
+                lambda: self._record(job, outcome), clock=self._clock,
+                give_up_at=self._clock.now() + self._config.workers.lease_seconds)
+        except Exception:
+            log.exception("could not record the outcome of job %s; its lease will expire and "
+                          "it runs again", job.id)
+            return
         finally:
             self._unwritten.pop(job.id, None)
+        log.info("recorded the outcome of job %s", job.id)
+        self._recorded(job, outcome, status, started)
 
     def _succeeded(self, job: ClaimedJob, outcome: Succeeded, started: float,
                    direct: DirectDelivery | None, recorded: asyncio.Future[bool]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from jobd import retry
 from jobd.clock import FakeClock
 from jobd.handlers.base import AnyPayload, JobContext, JobType, PermanentError
 from jobd.handlers.registry import Registry, builtin_types
@@ -109,3 +110,26 @@ def behaviour() -> Behaviour:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
+
+
+def failing(method: Callable[..., Any], times: int | None) -> Any:
+    """``method`` (a store's write), failing its first ``times`` calls (None: every one)
+    as a database that is away would."""
+    calls = {"n": 0}
+
+    def call(*args: object, **kw: object) -> asyncio.Future[object]:
+        calls["n"] += 1
+        if times is None or calls["n"] <= times:
+            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            future.set_exception(ConnectionResetError("the database went away"))
+            return future
+        return asyncio.ensure_future(method(*args, **kw))
+    call.calls = calls  # type: ignore[attr-defined]
+    return call
+
+
+@pytest.fixture
+def quick_rewrites(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes refused by the database are tried again within milliseconds."""
+    monkeypatch.setattr(retry, "WRITE_AGAIN_FIRST_S", 0.001)
+    monkeypatch.setattr(retry, "WRITE_AGAIN_MAX_S", 0.002)

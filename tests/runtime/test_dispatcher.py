@@ -29,7 +29,7 @@ from jobd.runtime.workers import WorkerPool
 from jobd.store.backend import Backend, ClaimedDelivery, DirectDelivery, Rotation
 from tests.conftest import T0, make_config
 from tests.peers import REFUSED_HEADS, hostile_server
-from tests.runtime.conftest import until
+from tests.runtime.conftest import failing, until
 
 
 @dataclass
@@ -376,6 +376,39 @@ async def test_sending_left_by_a_dead_process_is_sent_again(store, clock, receiv
     assert (back.status, back.attempts, back.next_attempt_at) == (DeliveryStatus.PENDING, 0, T0)
     assert await round_(dispatcher) == 1
     assert (await delivery(store, delivery_id)).status is DeliveryStatus.SUCCEEDED
+
+
+async def test_an_answer_the_database_did_not_take_is_written_again(
+        store, clock, receiver, tenant, make_dispatcher, monkeypatch, quick_rewrites):
+    dispatcher = make_dispatcher()
+    broken = failing(store.record_delivery_attempt, times=2)
+    monkeypatch.setattr(store, "record_delivery_attempt", broken)
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    assert await round_(dispatcher) == 1
+    assert broken.calls["n"] == 3
+    sent = await delivery(store, delivery_id)
+    assert (sent.status, sent.attempts) == (DeliveryStatus.SUCCEEDED, 1)
+    assert len(await store.delivery_attempts(delivery_id)) == 1
+    assert len(receiver.requests) == 1  # sent once: not again after its lease
+
+
+async def test_an_answer_never_taken_is_left_to_the_lease(
+        store, clock, receiver, tenant, make_dispatcher, monkeypatch, quick_rewrites, caplog):
+    dispatcher = make_dispatcher()
+    broken = failing(store.record_delivery_attempt, times=None)
+    monkeypatch.setattr(store, "record_delivery_attempt", broken)
+    _, delivery_id = await finish_job_with_webhook(store, clock, receiver.url())
+    assert await dispatcher.run_once() == 1
+    await until(lambda: broken.calls["n"] >= 3, "the write was not tried again")
+    clock.advance(dispatcher.lease_s + 1)
+    await dispatcher.wait_idle()  # it gives up once the lease is over
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.SENDING
+    assert any("its lease will expire" in r.getMessage() and delivery_id in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.undo()  # the database is back: the rescue sends it again, same id
+    assert await round_(dispatcher) == 1
+    assert (await delivery(store, delivery_id)).status is DeliveryStatus.SUCCEEDED
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [delivery_id] * 2
 
 
 async def test_an_expired_claim_is_rescued_by_run_once(store, clock, receiver, tenant,

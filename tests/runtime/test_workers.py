@@ -12,12 +12,11 @@ import pytest
 from jobd.clock import FakeClock
 from jobd.handlers.base import Services
 from jobd.models import JobStatus, NewJob
-from jobd.runtime import workers
 from jobd.runtime.lifeline import Lifeline
 from jobd.runtime.workers import WorkerPool
 from jobd.store.backend import Rotation
 from tests.conftest import T0, make_config
-from tests.runtime.conftest import until
+from tests.runtime.conftest import failing, until
 
 
 @pytest.fixture
@@ -85,28 +84,6 @@ async def test_listeners_hear_of_a_success_after_it_is_committed(store, pool, cl
     await settle(pool)
     assert [(i, status, (await read).status) for i, status, read in heard] == [
         (job_id, JobStatus.SUCCEEDED, JobStatus.SUCCEEDED)]
-
-
-def failing(method, times: int | None):
-    """``method`` (a store's write), failing its first ``times`` calls (None: every one)
-    as a database that is away would."""
-    calls = {"n": 0}
-
-    def call(*args: object, **kw: object) -> asyncio.Future[object]:
-        calls["n"] += 1
-        if times is None or calls["n"] <= times:
-            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            future.set_exception(ConnectionResetError("the database went away"))
-            return future
-        return asyncio.ensure_future(method(*args, **kw))
-    call.calls = calls  # type: ignore[attr-defined]
-    return call
-
-
-@pytest.fixture
-def quick_rewrites(monkeypatch) -> None:
-    monkeypatch.setattr(workers, "OUTCOME_RETRY_FIRST_S", 0.001)
-    monkeypatch.setattr(workers, "OUTCOME_RETRY_MAX_S", 0.002)
 
 
 async def test_a_success_the_database_did_not_take_is_written_again(
