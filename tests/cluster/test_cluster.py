@@ -319,6 +319,43 @@ async def test_outcomes_that_end_while_postgresql_is_away_are_written_when_it_is
     assert node.daemon.proc is not None and node.daemon.proc.poll() is None, cluster.logs()
 
 
+async def test_webhook_answers_received_while_postgresql_is_away_are_written_when_it_is_back(
+        cluster: Cluster, load: Load) -> None:
+    [node] = cluster.start(1, cluster={"node_timeout": SAFE_NODE_TIMEOUT_S})
+    acme = await cluster.tenant("acme")
+    cluster.receiver.delay_s = 1.0  # answers come while the database is away
+    jobs = [(f"k{i}", {**probe(), "webhookUrl": cluster.receiver.url}) for i in range(12)]
+    acked = acknowledged(await load.many(acme, jobs, in_flight=12))
+    assert len(acked) == len(jobs)
+    db = await asyncpg.connect(cluster.url, timeout=10)
+    try:
+        await until(lambda: _count(db, "SELECT count(*) FROM deliveries WHERE status = "
+                                   "'sending'", len(jobs)), "every webhook in flight", 10, 0.01)
+    finally:
+        await db.close()
+    await asyncio.to_thread(cluster.server.shut_down, "fast")
+    await until(lambda: len(cluster.receiver.received) == len(jobs), "every webhook answered",
+                10)
+    await until(lambda: node.daemon.log().count("could not record webhook delivery")
+                >= len(jobs), "every answer refused while the database is away", 10)
+    await asyncio.to_thread(cluster.server.start_again)
+    db = await asyncpg.connect(cluster.url, timeout=10)
+    try:
+        # well within the claims' lease (webhooks.timeout + 30 s), after which they would
+        # be sent again
+        await until(lambda: drained(db), "every answer written", 15)
+        rows = await db.fetch("SELECT status, attempts FROM deliveries")
+    finally:
+        await db.close()
+    assert sorted((r["status"], r["attempts"]) for r in rows) == [("succeeded", 1)] * len(jobs)
+    assert len(cluster.receiver.received) == len(jobs)  # each sent once
+    assert node.daemon.proc is not None and node.daemon.proc.poll() is None, cluster.logs()
+
+
+async def _count(db: asyncpg.Connection, query: str, expected: int) -> bool:
+    return await db.fetchval(query) == expected
+
+
 async def _is(status: Awaitable[int], expected: int) -> bool:
     return await status == expected
 
