@@ -12,7 +12,6 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,9 @@ from jobd.runtime.dispatcher import Dispatcher, retry_at
 from jobd.runtime.workers import WorkerPool
 from jobd.store.backend import Backend, ClaimedDelivery, DirectDelivery, Rotation
 from tests.conftest import T0, make_config
+from tests.e2e.receiver import Seen
 from tests.peers import REFUSED_HEADS, hostile_server
 from tests.runtime.conftest import failing, until
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
 
 
 class Receiver:
