@@ -4,7 +4,6 @@ comes back, an item's own database error failing that item alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -19,15 +18,6 @@ from jobd.store.postgres.failures import UNREACHABLE
 from tests.conftest import T0
 from tests.contract.helpers import HOOK, LEASE_S, new_job, submit, tenant
 from tests.pg import admin
-
-
-@pytest.fixture
-async def backend(pg_database_url: str) -> AsyncIterator[PostgresBackend]:
-    b = PostgresBackend(DatabaseConfig(url=pg_database_url, pool_size=4))
-    await b.open(daemon=True)
-    await tenant(b, "acme")
-    yield b
-    await b.close()
 
 
 async def test_calls_made_in_one_turn_go_out_as_one_batch(backend: PostgresBackend) -> None:

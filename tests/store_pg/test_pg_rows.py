@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from jobd.config import DatabaseConfig
 from jobd.models import JobStatus
 from jobd.store.postgres.backend import PostgresBackend
 from tests.conftest import T0
-from tests.contract.helpers import HOOK, claim, new_job, tenant
+from tests.contract.helpers import HOOK, claim, new_job
 
 AWKWARD = 'a "quoted", {braced} \\ back\\slash\nnew line\ttab é 😀 \x01 NULL'
 PAYLOAD = '{"text": "' + AWKWARD.replace("\\", "\\\\").replace('"', '\\"').replace(
@@ -21,15 +20,6 @@ PAYLOAD = '{"text": "' + AWKWARD.replace("\\", "\\\\").replace('"', '\\"').repla
 RUN_AT = T0 + 0.123_456_789_012_3
 TIMEOUT_S = 0.1 + 0.2  # 0.30000000000000004
 BODY_HASH = bytes(range(256))[::8]
-
-
-@pytest.fixture
-async def backend(pg_database_url: str) -> AsyncIterator[PostgresBackend]:
-    b = PostgresBackend(DatabaseConfig(url=pg_database_url, pool_size=2))
-    await b.open(daemon=True)
-    await tenant(b, "acme")
-    yield b
-    await b.close()
 
 
 @pytest.fixture
